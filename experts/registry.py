@@ -1,0 +1,129 @@
+"""Which experts exist, by name and alias.
+
+Experts are found through the ``vision_router.experts`` entry-point group. An entry point names
+either an :class:`~experts.base.Expert` subclass or a callable ``register(register)`` that calls
+``register(ExpertClass)`` for each expert it provides. The built-in experts are registered the
+same way (see pyproject.toml), so the third-party path is the one the project itself uses.
+
+Set ``VISION_ROUTER_EXPERTS=ocr,detect`` to restrict which entry points load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from importlib.metadata import entry_points
+from typing import Any
+
+from experts.base import Expert
+from experts.errors import ExpertError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "vision_router.experts"
+
+
+class Registry:
+    """Expert classes by name, plus one configured instance per name per process."""
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type[Expert]] = {}
+        self._aliases: dict[str, str] = {}
+        self._instances: dict[str, Expert] = {}
+        self._config: dict[str, dict[str, Any]] = {}
+        self._load_errors: dict[str, str] = {}
+        self._lock = threading.RLock()
+
+    # --- registration -------------------------------------------------------------------------
+    def register(self, cls: type[Expert]) -> type[Expert]:
+        """Register an expert class (usable as a decorator). A later registration of the same name
+        replaces the earlier one."""
+        if not (isinstance(cls, type) and issubclass(cls, Expert)) or not cls.name:
+            raise TypeError(f"{cls!r} is not an Expert subclass with a name")
+        with self._lock:
+            self._classes[cls.name] = cls
+            self._instances.pop(cls.name, None)
+            for alias in (cls.name, *cls.aliases):
+                self._aliases[alias.lower()] = cls.name
+        return cls
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._classes.pop(name, None)
+            self._instances.pop(name, None)
+            for alias in [a for a, n in self._aliases.items() if n == name]:
+                del self._aliases[alias]
+
+    def load_entry_points(self) -> None:
+        """Load every expert advertised in the entry-point group; a broken plugin is logged, not fatal."""
+        allowed = os.environ.get("VISION_ROUTER_EXPERTS")
+        allow = {a.strip() for a in allowed.split(",") if a.strip()} if allowed else None
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if allow is not None and ep.name not in allow:
+                continue
+            try:
+                obj = ep.load()
+                if isinstance(obj, type) and issubclass(obj, Expert):
+                    self.register(obj)
+                elif callable(obj):
+                    obj(self.register)
+                else:
+                    raise TypeError(f"entry point {ep.value} is neither an Expert nor a register hook")
+            except Exception as exc:  # a third-party plugin must not take the router down
+                self._load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+                log.warning("could not load expert plugin %s (%s): %s", ep.name, ep.value, exc)
+
+    # --- lookup -------------------------------------------------------------------------------
+    def resolve(self, name: str) -> str | None:
+        """Canonical expert name for a name or alias (case-insensitive), or None."""
+        return self._aliases.get(name.strip().lower())
+
+    def names(self) -> list[str]:
+        return sorted(self._classes)
+
+    def expert_class(self, name: str) -> type[Expert]:
+        canonical = self.resolve(name)
+        if canonical is None:
+            raise ExpertError(f"unknown expert {name!r} (available: {', '.join(self.names()) or 'none'})")
+        return self._classes[canonical]
+
+    def configure(self, name: str, **config: Any) -> None:
+        """Set an expert's configuration (engine, model paths, service URL...). Takes effect on the
+        next :meth:`get`."""
+        with self._lock:
+            canonical = self.resolve(name) or name
+            self._config[canonical] = dict(config)
+            self._instances.pop(canonical, None)
+
+    def get(self, name: str) -> Expert:
+        """The process-wide instance of an expert (created on first use, engine loaded lazily)."""
+        cls = self.expert_class(name)
+        with self._lock:
+            inst = self._instances.get(cls.name)
+            if inst is None:
+                inst = self._build(cls)
+                self._instances[cls.name] = inst
+            return inst
+
+    def _build(self, cls: type[Expert]) -> Expert:
+        return cls(**self._config.get(cls.name, {}))
+
+    @property
+    def load_errors(self) -> dict[str, str]:
+        return dict(self._load_errors)
+
+
+_default: Registry | None = None
+_default_lock = threading.Lock()
+
+
+def default_registry() -> Registry:
+    """The process-wide registry, with entry points loaded on first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            reg = Registry()
+            reg.load_entry_points()
+            _default = reg
+        return _default
