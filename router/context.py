@@ -1,0 +1,106 @@
+"""Renders expert results as the ``[IMAGE CONTEXT]`` block the model reads in its next turn.
+
+Compact (a 4B model's context is precious), one section per image, and every string an expert
+produced is quoted and neutralised: OCR'd text saying ``[VISION: ...]`` or ``[/IMAGE CONTEXT]`` is
+data, never an instruction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from experts.schema import ImageAnalysis
+from router.tags import neutralize
+
+MAX_TEXT_LINES = 40
+MAX_BOXES = 20
+MAX_VALUE_CHARS = 400
+
+_BLOCK_RE = re.compile(r"\[\s*(/?)\s*IMAGE CONTEXT\s*\]", re.IGNORECASE)
+
+
+def safe(text: str) -> str:
+    """Neutralise expert-produced text so it cannot open tags or close the context block."""
+    return _BLOCK_RE.sub(lambda m: f"({m.group(1)}image context)", neutralize(text))
+
+
+def q(text: str) -> str:
+    """Quote a string as data."""
+    return json.dumps(safe(text), ensure_ascii=False)
+
+
+def render_context(analyses: list[ImageAnalysis], notes: list[str] | None = None) -> str:
+    """The full block for all analysed images, plus notes (unknown experts, missing images...)."""
+    lines = ["[IMAGE CONTEXT]"]
+    for a in analyses:
+        lines.extend(render_image(a))
+    for note in notes or []:
+        lines.append(f"Note: {safe(note)}")
+    lines.append("[/IMAGE CONTEXT]")
+    return "\n".join(lines)
+
+
+def render_image(a: ImageAnalysis) -> list[str]:
+    size = f"{a.width}x{a.height}, " if a.width and a.height else ""
+    out = [f"Image {a.index} ({size}id {a.image_id[:12]}):"]
+    experts_run = ", ".join(a.timing_ms) or "none"
+    out.append(f"- experts: {experts_run}")
+    if a.caption:
+        out.append(f"- caption: {q(a.caption)}")
+    if a.text:
+        shown = a.text[:MAX_TEXT_LINES]
+        more = len(a.text) - len(shown)
+        body = " / ".join(q(t.text) for t in shown)
+        out.append(f"- text ({len(a.text)} lines, reading order): {body}" + (f" / ... {more} more" if more else ""))
+    elif a.full_text:
+        out.append(f"- text: {q(a.full_text)}")
+    elif any(r.expert == "ocr" and not r.error for r in a.results):
+        out.append("- text: none found")
+    if a.objects:
+        out.append("- objects: " + ", ".join(safe(o) for o in a.objects))
+    if a.bbox:
+        shown_b = a.bbox[:MAX_BOXES]
+        parts = []
+        for b in shown_b:
+            score = f" {b.score:.2f}" if b.score is not None else ""
+            parts.append(f"{safe(b.label)}{score} [{b.x1:.0f},{b.y1:.0f},{b.x2:.0f},{b.y2:.0f}]")
+        more = len(a.bbox) - len(shown_b)
+        out.append("- boxes (x1,y1,x2,y2 px): " + "; ".join(parts) + (f"; ... {more} more" if more else ""))
+    if a.styles:
+        out.append(
+            "- styles: "
+            + ", ".join(
+                f"{safe(s.name)}{'/' + safe(s.name_zh) if s.name_zh else ''} {s.score:.2f}" for s in a.styles[:8]
+            )
+        )
+    if a.attributes:
+        out.append("- attributes: " + _kv(a.attributes))
+    if a.measurements:
+        out.append("- measurements: " + _kv(a.measurements))
+    for key, err in a.errors.items():
+        out.append(f"- error ({safe(key)}): {safe(err)}")
+    return out
+
+
+def _kv(d: dict[str, Any]) -> str:
+    parts = []
+    for k, v in d.items():
+        parts.append(f"{safe(str(k))}={_value(v)}")
+    return "; ".join(parts)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, str):
+        return q(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (int, bool)) or v is None:
+        return json.dumps(v)
+    if isinstance(v, list) and len(v) > 8:
+        v = v[:8] + [f"... {len(v) - 8} more"]
+    text = json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=str)
+    if len(text) > MAX_VALUE_CHARS:
+        text = text[: MAX_VALUE_CHARS - 3] + "..."
+    return safe(text)

@@ -1,0 +1,205 @@
+"""Runs experts: concurrently, each with its own timeout, deduplicated, through the cache.
+
+A failing or hanging expert becomes an :class:`ExpertResult` with ``error`` set; it never fails the
+request. Experts run in daemon threads (OpenCV, ONNX Runtime and torch release the GIL), so a
+hung engine cannot block the event loop or the interpreter's exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from experts.errors import VisionRouterError
+from experts.images import DecodedImage
+from experts.registry import Registry
+from experts.schema import ExpertResult
+from router.cache import ResultCache, cache_key
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class ExpertCall:
+    """One request for an expert on one image. ``source`` says who asked: keyword, tag, fallback, tool."""
+
+    image: DecodedImage
+    image_index: int
+    expert: str
+    args: dict[str, Any] = field(default_factory=dict)
+    query: str | None = None
+    source: str = "tag"
+
+
+@dataclass
+class ExpertRun:
+    """What the trace records about one expert run."""
+
+    expert: str
+    image: int
+    args: dict[str, Any]
+    source: str
+    timing_ms: float
+    cached: bool
+    error: str | None
+
+
+class Dispatcher:
+    """Resolve, validate, deduplicate, cache and run expert calls."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        cache: ResultCache | None = None,
+        *,
+        timeout_s: float = 60.0,
+        timeouts: dict[str, float] | None = None,
+        load_timeout_s: float = 900.0,
+        max_concurrency: int = 4,
+    ) -> None:
+        self.registry = registry
+        self.cache = cache if cache is not None else ResultCache()
+        self.timeout_s = timeout_s
+        self.timeouts = dict(timeouts or {})
+        self.load_timeout_s = load_timeout_s
+        self.max_concurrency = max(1, max_concurrency)
+        self._inflight: dict[str, asyncio.Future[ExpertResult]] = {}
+        self._sems: dict[int, asyncio.Semaphore] = {}
+
+    def timeout_for(self, expert: str) -> float:
+        return float(self.timeouts.get(expert, self.timeout_s))
+
+    def start(self, call: ExpertCall) -> asyncio.Future[ExpertResult]:
+        """Start a call now (must be called inside a running event loop); returns its future.
+        An identical call already running is shared, not repeated."""
+        loop = asyncio.get_running_loop()
+        try:
+            expert = self.registry.get(call.expert)
+            args = dict(call.args)
+            if call.query and expert.positional and expert.positional not in args:
+                args[expert.positional] = call.query
+            canonical = expert.parse_args(args).model_dump(exclude_defaults=True, mode="json")
+        except VisionRouterError as exc:
+            fut: asyncio.Future[ExpertResult] = loop.create_future()
+            fut.set_result(ExpertResult.failure(call.image.image_id, call.expert, call.args, str(exc)))
+            return fut
+        key = cache_key(call.image.image_id, expert.name, canonical)
+        running = self._inflight.get(key)
+        if running is not None:
+            return running
+        cached = self.cache.get(key)
+        if cached is not None:
+            fut = loop.create_future()
+            fut.set_result(cached)
+            return fut
+        task = asyncio.ensure_future(self._run(expert, call.image, canonical, key))
+        self._inflight[key] = task
+        task.add_done_callback(lambda _t, k=key: self._inflight.pop(k, None))
+        return task
+
+    async def run_all(self, calls: list[ExpertCall]) -> list[ExpertResult]:
+        """Run calls concurrently; results in the order of ``calls``."""
+        futures = [self.start(c) for c in calls]
+        return list(await asyncio.gather(*futures))
+
+    def run_sync(self, calls: list[ExpertCall]) -> list[ExpertResult]:
+        """Blocking variant for scripts."""
+        return _run_coroutine(self.run_all(calls))
+
+    async def _run(self, expert: Any, image: DecodedImage, args: dict[str, Any], key: str) -> ExpertResult:
+        name = expert.name
+        sem = self._semaphore()
+        async with sem:
+            t0 = time.perf_counter()
+            try:
+                if not expert.loaded:
+                    await asyncio.wait_for(_in_thread(expert.load, f"load-{name}"), self.load_timeout_s)
+                t0 = time.perf_counter()
+                timeout = self.timeout_for(name)
+                result = await asyncio.wait_for(
+                    _in_thread(lambda: expert.analyze(image, args), f"expert-{name}"), timeout
+                )
+            except asyncio.TimeoutError:
+                elapsed = (time.perf_counter() - t0) * 1000
+                what = "loading" if not expert.loaded else "running"
+                limit = self.load_timeout_s if not expert.loaded else self.timeout_for(name)
+                return ExpertResult.failure(
+                    image.image_id, name, args, f"timed out after {limit:g} s while {what}", elapsed
+                )
+            except VisionRouterError as exc:
+                return ExpertResult.failure(
+                    image.image_id, name, args, str(exc), (time.perf_counter() - t0) * 1000
+                )
+            except Exception as exc:  # an expert bug is an error line, not a failed request
+                return ExpertResult.failure(
+                    image.image_id, name, args, f"{type(exc).__name__}: {exc}",
+                    (time.perf_counter() - t0) * 1000,
+                )
+        self.cache.put(key, result)
+        return result
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        # One semaphore per event loop (the CLI runs a fresh loop per question).
+        loop = asyncio.get_running_loop()
+        sem = self._sems.get(id(loop))
+        if sem is None:
+            sem = asyncio.Semaphore(self.max_concurrency)
+            self._sems = {id(loop): sem}
+        return sem
+
+
+def _in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """Run ``fn`` in a daemon thread; the returned future completes on the calling loop."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: Any, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+
+    def target() -> None:
+        try:
+            value = fn()
+        except BaseException as exc:  # delivered to the awaiting coroutine
+            try:
+                loop.call_soon_threadsafe(settle, None, exc)
+            except RuntimeError:  # loop closed: nobody is waiting any more
+                pass
+            return
+        try:
+            loop.call_soon_threadsafe(settle, value, None)
+        except RuntimeError:
+            pass
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return fut
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """Run a coroutine from sync code, also when the caller already runs an event loop (Jupyter)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def runner() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=runner, daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

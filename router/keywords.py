@@ -1,0 +1,110 @@
+"""The keyword router: the user's words decide some experts before the model says anything.
+
+The table lives in TOML (``router/data/keywords.toml`` by default, configurable) and every decision
+records which keyword matched, so the trace can explain it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from experts.errors import VisionRouterError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class KeywordMatch:
+    """An expert chosen by the keyword router, with the keyword that chose it."""
+
+    expert: str
+    keyword: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> tuple:
+        return (self.expert, tuple(sorted(self.args.items())))
+
+
+@dataclass
+class _Rule:
+    expert: str
+    args: dict[str, Any]
+    patterns: list[tuple[str, re.Pattern[str] | None]]  # (keyword, regex for latin words else None)
+
+
+class KeywordRouter:
+    """Match user text against a keyword table. English keywords match whole words
+    (case-insensitive); CJK keywords match as substrings."""
+
+    def __init__(self, rules: list[dict[str, Any]]) -> None:
+        self._rules: list[_Rule] = []
+        for i, rule in enumerate(rules):
+            expert = rule.get("expert")
+            keywords = rule.get("keywords")
+            if not isinstance(expert, str) or not isinstance(keywords, list) or not keywords:
+                raise VisionRouterError(f"keyword rule {i + 1}: needs `expert` and a non-empty `keywords` list")
+            args = dict(rule.get("args") or {})
+            pats: list[tuple[str, re.Pattern[str] | None]] = []
+            for kw in keywords:
+                kw = str(kw).strip()
+                if not kw:
+                    continue
+                if kw.isascii():
+                    words = r"\s+".join(re.escape(w) for w in kw.split())
+                    pats.append((kw, re.compile(rf"(?<![\w]){words}(?![\w])", re.IGNORECASE)))
+                else:
+                    pats.append((kw, None))
+            self._rules.append(_Rule(expert, args, pats))
+
+    @classmethod
+    def from_toml(cls, path: str | Path | None = None) -> KeywordRouter:
+        """Load a table; ``None`` loads the shipped default."""
+        try:
+            if path is None:
+                text = resources.files("router").joinpath("data/keywords.toml").read_text("utf-8")
+                src = "built-in keywords.toml"
+            else:
+                text = Path(path).expanduser().read_text("utf-8")
+                src = str(path)
+            data = tomllib.loads(text)
+        except FileNotFoundError:
+            raise VisionRouterError(f"keyword table not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise VisionRouterError(f"keyword table {path}: invalid TOML: {exc}") from None
+        rules = data.get("rule")
+        if not isinstance(rules, list):
+            raise VisionRouterError(f"{src}: no [[rule]] entries")
+        return cls(rules)
+
+    @property
+    def experts(self) -> list[str]:
+        return sorted({r.expert for r in self._rules})
+
+    def route(self, text: str) -> list[KeywordMatch]:
+        """Experts the text asks for, one match per (expert, args), in table order."""
+        if not text:
+            return []
+        lowered = text.lower()
+        out: list[KeywordMatch] = []
+        seen: set[tuple] = set()
+        for rule in self._rules:
+            for kw, pat in rule.patterns:
+                hit = pat.search(text) is not None if pat is not None else kw.lower() in lowered
+                if hit:
+                    m = KeywordMatch(rule.expert, kw, dict(rule.args))
+                    if m.key() not in seen:
+                        seen.add(m.key())
+                        out.append(m)
+                    break
+        # "how many people" matches both generic detect and detect(query=person): the specific
+        # request answers the question, the generic contour count would only mislead.
+        specific = {m.expert for m in out if m.args}
+        return [m for m in out if m.args or m.expert not in specific]

@@ -1,0 +1,419 @@
+"""A faithful fake Ollama for tests and benchmarks: a real HTTP server on 127.0.0.1.
+
+It follows shared/ollama-contract.md: NDJSON streaming (``application/x-ndjson``) unless
+``"stream": false``; one final ``done: true`` chunk with nanosecond stats; ``{"error": ...}`` bodies
+with Ollama's statuses and messages; 404 ``model 'x' not found`` for unknown models; load requests
+(no prompt / no messages) answer ``done_reason: "load"``. Replies are scripted per turn, and every
+request body is recorded so tests can assert what the upstream saw (e.g. that no image reached it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class Reply:
+    """One scripted LLM turn.
+
+    ``content`` is streamed in ``chunks`` (explicit pieces) or cut every ``chunk_size`` characters.
+    ``status`` != 200 answers ``{"error": error}`` with that status instead. ``cut_after`` closes the
+    connection after that many chunks (a broken stream); ``delay_s`` waits before the first byte and
+    ``chunk_delay_s`` between chunks. ``error_after`` sends a mid-stream ``{"error": ...}`` line.
+    """
+
+    content: str = ""
+    chunks: list[str] | None = None
+    chunk_size: int = 7
+    tool_calls: list[dict[str, Any]] | None = None
+    thinking: str = ""
+    status: int = 200
+    error: str = ""
+    delay_s: float = 0.0
+    chunk_delay_s: float = 0.0
+    cut_after: int | None = None
+    error_after: int | None = None
+    done_reason: str = "stop"
+
+    def pieces(self) -> list[str]:
+        if self.chunks is not None:
+            return list(self.chunks)
+        if not self.content:
+            return []
+        n = max(1, self.chunk_size)
+        return [self.content[i : i + n] for i in range(0, len(self.content), n)]
+
+
+@dataclass
+class FakeModel:
+    name: str
+    capabilities: list[str] = field(default_factory=lambda: ["completion", "tools"])
+    system: str = ""
+    family: str = "qwen3"
+    parameter_size: str = "4.0B"
+    quantization_level: str = "Q4_K_M"
+    projector_info: dict[str, Any] | None = None
+
+
+Responder = Callable[[str, dict[str, Any]], "Reply | str"]
+
+
+def _norm(name: str) -> str:
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class FakeOllama:
+    """Start with ``with FakeOllama() as fake: ...``; ``fake.url`` is its base URL.
+
+    Script replies with :meth:`script` (a queue consumed one per chat/generate turn) or set
+    :attr:`responder` to compute a reply from the path and request body. With neither, it answers
+    ``"ok"``.
+    """
+
+    def __init__(self, models: list[FakeModel] | None = None) -> None:
+        self.models: dict[str, FakeModel] = {}
+        for m in models or [FakeModel("qwen3-vision"), FakeModel("qwen3:4b-instruct-2507-q4_K_M")]:
+            self.add_model(m)
+        self.replies: deque[Reply] = deque()
+        self.responder: Responder | None = None
+        self.requests: list[tuple[str, str, Any]] = []  # (method, path, json body or None)
+        self._lock = threading.Lock()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self.url = ""
+        self.port = 0
+
+    # --- scripting ----------------------------------------------------------------------------
+    def add_model(self, model: FakeModel) -> None:
+        self.models[_norm(model.name)] = model
+
+    def script(self, *replies: Reply | str) -> None:
+        for r in replies:
+            self.replies.append(Reply(content=r) if isinstance(r, str) else r)
+
+    def calls(self, path: str) -> list[dict[str, Any]]:
+        """Bodies of the recorded requests to ``path`` (e.g. "/api/chat")."""
+        with self._lock:
+            return [b for _, p, b in self.requests if p == path]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+        self.replies.clear()
+        self.responder = None
+
+    def _next_reply(self, path: str, body: dict[str, Any]) -> Reply:
+        if self.replies:
+            return self.replies.popleft()
+        if self.responder is not None:
+            r = self.responder(path, body)
+            return Reply(content=r) if isinstance(r, str) else r
+        return Reply(content="ok")
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> FakeOllama:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app(), log_level="error", lifespan="off", timeout_graceful_shutdown=1)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("fake Ollama did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._sock is not None:
+            self._sock.close()
+
+    def __enter__(self) -> FakeOllama:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # --- the HTTP API -------------------------------------------------------------------------
+    def app(self) -> Starlette:
+        routes = [
+            Route("/", self.root, methods=["GET", "HEAD"]),
+            Route("/api/version", self.version, methods=["GET", "HEAD"]),
+            Route("/api/tags", self.tags, methods=["GET", "HEAD"]),
+            Route("/api/ps", self.ps, methods=["GET"]),
+            Route("/api/show", self.show, methods=["POST"]),
+            Route("/api/chat", self.chat, methods=["POST"]),
+            Route("/api/generate", self.generate, methods=["POST"]),
+            Route("/api/pull", self.pull, methods=["POST"]),
+            Route("/api/embed", self.embed, methods=["POST"]),
+            Route("/api/create", self.create, methods=["POST"]),
+            Route("/api/delete", self.delete, methods=["DELETE"]),
+        ]
+        return Starlette(routes=routes)
+
+    async def _body(self, request: Request) -> tuple[dict[str, Any] | None, Response | None]:
+        raw = await request.body()
+        with self._lock:
+            self.requests.append((request.method, request.url.path, None))
+        if not raw:
+            return None, JSONResponse({"error": "missing request body"}, status_code=400)
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            return None, JSONResponse({"error": f"invalid character: {exc.msg}"}, status_code=400)
+        if not isinstance(body, dict):
+            return None, JSONResponse({"error": "json: cannot unmarshal into Go value"}, status_code=400)
+        with self._lock:
+            self.requests[-1] = (request.method, request.url.path, body)
+        return body, None
+
+    def _model(self, body: dict[str, Any]) -> tuple[FakeModel | None, Response | None]:
+        name = body.get("model") or body.get("name")
+        if not name:
+            return None, JSONResponse({"error": "model is required"}, status_code=400)
+        m = self.models.get(_norm(name))
+        if m is None:
+            return None, JSONResponse({"error": f"model '{name}' not found"}, status_code=404)
+        return m, None
+
+    async def root(self, request: Request) -> Response:
+        with self._lock:
+            self.requests.append((request.method, "/", None))
+        return PlainTextResponse("Ollama is running")
+
+    async def version(self, request: Request) -> Response:
+        return JSONResponse({"version": "0.13.5"})
+
+    async def tags(self, request: Request) -> Response:
+        with self._lock:
+            self.requests.append((request.method, "/api/tags", None))
+        models = []
+        for name, m in self.models.items():
+            models.append(
+                {
+                    "name": name,
+                    "model": name,
+                    "modified_at": "2026-08-01T10:00:00Z",
+                    "size": 2_497_293_931,
+                    "digest": hashlib.sha256(name.encode()).hexdigest(),
+                    "details": self._details(m),
+                    "capabilities": list(m.capabilities),
+                }
+            )
+        return JSONResponse({"models": models})
+
+    async def ps(self, request: Request) -> Response:
+        return JSONResponse({"models": []})
+
+    def _details(self, m: FakeModel) -> dict[str, Any]:
+        return {
+            "parent_model": "",
+            "format": "gguf",
+            "family": m.family,
+            "families": [m.family],
+            "parameter_size": m.parameter_size,
+            "quantization_level": m.quantization_level,
+        }
+
+    async def show(self, request: Request) -> Response:
+        body, err = await self._body(request)
+        if err:
+            return err
+        m, err = self._model(body)
+        if err:
+            return err
+        out: dict[str, Any] = {
+            "license": "Apache License 2.0",
+            "modelfile": f"FROM {m.name}\n" + (f'SYSTEM """{m.system}"""\n' if m.system else ""),
+            "parameters": "temperature 0.7\ntop_k 20\ntop_p 0.8",
+            "template": "{{ .Prompt }}",
+            "details": self._details(m),
+            "model_info": {"general.architecture": m.family, f"{m.family}.context_length": 262144},
+            "capabilities": list(m.capabilities),
+            "modified_at": "2026-08-01T10:00:00Z",
+        }
+        if m.system:
+            out["system"] = m.system
+        if m.projector_info:
+            out["projector_info"] = m.projector_info
+        return JSONResponse(out)
+
+    async def pull(self, request: Request) -> Response:
+        body, err = await self._body(request)
+        if err:
+            return err
+        name = body.get("model") or body.get("name") or ""
+        statuses = [{"status": "pulling manifest"}, {"status": "verifying sha256 digest"}, {"status": "success"}]
+        self.add_model(FakeModel(name))
+        if body.get("stream") is False:
+            return JSONResponse({"status": "success"})
+        return StreamingResponse(
+            (json.dumps(s) + "\n" for s in statuses), media_type="application/x-ndjson"
+        )
+
+    async def create(self, request: Request) -> Response:
+        body, err = await self._body(request)
+        if err:
+            return err
+        self.add_model(FakeModel(body.get("model", ""), system=body.get("system", "")))
+        return JSONResponse({"status": "success"})
+
+    async def delete(self, request: Request) -> Response:
+        body, err = await self._body(request)
+        if err:
+            return err
+        m, err = self._model(body)
+        if err:
+            return err
+        self.models.pop(_norm(m.name), None)
+        return Response(status_code=200)
+
+    async def embed(self, request: Request) -> Response:
+        body, err = await self._body(request)
+        if err:
+            return err
+        m, err = self._model(body)
+        if err:
+            return err
+        inputs = body.get("input", "")
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        return JSONResponse(
+            {"model": body["model"], "embeddings": [_hash_embedding(t) for t in inputs],
+             "total_duration": 1_000_000, "load_duration": 0, "prompt_eval_count": len(inputs)}
+        )
+
+    async def chat(self, request: Request) -> Response:
+        return await self._complete(request, chat=True)
+
+    async def generate(self, request: Request) -> Response:
+        return await self._complete(request, chat=False)
+
+    async def _complete(self, request: Request, chat: bool) -> Response:
+        body, err = await self._body(request)
+        if err:
+            return err
+        m, err = self._model(body)
+        if err:
+            return err
+        path = "/api/chat" if chat else "/api/generate"
+        if "completion" not in m.capabilities:
+            return JSONResponse({"error": f'"{m.name}" does not support {"chat" if chat else "generate"}'}, 400)
+        if body.get("tools") and "tools" not in m.capabilities:
+            return JSONResponse({"error": f'"{m.name}" does not support tools'}, status_code=400)
+        if body.get("think") is True and "thinking" not in m.capabilities:
+            return JSONResponse({"error": f'"{m.name}" does not support thinking'}, status_code=400)
+        stream = body.get("stream", True) is not False
+        model_name = body["model"]
+        empty = not body.get("messages") if chat else not body.get("prompt")
+        if empty:  # a load (or, with keep_alive 0, an unload) request
+            reason = "unload" if body.get("keep_alive") in (0, "0", "0s") else "load"
+            obj: dict[str, Any] = {"model": model_name, "created_at": _now(), "done": True, "done_reason": reason}
+            if chat:
+                obj["message"] = {"role": "assistant", "content": ""}
+            else:
+                obj["response"] = ""
+            return JSONResponse(obj)
+
+        reply = self._next_reply(path, body)
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.status != 200:
+            return JSONResponse({"error": reply.error or "internal error"}, status_code=reply.status)
+        prompt_chars = sum(len(str(x.get("content", ""))) for x in body.get("messages", [])) if chat else len(
+            body.get("prompt", "")
+        )
+        pieces = reply.pieces()
+        stats = {
+            "total_duration": 5_000_000 + 1_000_000 * len(pieces),
+            "load_duration": 1_000_000,
+            "prompt_eval_count": max(1, math.ceil(prompt_chars / 4)),
+            "prompt_eval_duration": 2_000_000,
+            "eval_count": max(1, len(pieces)),
+            "eval_duration": 1_000_000 * max(1, len(pieces)),
+        }
+
+        def chunk(text: str, thinking: str = "", tool_calls: Any = None, done: bool = False) -> dict[str, Any]:
+            c: dict[str, Any] = {"model": model_name, "created_at": _now()}
+            if chat:
+                msg: dict[str, Any] = {"role": "assistant", "content": text}
+                if thinking:
+                    msg["thinking"] = thinking
+                if tool_calls:
+                    msg["tool_calls"] = tool_calls
+                c["message"] = msg
+            else:
+                c["response"] = text
+                if thinking:
+                    c["thinking"] = thinking
+            c["done"] = done
+            if done:
+                c["done_reason"] = reply.done_reason
+                c.update(stats)
+                if not chat:
+                    c["context"] = [1, 2, 3]
+            return c
+
+        if not stream:
+            obj = chunk(reply.content if reply.chunks is None else "".join(reply.chunks), reply.thinking,
+                        reply.tool_calls, done=True)
+            return JSONResponse(obj)
+
+        async def gen():
+            if reply.thinking:
+                yield json.dumps(chunk("", thinking=reply.thinking)) + "\n"
+            for i, piece in enumerate(pieces):
+                if reply.cut_after is not None and i >= reply.cut_after:
+                    raise ConnectionResetError("scripted cut")  # uvicorn drops the connection
+                if reply.error_after is not None and i >= reply.error_after:
+                    message = reply.error or "an error was encountered while running the model"
+                    yield json.dumps({"error": message}) + "\n"
+                    return
+                if reply.chunk_delay_s and i:
+                    await asyncio.sleep(reply.chunk_delay_s)
+                yield json.dumps(chunk(piece)) + "\n"
+            if reply.tool_calls:
+                yield json.dumps(chunk("", tool_calls=reply.tool_calls)) + "\n"
+            yield json.dumps(chunk("", done=True)) + "\n"
+
+        return StreamingResponse(gen(), media_type="application/x-ndjson")
+
+
+def _hash_embedding(text: str, dim: int = 32) -> list[float]:
+    """A deterministic bag-of-words embedding: texts sharing words are close."""
+    vec = [0.0] * dim
+    for word in text.lower().split():
+        h = int(hashlib.sha256(word.encode()).hexdigest(), 16)
+        vec[h % dim] += 1.0
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [v / norm for v in vec]
