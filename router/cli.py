@@ -21,7 +21,40 @@ from router.trace import render_trace
 
 
 class _Group(click.Group):
-    """Turns the router's errors into one line and exit status 1, never a traceback."""
+    """Turns the router's errors into one line and exit status 1, never a traceback.
+
+    Commands that live in their own modules are imported only when used (fast start-up, and one
+    concern per module); ``lazy`` maps a command name to ``module:attribute``.
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        import importlib.util
+
+        names = set(super().list_commands(ctx))
+        for name, target in self.lazy.items():
+            if importlib.util.find_spec(target.partition(":")[0]) is not None:
+                names.add(name)
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is None and name in self.lazy:
+            import importlib
+
+            module, _, attr = self.lazy[name].partition(":")
+            try:
+                cmd = getattr(importlib.import_module(module), attr)
+            except ModuleNotFoundError as exc:
+                if exc.name == module:
+                    return None
+                raise click.ClickException(
+                    f"`{name}` needs a package that is not installed: {exc.name} ({_extra_hint(exc.name)})"
+                ) from None
+        return cmd
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -55,7 +88,28 @@ def _parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+# Commands kept in their own modules.
+LAZY_COMMANDS = {
+    "serve": "router.proxy:serve_command",
+    "tools": "router.toolspec:tools_command",
+    "batch": "router.batch:batch_command",
+    "index": "router.rag:index_command",
+    "search": "router.rag:search_command",
+    "preset": "router.presets:preset_command",
+    "eval": "router.evaluate:eval_command",
+}
+EXPERT_LAZY_COMMANDS = {"serve": "experts.service:serve_command"}
+
+
+def _extra_hint(module: str | None) -> str:
+    extras = {"uvicorn": "serve", "starlette": "serve", "open_clip": "clip", "torch": "clip or caption",
+              "transformers": "caption", "qdrant_client": "rag", "rapidocr": "ocr", "paddleocr": "ocr"}
+    top = (module or "").split(".")[0]
+    extra = extras.get(top)
+    return f"pip install 'ollama-vision-router[{extra}]'" if extra else "see the README"
+
+
+@click.group(cls=_Group, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vision-router")
 @click.option("--config", type=click.Path(dir_okay=False), envvar="VISION_ROUTER_CONFIG",
               help="config.toml (default ~/.config/vision-router/config.toml)")
@@ -72,7 +126,7 @@ def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
 # --- ask ----------------------------------------------------------------------------------------
 @cli.command()
 @click.argument("images", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("-q", "--question", required=True, help="what to ask about the image(s)")
+@click.option("-q", "--question", help="what to ask about the image(s)")
 @click.option("-m", "--model", help="Ollama model (default qwen3-vision, see Modelfile)")
 @click.option("--ollama-host", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object: answer, results, trace")
@@ -80,30 +134,62 @@ def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
 @click.option("--trace", is_flag=True, help="show the decision path on stderr")
 @click.option("--max-rounds", type=click.IntRange(0, 8), help="expert rounds per message (default 2)")
 @click.option("--no-cache", is_flag=True, help="do not read or write the on-disk result cache")
+@click.option("--protocol", type=click.Choice(["tags", "tools", "auto"]), help="how the model asks for experts")
+@click.option("--preset", help="a worked task, e.g. ecommerce-main-image (see `vision-router preset list`)")
+@click.option("--rag", "rag_db", type=click.Path(file_okay=False), help="add context retrieved from this index")
+@click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False),
+              help="write each image with what the experts found drawn on it into this folder")
 @click.pass_context
-def ask(ctx, images, question, model, ollama_host, as_json, no_stream, trace, max_rounds, no_cache):
+def ask(ctx, images, question, model, ollama_host, as_json, no_stream, trace, max_rounds, no_cache, protocol,
+        preset, rag_db, annotate_dir):
     """Ask MODEL a QUESTION about IMAGES (paths, or - for stdin)."""
     from router.orchestrator import Orchestrator
 
     settings = _settings(ctx, model=model, ollama_host=ollama_host, max_rounds=max_rounds,
-                         cache_dir="" if no_cache else None)
+                         cache_dir="" if no_cache else None, protocol=protocol)
+    forced: list[tuple[str, dict[str, Any]]] = []
+    extra_context: str | None = None
+    system: str | None = None
+    if preset:
+        from router.presets import prepare
+
+        prepared = prepare(preset, question)
+        question, forced, system = prepared.question, prepared.experts, prepared.system
+    if not question:
+        raise click.UsageError("give a question with -q/--question (or a --preset)")
     orch = Orchestrator(settings, registry=_registry(settings))
+    if rag_db:
+        from router.rag import retrieve_context
+
+        extra_context = retrieve_context(rag_db, question, settings)
     decoded = [_load(p, settings) for p in images]
     stream_out = not as_json and not no_stream
-    wrote: list[str] = []
 
     def on_text(t: str) -> None:
-        wrote.append(t)
         click.echo(t, nl=False)
         sys.stdout.flush()
 
-    final = orch.ask(question, decoded, on_text=on_text if stream_out else None)
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": question, "images": decoded})
+    final = orch.chat(messages, on_text=on_text if stream_out else None, experts=forced,
+                      extra_context=extra_context)
     if as_json:
         click.echo(json.dumps(_final_json(final), ensure_ascii=False, indent=2))
     else:
         if not stream_out:
             click.echo(final.answer, nl=False)
         click.echo("")
+    if annotate_dir:
+        from router.annotate import annotate
+
+        out_dir = Path(annotate_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for a in final.analyses:
+            img = decoded[a.index - 1]
+            written = annotate(img, a, out_dir / f"{a.index:02d}-{a.image_id[:12]}.png")
+            click.echo(f"annotated: {written}", err=True)
     if trace:
         click.echo(render_trace(final.trace), err=True)
 
@@ -126,7 +212,7 @@ def _final_json(final) -> dict[str, Any]:
 
 
 # --- expert -------------------------------------------------------------------------------------
-@cli.group()
+@cli.group(cls=_Group, lazy=EXPERT_LAZY_COMMANDS)
 def expert() -> None:
     """List and run the vision experts directly."""
 

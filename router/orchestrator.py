@@ -190,13 +190,20 @@ class Orchestrator:
         keep_alive: Any = None,
         think: Any = None,
         decoded: list[DecodedImage] | None = None,
+        experts: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
+        extra_context: str | None = None,
     ) -> AsyncIterator[Event]:
         """Run one request and yield :class:`TextDelta` events, then exactly one :class:`Final`.
 
         ``decoded``: images already decoded by the caller (the proxy), in conversation order; the
         messages' ``images`` fields are then ignored.
+        ``experts``: experts to run on the newest images before the first turn, as if keywords had
+        chosen them (presets, scripts): names or (name, args).
+        ``extra_context``: text (e.g. retrieved RAG context) placed before the last user message.
         """
         run = _Run(self, model or self.settings.model, options, format, keep_alive, think)
+        run.forced = [(e, {}) if isinstance(e, str) else (e[0], dict(e[1])) for e in experts or ()]
+        run.extra_context = extra_context
         async for ev in run.execute(messages, decoded):
             yield ev
 
@@ -219,6 +226,8 @@ class _Run:
         self.answer: list[str] = []
         self.thinking: list[str] = []
         self.notes: list[str] = []
+        self.forced: list[tuple[str, dict[str, Any]]] = []
+        self.extra_context: str | None = None
 
     async def execute(self, messages: list[dict[str, Any]], decoded: list[DecodedImage] | None):
         t_start = time.perf_counter()
@@ -230,9 +239,15 @@ class _Run:
         if self.images:
             await self._ensure_protocol(msgs)
 
+        if self.extra_context and last_user is not None:
+            msgs[last_user] = dict(msgs[last_user], content=f"{self.extra_context}\n\n{msgs[last_user]['content']}")
+
         # 1. Keyword pre-dispatch: experts start before the model says anything.
         pending: list[tuple[ExpertCall, asyncio.Future[ExpertResult]]] = []
         if self.images and s.max_rounds > 0:
+            for name, args in self.forced:
+                for idx in self.latest:
+                    pending.append(self._start(ExpertCall(self._img(idx), idx, name, args, source="preset")))
             for m in self.o.keywords.route(user_text):
                 if self.o.registry.resolve(m.expert) is None:
                     continue  # the table names an expert that is not installed: let the model decide
