@@ -23,8 +23,8 @@ from experts.errors import ImageError
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
-# Pillow format names we accept (MPO is the multi-picture JPEG many phones write).
-ALLOWED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
+# Pillow format names we accept (the JPEG opener also reads the multi-picture MPO files phones write).
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 # We do our own pixel check before decoding; Pillow's bomb guard would only add a second, looser one.
 Image.MAX_IMAGE_PIXELS = None

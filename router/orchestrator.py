@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,12 +31,12 @@ from experts.errors import ImageError
 from experts.images import DecodedImage, decode_base64_image, decode_image, load_image_file
 from experts.registry import Registry, default_registry
 from experts.schema import ExpertResult, ImageAnalysis
-from router import protocol
+from router import protocol, toolspec
 from router.cache import ResultCache
 from router.config import BASE_MODEL, Settings
 from router.context import render_context
 from router.dispatch import Dispatcher, ExpertCall, _run_coroutine
-from router.errors import ModelNotFound, OllamaUnreachable, UpstreamError
+from router.errors import ModelNotFound, OllamaUnreachable, UpstreamError, VisionRouterError
 from router.keywords import KeywordRouter
 from router.ollama_host import resolve_host
 from router.tags import Tag, TagParser
@@ -75,9 +76,17 @@ class Final:
     trace: Trace
     analyses: list[ImageAnalysis] = field(default_factory=list)
     thinking: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # the client's own tools, unexecuted
 
 
-Event = TextDelta | ThinkingDelta | Final
+@dataclass
+class ToolCalls:
+    """Tool calls for the client's own tools: returned unexecuted, exactly as Ollama would."""
+
+    calls: list[dict[str, Any]]
+
+
+Event = TextDelta | ThinkingDelta | ToolCalls | Final
 ImageInput = DecodedImage | bytes | str | Path
 
 
@@ -116,6 +125,7 @@ class Orchestrator:
         self.dispatcher = dispatcher
         self.keywords = keywords or KeywordRouter.from_toml(self.settings.keywords_file)
         self._has_protocol: dict[str, bool] = {}
+        self._capabilities: dict[str, list[str]] = {}  # per model, from /api/show (tools protocol)
 
     # --- public API -------------------------------------------------------------------------
     def client(self) -> ollama.AsyncClient:
@@ -192,6 +202,8 @@ class Orchestrator:
         decoded: list[DecodedImage] | None = None,
         experts: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
         extra_context: str | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
+        protocol: str | None = None,
     ) -> AsyncIterator[Event]:
         """Run one request and yield :class:`TextDelta` events, then exactly one :class:`Final`.
 
@@ -200,10 +212,15 @@ class Orchestrator:
         ``experts``: experts to run on the newest images before the first turn, as if keywords had
         chosen them (presets, scripts): names or (name, args).
         ``extra_context``: text (e.g. retrieved RAG context) placed before the last user message.
+        ``tools``: the client's own tool definitions, sent along with ours; calls to them end the
+        request with a :class:`ToolCalls` event (the client runs them).
+        ``protocol``: ``tags``, ``tools`` or ``auto`` for this request (default: the settings').
         """
         run = _Run(self, model or self.settings.model, options, format, keep_alive, think)
         run.forced = [(e, {}) if isinstance(e, str) else (e[0], dict(e[1])) for e in experts or ()]
         run.extra_context = extra_context
+        run.client_tools = [t for t in tools or () if isinstance(t, dict)]
+        run.protocol = protocol or self.settings.protocol
         async for ev in run.execute(messages, decoded):
             yield ev
 
@@ -227,17 +244,25 @@ class _Run:
         self.thinking: list[str] = []
         self.notes: list[str] = []
         self.forced: list[tuple[str, dict[str, Any]]] = []
+        self.user_texts: list[str] = []
         self.extra_context: str | None = None
+        # Tools protocol (see _tools_wanted / _sort_tool_calls / _tool_round).
+        self.client_tools: list[dict[str, Any]] = []
+        self.protocol: str = orch.settings.protocol
+        self.use_tools = False
+        self.client_calls: list[dict[str, Any]] = []
+        self._our_calls: list[tuple[dict[str, Any], str, dict[str, Any], list[int]]] = []
+        self._bad_calls: list[tuple[dict[str, Any], str]] = []
 
     async def execute(self, messages: list[dict[str, Any]], decoded: list[DecodedImage] | None):
         t_start = time.perf_counter()
         msgs = self._prepare(messages, decoded)
-        last_user = _last_user_index(msgs)
-        user_text = msgs[last_user]["content"] if last_user is not None else ""
         s = self.o.settings
-
         if self.images:
+            self.use_tools = await self._tools_wanted()
             await self._ensure_protocol(msgs)
+        last_user = _last_user_index(msgs)
+        user_text = self.user_texts[-1] if self.user_texts else ""
 
         if self.extra_context and last_user is not None:
             msgs[last_user] = dict(msgs[last_user], content=f"{self.extra_context}\n\n{msgs[last_user]['content']}")
@@ -273,7 +298,27 @@ class _Run:
             reply, tag_calls, tags_seen, buffered = await self._turn(turn_no, msgs, final_round, buffer_turn)
             async for ev in self._drain_events():
                 yield ev
-            if tag_calls and not final_round:
+            if self.client_calls:  # the client's own tools: hand the calls back and stop here
+                if buffered:
+                    self._emit(buffered)
+                    async for ev in self._drain_events():
+                        yield ev
+                yield ToolCalls(list(self.client_calls))
+                break
+            if self._bad_calls and self.protocol == "auto" and self.use_tools:
+                # A malformed native tool call: fall back to the tag protocol and ask again.
+                self._fall_back_to_tags(msgs)
+                continue
+            if (self._our_calls or self._bad_calls) and not final_round:
+                if buffered:
+                    self._emit(buffered)
+                    async for ev in self._drain_events():
+                        yield ev
+                await self._tool_round(msgs, reply, tag_calls)
+                rounds += 1
+                buffer_turn = False
+                continue
+            if (tag_calls or self.notes) and tags_seen and not final_round:
                 if buffered:  # the words before the tag belong to the answer, as when streamed
                     self._emit(buffered)
                     async for ev in self._drain_events():
@@ -313,6 +358,7 @@ class _Run:
             trace=self.trace,
             analyses=self._analyses(),
             thinking="".join(self.thinking),
+            tool_calls=list(self.client_calls),
         )
 
     # --- preparation ----------------------------------------------------------------------
@@ -324,6 +370,8 @@ class _Run:
         out: list[dict[str, Any]] = []
         for m in messages:
             m = dict(m)
+            if m.get("role") == "user":
+                self.user_texts.append(str(m.get("content") or ""))
             raw_images = m.pop("images", None) or []
             if raw_images:
                 notes = []
@@ -365,9 +413,9 @@ class _Run:
         self.trace.protocol_injected = True
         if msgs and msgs[0].get("role") == "system":
             # A client's system message replaces the model's SYSTEM: keep both.
-            msgs[0] = dict(msgs[0], content=f"{msgs[0].get('content', '')}\n\n{protocol.PROTOCOL_PROMPT}")
+            msgs[0] = dict(msgs[0], content=f"{msgs[0].get('content', '')}\n\n{self._protocol_prompt()}")
         else:
-            msgs.insert(0, {"role": "system", "content": protocol.PROTOCOL_PROMPT})
+            msgs.insert(0, {"role": "system", "content": self._protocol_prompt()})
 
     # --- experts --------------------------------------------------------------------------
     def _img(self, idx: int) -> DecodedImage:
@@ -454,6 +502,10 @@ class _Run:
                 kwargs[k] = v
         if self.format is not None and (final_round or not self.images or not buffer):
             kwargs["format"] = self.format
+        tools = self._tools_for_turn(final_round)
+        if tools:
+            kwargs["tools"] = tools
+        tool_calls: list[dict[str, Any]] = []
 
         def visible(text: str) -> None:
             if not text or (after_tag and not final_round):
@@ -486,6 +538,8 @@ class _Run:
                 if msg.thinking:
                     self._events.append(ThinkingDelta(msg.thinking))
                     self.thinking.append(msg.thinking)
+                if msg.tool_calls:
+                    tool_calls.extend(_tool_call_dict(tc) for tc in msg.tool_calls)
                 if msg.content:
                     if first is None:
                         first = time.perf_counter()
@@ -517,7 +571,128 @@ class _Run:
                 tags=tag_names,
             )
         )
+        self._sort_tool_calls(tool_calls, "".join(raw), final_round)
         return "".join(raw), calls, bool(tag_names), "".join(buffered)
+
+    # --- tools protocol -------------------------------------------------------------------------
+    async def _tools_wanted(self) -> bool:
+        """Whether this request offers the experts as native tools (``tools``, or ``auto`` when the
+        model reports the ``tools`` capability)."""
+        if self.protocol == "tools":
+            return True
+        if self.protocol != "auto" or not self.o.registry.names():
+            return False
+        caps = self.o._capabilities.get(self.model)
+        if caps is None:
+            try:
+                shown = await self.o.client().show(self.model)
+            except Exception as exc:
+                raise _upstream_error(exc, self.model, self.o.host) from None
+            caps = list(shown.capabilities or [])
+            self.o._capabilities[self.model] = caps
+        return "tools" in caps
+
+    def _protocol_prompt(self) -> str:
+        return toolspec.TOOLS_PROMPT if self.use_tools else protocol.PROTOCOL_PROMPT
+
+    def _tools_for_turn(self, final_round: bool) -> list[dict[str, Any]]:
+        """Ours (unless this is the last round) merged with the client's; ours win a name clash."""
+        ours = toolspec.ollama_tools(self.o.registry) if self.use_tools and not final_round else []
+        names = {t["function"]["name"] for t in ours}
+        client = [t for t in self.client_tools if (t.get("function") or {}).get("name") not in names]
+        return ours + client
+
+    def _sort_tool_calls(self, calls: list[dict[str, Any]], reply: str, final_round: bool) -> None:
+        """Split one turn's tool calls: ours (run by the router), the client's (handed back) and
+        malformed ones (answered with an error, or in ``auto`` a fall back to tags)."""
+        self._our_calls, self._bad_calls = [], []
+        client_names = {(t.get("function") or {}).get("name") for t in self.client_tools}
+        offered = self.use_tools and not final_round
+        for call in calls:
+            fn = call.get("function") or {}
+            name = str(fn.get("name") or "")
+            expert = toolspec.expert_for_tool(name, self.o.registry)
+            if expert is not None and (offered or name not in client_names):
+                if not offered:
+                    self.trace.ignored_tags.append(f"tool call {name} (vision tools not offered)")
+                    continue
+                problem, targets, expert_args = self._check_tool_args(expert, fn.get("arguments"))
+                if problem:
+                    self._bad_calls.append((call, problem))
+                else:
+                    self._our_calls.append((call, expert, expert_args, targets))
+            elif self.client_tools:
+                # Not ours: back to the client unexecuted, as Ollama would return it (also a name the
+                # client did not define: the client decides what to do with it).
+                self.client_calls.append(call)
+            elif offered:
+                self._bad_calls.append((call, f"unknown tool {name!r}"))
+            else:
+                self.trace.ignored_tags.append(f"tool call {name} (no tools offered)")
+        if offered and not calls and "<tool_call>" in reply:
+            self._bad_calls.append(({"function": {"name": "?", "arguments": {}}}, "tool call written as text"))
+        for call, problem in self._bad_calls:
+            self.trace.malformed_tags.append(f"tool call {(call.get('function') or {}).get('name')}: {problem}")
+
+    def _check_tool_args(self, expert: str, args: Any) -> tuple[str | None, list[int], dict[str, Any]]:
+        if isinstance(args, str):  # some models send the arguments as a JSON string
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError:
+                return f"arguments are not JSON: {args[:80]!r}", [], {}
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            return "arguments are not an object", [], {}
+        args = {k: v for k, v in args.items() if v is not None}
+        image = args.pop(toolspec.IMAGE_ARG, None)
+        targets = list(self.latest)
+        if image is not None:
+            try:
+                idx = int(image)
+            except (TypeError, ValueError):
+                return f"image must be a number, got {image!r}", [], {}
+            if not 1 <= idx <= len(self.images):
+                return f"there is no image {idx}; {len(self.images)} image(s) are attached", [], {}
+            targets = [idx]
+        try:
+            self.o.registry.get(expert).parse_args(args)
+        except VisionRouterError as exc:
+            return str(exc), [], {}
+        return None, targets, args
+
+    async def _tool_round(self, msgs: list[dict[str, Any]], reply: str, tag_calls: list) -> None:
+        """Run our tool calls, then append the assistant's calls and one ``tool`` message each."""
+        started = [
+            (call, expert, [self._start(ExpertCall(self._img(i), i, expert, dict(args), source="tool"))
+                            for i in targets])
+            for call, expert, args, targets in self._our_calls
+        ]
+        answered = [c for c, _, _ in started] + [c for c, _ in self._bad_calls]
+        msgs.append({"role": "assistant", "content": reply,
+                     "tool_calls": [{"function": c.get("function") or {}} for c in answered]})
+        for call, _expert, pending in started:
+            msgs.append({"role": "tool", "tool_name": call["function"]["name"],
+                         "content": await self._collect(pending)})
+        for call, problem in self._bad_calls:
+            name = (call.get("function") or {}).get("name") or "?"
+            msgs.append({"role": "tool", "tool_name": name,
+                         "content": f"error: {problem}. Available tools: "
+                                    + ", ".join(toolspec.tool_name(n) for n in self.o.registry.names())})
+        if tag_calls:  # tags written alongside the calls still get their answer
+            context = await self._collect(tag_calls)
+            msgs.append({"role": "user", "content": f"{context}\n\n{protocol.FOLLOW_UP}"})
+        self._our_calls, self._bad_calls = [], []
+
+    def _fall_back_to_tags(self, msgs: list[dict[str, Any]]) -> None:
+        """Switch this request to the tag protocol: drop our tools, teach tags instead."""
+        self.use_tools = False
+        self._our_calls, self._bad_calls = [], []
+        # The words of the malformed turn were buffered (turn 1) or are already out: nothing to undo.
+        for i, m in enumerate(msgs):
+            if m.get("role") == "system" and toolspec.TOOLS_PROMPT in (m.get("content") or ""):
+                msgs[i] = dict(m, content=m["content"].replace(toolspec.TOOLS_PROMPT, protocol.PROTOCOL_PROMPT))
+                break
 
     def _emit(self, text: str) -> None:
         self._events = getattr(self, "_events", [])
@@ -528,6 +703,13 @@ class _Run:
         events, self._events = getattr(self, "_events", []), []
         for ev in events:
             yield ev
+
+
+def _tool_call_dict(tc: Any) -> dict[str, Any]:
+    """A tool call from the client library as Ollama's JSON (``{"function": {name, arguments}}``)."""
+    if isinstance(tc, dict):
+        return tc
+    return tc.model_dump(exclude_none=True) if hasattr(tc, "model_dump") else dict(tc)
 
 
 def _last_user_index(msgs: list[dict[str, Any]]) -> int | None:

@@ -1,0 +1,762 @@
+"""The routing benchmark: how well do the keyword table and YOUR model ask for the right experts?
+
+A suite (``router/data/eval_suite.toml`` by default) lists prompts with the experts each one needs.
+For every prompt the benchmark records
+
+- what the keyword router decides (no LLM involved; the orchestrator runs it only when an image is
+  attached, and so does the benchmark),
+- what the model asks for in turn 1: one chat call, exactly as the orchestrator sends it (the tag
+  protocol as a system message unless the model's own SYSTEM teaches it, one image note per
+  attached image before the user's words), parsed with the tag parser; with ``protocol="tools"`` the
+  experts are offered as native tools and the tool calls count,
+- what the router as a whole would run: the keyword decision when there is one, else the model's.
+
+Experts are never run: this measures routing, not vision. Scores are precision and recall per
+expert, exact-set accuracy, how often prompts that need no expert got none, malformed tags and
+turn-1 latency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+
+from experts.errors import VisionRouterError
+from router import protocol
+from router.errors import ModelNotFound, OllamaUnreachable, UpstreamError
+from router.keywords import KeywordRouter
+from router.tags import TagParser
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# The built-in experts, in the order tables list them. Suites may name others the registry knows.
+BUILTIN_EXPERTS = ("ocr", "detect", "clip", "caption")
+TOOL_PREFIX = "vision_"
+DEFAULT_MAX_TOKENS = 256
+SYSTEMS = ("keywords", "model", "router")
+SYSTEM_TITLES = {
+    "keywords": "keywords",
+    "model": "model turn 1",
+    "router": "router",
+}
+
+TOOLS_PROMPT = (
+    "You are a helpful assistant that cannot see images yourself. When the user attaches images, call "
+    "the vision_* tools to have experts look at them for you: vision_ocr reads text, logos and "
+    "watermarks; vision_detect counts and measures things and finds faces, people or QR codes; "
+    "vision_clip judges visual style and mood; vision_caption describes the picture or answers one "
+    "question about it. Call several tools when the question needs them. When no image help is needed, "
+    "answer normally without calling any tool."
+)
+
+
+# --- the suite ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    """One labelled prompt."""
+
+    id: str
+    prompt: str
+    expect: frozenset[str]
+    accept: frozenset[str] = frozenset()
+    lang: str = "en"
+    category: str = ""
+    images: int = 1
+
+
+@dataclass
+class Suite:
+    """The labelled prompts and the image every prompt is said to have attached."""
+
+    source: str
+    cases: list[Case]
+    width: int = 960
+    height: int = 640
+    format: str = "PNG"
+
+    def image_notes(self, count: int) -> list[str]:
+        return [protocol.image_note(i + 1, self.width, self.height, self.format) for i in range(count)]
+
+
+def load_suite(path: str | Path | None = None, experts: Iterable[str] = BUILTIN_EXPERTS) -> Suite:
+    """Read a suite (TOML with ``cases = [...]`` or JSONL, one case per line); ``None`` is the
+    shipped one. Expected experts must be among ``experts``."""
+    try:
+        if path is None:
+            text = resources.files("router").joinpath("data/eval_suite.toml").read_text("utf-8")
+            source, is_jsonl = "eval_suite.toml", False
+        else:
+            p = Path(path).expanduser()
+            text = p.read_text("utf-8")
+            source, is_jsonl = str(path), p.suffix.lower() in (".jsonl", ".ndjson")
+    except FileNotFoundError:
+        raise VisionRouterError(f"suite not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VisionRouterError(f"suite {path}: cannot read: {exc}") from None
+
+    header: dict[str, Any] = {}
+    if is_jsonl:
+        raw_cases = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise VisionRouterError(f"suite {source}, line {n}: invalid JSON: {exc.msg}") from None
+            if not isinstance(obj, dict):
+                raise VisionRouterError(f"suite {source}, line {n}: expected a JSON object")
+            raw_cases.append(obj)
+    else:
+        try:
+            header = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise VisionRouterError(f"suite {source}: invalid TOML: {exc}") from None
+        raw_cases = header.get("cases") or header.get("case") or []
+        if not isinstance(raw_cases, list):
+            raise VisionRouterError(f"suite {source}: `cases` must be a list")
+
+    known = {e.lower() for e in experts}
+    cases: list[Case] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_cases, 1):
+        case = _case(raw, i, known, source)
+        if case.id in seen:
+            raise VisionRouterError(f"suite {source}: duplicate case id {case.id!r}")
+        seen.add(case.id)
+        cases.append(case)
+    if not cases:
+        raise VisionRouterError(f"suite {source}: no cases")
+    image = header.get("image") or {}
+    try:
+        width, height = int(image.get("width", 960)), int(image.get("height", 640))
+    except (TypeError, ValueError):
+        raise VisionRouterError(f"suite {source}: image width/height must be integers") from None
+    return Suite(source, cases, width, height, str(image.get("format", "PNG")))
+
+
+def _case(raw: Any, i: int, known: set[str], source: str) -> Case:
+    where = f"suite {source}, case {i}"
+    if not isinstance(raw, dict):
+        raise VisionRouterError(f"{where}: expected a table/object")
+    cid = str(raw.get("id") or f"case-{i:03d}")
+    where = f"suite {source}, case {cid!r}"
+    prompt = raw.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise VisionRouterError(f"{where}: needs a non-empty `prompt`")
+    sets = []
+    for key in ("expect", "accept"):
+        value = raw.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if key == "expect" and "expect" not in raw:
+            raise VisionRouterError(f"{where}: needs `expect` (a list of experts; [] when none is needed)")
+        if not isinstance(value, list):
+            raise VisionRouterError(f"{where}: `{key}` must be a list of expert names")
+        names = {str(v).strip().lower() for v in value}
+        unknown = sorted(names - known)
+        if unknown:
+            raise VisionRouterError(
+                f"{where}: unknown expert {unknown[0]!r} in `{key}` (known: {', '.join(sorted(known))})"
+            )
+        sets.append(frozenset(names))
+    images = raw.get("images", 1)
+    if not isinstance(images, int) or images < 0:
+        raise VisionRouterError(f"{where}: `images` must be a whole number >= 0")
+    lang = str(raw.get("lang") or ("zh" if any("\u4e00" <= c <= "\u9fff" for c in prompt) else "en"))
+    return Case(cid, prompt, sets[0], sets[1] - sets[0], lang, str(raw.get("category", "")), images)
+
+
+# --- scoring --------------------------------------------------------------------------------------
+@dataclass
+class ExpertScore:
+    """Counts for one expert over a suite; ``support`` is how many prompts needed it."""
+
+    expert: str
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    @property
+    def support(self) -> int:
+        return self.tp + self.fn
+
+    @property
+    def precision(self) -> float | None:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else None
+
+    @property
+    def f1(self) -> float | None:
+        p, r = self.precision, self.recall
+        if p is None or r is None or p + r == 0:
+            return None if p is None or r is None else 0.0
+        return 2 * p * r / (p + r)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tp": self.tp, "fp": self.fp, "fn": self.fn, "support": self.support,
+                "precision": _round(self.precision), "recall": _round(self.recall), "f1": _round(self.f1)}
+
+
+@dataclass
+class SystemScore:
+    """How one decider (keywords, model, router) did on the scored prompts."""
+
+    name: str
+    prompts: int = 0
+    experts: dict[str, ExpertScore] = field(default_factory=dict)
+    overall: ExpertScore = field(default_factory=lambda: ExpertScore("all"))
+    exact: int = 0
+    none_needed: int = 0  # prompts that need no expert
+    none_ok: int = 0  # ... where nothing unneeded was asked
+    silent: int = 0  # prompts that need experts where nothing at all was asked
+
+    @property
+    def none_wrong(self) -> int:
+        return self.none_needed - self.none_ok
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "prompts": self.prompts,
+            "experts": {k: v.as_dict() for k, v in self.experts.items()},
+            "overall": self.overall.as_dict(),
+            "exact": self.exact,
+            "exact_rate": _round(_rate(self.exact, self.prompts)),
+            "no_expert": {"prompts": self.none_needed, "ok": self.none_ok, "asked_wrongly": self.none_wrong,
+                          "rate": _round(_rate(self.none_ok, self.none_needed))},
+            "silent": self.silent,
+        }
+
+
+def score(name: str, decisions: Iterable[tuple[Case, Collection[str]]], experts: Iterable[str]) -> SystemScore:
+    """Score (case, experts asked) pairs. An expert in ``accept`` is neither needed nor wrong; a name
+    outside ``experts`` (an unknown tag) counts against precision overall."""
+    s = SystemScore(name)
+    for e in experts:
+        s.experts[e] = ExpertScore(e)
+    for case, asked_raw in decisions:
+        asked = set(asked_raw)
+        s.prompts += 1
+        allowed = case.expect | case.accept
+        for e in case.expect:
+            row = s.experts.setdefault(e, ExpertScore(e))
+            if e in asked:
+                row.tp += 1
+                s.overall.tp += 1
+            else:
+                row.fn += 1
+                s.overall.fn += 1
+        for e in asked - allowed:
+            if e in s.experts:
+                s.experts[e].fp += 1
+            s.overall.fp += 1
+        if case.expect <= asked <= allowed:
+            s.exact += 1
+        if not case.expect:
+            s.none_needed += 1
+            if asked <= allowed:
+                s.none_ok += 1
+        elif not asked:
+            s.silent += 1
+    return s
+
+
+# --- one prompt -----------------------------------------------------------------------------------
+@dataclass
+class Turn:
+    """What the model did in turn 1 for one prompt."""
+
+    reply: str = ""
+    tags: list[str] = field(default_factory=list)  # raw tag text
+    tool_calls: list[str] = field(default_factory=list)  # tool names
+    asked: list[str] = field(default_factory=list)  # canonical expert names, first-asked order
+    unknown: list[str] = field(default_factory=list)  # names that are no expert
+    malformed: list[str] = field(default_factory=list)
+    unclosed: int = 0
+    latency_ms: float = 0.0
+    first_token_ms: float | None = None
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    keywords: list[str]  # experts the keyword router chose
+    keyword_hits: list[str]  # "keyword -> expert"
+    turn: Turn | None = None
+
+    @property
+    def router(self) -> list[str] | None:
+        """What the router would run: the keywords' choice when they chose, else the model's."""
+        if self.keywords:
+            return self.keywords
+        if self.turn is None or self.turn.error:
+            return None
+        return self.turn.asked
+
+    def as_dict(self) -> dict[str, Any]:
+        c = self.case
+        out: dict[str, Any] = {
+            "id": c.id, "lang": c.lang, "category": c.category, "images": c.images, "prompt": c.prompt,
+            "expect": sorted(c.expect), "accept": sorted(c.accept),
+            "keywords": self.keywords, "keyword_hits": self.keyword_hits,
+        }
+        if self.turn is not None:
+            out["model"] = asdict(self.turn)
+            out["router"] = self.router
+        return out
+
+
+# --- the run --------------------------------------------------------------------------------------
+@dataclass
+class Report:
+    suite: Suite
+    cases: list[CaseResult]
+    experts: list[str]
+    model: str | None = None
+    host: str | None = None
+    protocol: str | None = None
+    protocol_injected: bool | None = None
+    max_tokens: int | None = None
+    wall_s: float = 0.0
+
+    @property
+    def with_model(self) -> bool:
+        return self.model is not None
+
+    def scores(self) -> dict[str, SystemScore]:
+        out = {"keywords": score("keywords", ((r.case, r.keywords) for r in self.cases), self.experts)}
+        if self.with_model:
+            ok = [r for r in self.cases if r.turn is not None and not r.turn.error]
+            out["model"] = score("model", ((r.case, r.turn.asked) for r in ok), self.experts)  # type: ignore[union-attr]
+            out["router"] = score("router", ((r.case, r.router) for r in self.cases if r.router is not None),
+                                  self.experts)
+        return out
+
+    def model_stats(self) -> dict[str, Any]:
+        turns = [r.turn for r in self.cases if r.turn is not None]
+        ok = [t for t in turns if not t.error]
+        lat = sorted(t.latency_ms for t in ok)
+        first = sorted(t.first_token_ms for t in ok if t.first_token_ms is not None)
+        return {
+            "calls": len(turns),
+            "errors": len(turns) - len(ok),
+            "tags": sum(len(t.tags) for t in ok),
+            "tool_calls": sum(len(t.tool_calls) for t in ok),
+            "malformed_tags": sum(len(t.malformed) for t in ok),
+            "prompts_with_malformed": sum(1 for t in ok if t.malformed),
+            "unclosed_tags": sum(t.unclosed for t in ok),
+            "unknown_experts": sum(len(t.unknown) for t in ok),
+            "latency_ms": {"mean": _round(sum(lat) / len(lat), 1) if lat else None,
+                           "p50": _round(_percentile(lat, 50), 1), "p95": _round(_percentile(lat, 95), 1),
+                           "max": _round(lat[-1], 1) if lat else None},
+            "first_token_ms": {"p50": _round(_percentile(first, 50), 1), "p95": _round(_percentile(first, 95), 1)},
+            "prompt_tokens": sum(t.prompt_tokens for t in ok),
+            "output_tokens": sum(t.output_tokens for t in ok),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "suite": self.suite.source,
+            "prompts": len(self.cases),
+            "languages": _count(r.case.lang for r in self.cases),
+            "experts": self.experts,
+            "model": self.model,
+            "protocol": self.protocol,
+            "systems": {k: v.as_dict() for k, v in self.scores().items()},
+            "wall_s": round(self.wall_s, 2),
+        }
+        if self.with_model:
+            out["ollama_host"] = self.host
+            out["protocol_injected"] = self.protocol_injected
+            out["max_tokens"] = self.max_tokens
+            out["model_stats"] = self.model_stats()
+        out["cases"] = [r.as_dict() for r in self.cases]
+        return out
+
+
+class Evaluator:
+    """Runs a suite through the keyword router and, unless ``model`` is None, one model turn each."""
+
+    def __init__(
+        self,
+        keywords: KeywordRouter,
+        *,
+        aliases: dict[str, str] | None = None,
+        experts: Iterable[str] = BUILTIN_EXPERTS,
+        tool_schemas: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.keywords = keywords
+        self.experts = list(experts)
+        self.aliases = {e: e for e in self.experts}
+        self.aliases.update({k.lower(): v for k, v in (aliases or {}).items()})
+        self.tool_schemas = tool_schemas or {}
+
+    def resolve(self, name: str) -> str | None:
+        n = name.strip().lower()
+        if n.startswith(TOOL_PREFIX):
+            n = n[len(TOOL_PREFIX):]
+        return self.aliases.get(n)
+
+    def keyword_decision(self, case: Case) -> tuple[list[str], list[str]]:
+        if case.images == 0:  # the orchestrator routes keywords only when an image is attached
+            return [], []
+        experts: list[str] = []
+        hits: list[str] = []
+        for m in self.keywords.route(case.prompt):
+            canonical = self.resolve(m.expert) or m.expert
+            hits.append(f"{m.keyword} -> {canonical}")
+            if canonical not in experts:
+                experts.append(canonical)
+        return experts, hits
+
+    def run(
+        self,
+        suite: Suite,
+        *,
+        model: str | None = None,
+        host: str | None = None,
+        protocol_mode: str = "tags",
+        inject_protocol: str = "auto",
+        limit: int | None = None,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        timeout_s: float = 300.0,
+        on_progress: Callable[[int, int, CaseResult], None] | None = None,
+    ) -> Report:
+        """Score the suite. ``model=None`` scores the keyword router alone (no Ollama needed)."""
+        t0 = time.perf_counter()
+        cases = suite.cases[:limit] if limit else list(suite.cases)
+        report = Report(suite, [], self.experts)
+        client = None
+        system: str | None = None
+        tools: list[dict[str, Any]] | None = None
+        if model is not None:
+            if protocol_mode not in ("tags", "tools"):
+                raise VisionRouterError(f"unknown protocol {protocol_mode!r} (tags or tools)")
+            import ollama
+
+            from router.ollama_host import resolve_host
+
+            report.model, report.protocol, report.max_tokens = model, protocol_mode, max_tokens
+            report.host = resolve_host(host)
+            client = ollama.Client(host=report.host, timeout=timeout_s)
+            if protocol_mode == "tools":
+                tools = self.tool_definitions()
+                system = TOOLS_PROMPT
+            elif _wants_protocol(client, model, report.host, inject_protocol):
+                system = protocol.PROTOCOL_PROMPT
+            report.protocol_injected = system is not None
+        for i, case in enumerate(cases, 1):
+            kw, hits = self.keyword_decision(case)
+            result = CaseResult(case, kw, hits)
+            if client is not None:
+                assert model is not None
+                messages = turn1_messages(suite, case, system)
+                result.turn = self._turn(client, model, messages, tools, max_tokens, report.host or "")
+            report.cases.append(result)
+            if on_progress is not None:
+                on_progress(i, len(cases), result)
+        report.wall_s = time.perf_counter() - t0
+        return report
+
+    def tool_definitions(self) -> list[dict[str, Any]]:
+        """The experts as native Ollama tools: ``vision_<name>`` with the expert's args schema."""
+        return [
+            {"type": "function", "function": {
+                "name": f"{TOOL_PREFIX}{e}",
+                "description": self.tool_schemas.get(e, {}).get("description", f"Run the {e} vision expert"),
+                "parameters": _with_image_arg(self.tool_schemas.get(e, {}).get("parameters")),
+            }}
+            for e in self.experts
+        ]
+
+    def _turn(self, client: Any, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+              max_tokens: int | None, host: str) -> Turn:
+        import httpx
+        import ollama
+
+        turn = Turn()
+        parser = TagParser()
+        raw: list[str] = []
+        kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+        if tools:
+            kwargs["tools"] = tools
+        if max_tokens:
+            kwargs["options"] = {"num_predict": max_tokens}
+        t0 = time.perf_counter()
+        last = None
+        names: list[str] = []
+        try:
+            for chunk in client.chat(**kwargs):
+                last = chunk
+                msg = chunk.message
+                got = bool(msg.content) or bool(msg.tool_calls)
+                if got and turn.first_token_ms is None:
+                    turn.first_token_ms = round((time.perf_counter() - t0) * 1000, 2)
+                if msg.content:
+                    raw.append(msg.content)
+                    parser.feed(msg.content)
+                for call in msg.tool_calls or []:
+                    turn.tool_calls.append(call.function.name)
+                    names.append(call.function.name)
+        except ollama.ResponseError as exc:
+            if exc.status_code == 404:
+                raise ModelNotFound(f"model '{model}' not found at {host}: create it with "
+                                    f"`ollama create {model} -f Modelfile`") from None
+            turn.error = f"{exc.status_code}: {exc.error}"
+        except (httpx.ConnectError, ConnectionError):
+            raise OllamaUnreachable(f"cannot reach Ollama at {host}: start it with `ollama serve`, or set "
+                                    "OLLAMA_HOST / --ollama-host") from None
+        except httpx.HTTPError as exc:
+            turn.error = f"{type(exc).__name__}: {exc}"
+        parser.close()
+        turn.latency_ms = round((time.perf_counter() - t0) * 1000, 2)
+        turn.reply = "".join(raw)
+        turn.tags = [t.raw for t in parser.tags]
+        turn.unclosed = sum(1 for t in parser.tags if t.unclosed)
+        turn.malformed = [m.raw for m in parser.malformed]
+        names = [t.name for t in parser.tags] + names
+        for n in names:
+            canonical = self.resolve(n)
+            if canonical is None:
+                turn.unknown.append(n)
+                canonical = f"?{n.lower()}"  # unknown names still count as asked (and wrong)
+            if canonical not in turn.asked:
+                turn.asked.append(canonical)
+        if last is not None:
+            turn.prompt_tokens = int(getattr(last, "prompt_eval_count", 0) or 0)
+            turn.output_tokens = int(getattr(last, "eval_count", 0) or 0)
+        return turn
+
+
+def turn1_messages(suite: Suite, case: Case, system: str | None) -> list[dict[str, Any]]:
+    """The turn-1 messages, as the orchestrator sends them: image notes, then the user's words."""
+    notes = suite.image_notes(case.images)
+    content = "\n".join(notes) + ("\n" + case.prompt if notes else case.prompt)
+    msgs: list[dict[str, Any]] = []
+    if system:
+        msgs.append({"role": "system", "content": system})
+    msgs.append({"role": "user", "content": content})
+    return msgs
+
+
+def _wants_protocol(client: Any, model: str, host: str, mode: str) -> bool:
+    """Whether to send the tag protocol as a system message (the orchestrator's rule). The show call
+    also checks, once, that Ollama is up and the model exists."""
+    import httpx
+    import ollama
+
+    try:
+        shown = client.show(model)
+    except ollama.ResponseError as exc:
+        if exc.status_code == 404:
+            raise ModelNotFound(f"model '{model}' not found at {host}: create it with "
+                                f"`ollama create {model} -f Modelfile`") from None
+        raise UpstreamError(f"Ollama at {host}: {exc.error}", exc.status_code) from None
+    except (httpx.ConnectError, ConnectionError):
+        raise OllamaUnreachable(f"cannot reach Ollama at {host}: start it with `ollama serve`, or set "
+                                "OLLAMA_HOST / --ollama-host") from None
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return protocol.PROTOCOL_MARKER not in (shown.modelfile or "")
+
+
+def _with_image_arg(params: dict[str, Any] | None) -> dict[str, Any]:
+    out = json.loads(json.dumps(params)) if params else {"type": "object", "properties": {}}
+    out.setdefault("type", "object")
+    props = out.setdefault("properties", {})
+    props.setdefault("image", {"type": "integer", "description": "1-based image number (default: the newest)"})
+    return out
+
+
+# --- output ---------------------------------------------------------------------------------------
+def render_report(report: Report) -> str:
+    """The human table: per-expert precision/recall for each decider, then the summary figures."""
+    scores = report.scores()
+    systems = [s for s in SYSTEMS if s in scores]
+    langs = ", ".join(f"{n} {lang}" for lang, n in _count(r.case.lang for r in report.cases).items())
+    head = f"vision-router eval: {report.suite.source}, {len(report.cases)} prompts ({langs})"
+    if report.with_model:
+        inj = "protocol as system message" if report.protocol_injected else "protocol from the model's SYSTEM"
+        if report.protocol == "tools":
+            inj = "experts offered as tools"
+        head += f"\nmodel {report.model} at {report.host}, --protocol {report.protocol} ({inj})"
+    else:
+        head += "\nkeyword router only (no LLM)"
+    lines = [head, ""]
+
+    col = 19
+    lines.append(f"{'':<19}" + "".join(f"{SYSTEM_TITLES[s]:^{col}}" for s in systems))
+    lines.append(f"{'expert':<10}{'needed':>7}  " + "".join(f"{'prec':>6} {'recall':>6} {'F1':>5} " for _ in systems))
+    for e in report.experts + ["all"]:
+        needed = scores["keywords"].experts[e].support if e != "all" else scores["keywords"].overall.support
+        row = f"{e:<10}{needed:>7}  "
+        for s in systems:
+            sc = scores[s].overall if e == "all" else scores[s].experts[e]
+            row += f"{_fmt(sc.precision):>6} {_fmt(sc.recall):>6} {_fmt(sc.f1):>5} "
+        lines.append(row)
+    lines.append("")
+
+    def summary(label: str, fn: Callable[[SystemScore], str]) -> None:
+        lines.append(f"{label:<19}" + "".join(f"{fn(scores[s]):^{col}}" for s in systems))
+
+    summary("exact expert set", lambda s: f"{s.exact}/{s.prompts} {_pct(s.exact, s.prompts)}")
+    summary("no expert needed", lambda s: f"{s.none_ok}/{s.none_needed} ok {_pct(s.none_ok, s.none_needed)}")
+    summary("  asked wrongly", lambda s: str(s.none_wrong))
+    summary("needed, none asked", lambda s: str(s.silent))
+
+    if report.with_model:
+        st = report.model_stats()
+        lat, ft = st["latency_ms"], st["first_token_ms"]
+        lines.append("")
+        lines.append(f"model turn 1: {st['calls']} calls, {st['errors']} errors; {st['tags']} tags, "
+                     f"{st['tool_calls']} tool calls; malformed tags {st['malformed_tags']} "
+                     f"(in {st['prompts_with_malformed']} prompts), unclosed {st['unclosed_tags']}, "
+                     f"unknown experts {st['unknown_experts']}")
+        lines.append(f"latency ms: mean {_ms(lat['mean'])}, p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, "
+                     f"max {_ms(lat['max'])}; first token p50 {_ms(ft['p50'])}; "
+                     f"tokens {st['prompt_tokens']} prompt + {st['output_tokens']} output")
+        lines.append("router = the keyword decision when keywords matched, else the model's turn-1 request.")
+    lines.append(f"({report.wall_s:.1f} s)")
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _pct(a: int, b: int) -> str:
+    return f"({100 * a / b:.0f}%)" if b else ""
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+def _rate(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def _round(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def _percentile(sorted_values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile."""
+    if not sorted_values:
+        return None
+    k = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[k - 1]
+
+
+def _count(items: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return out
+
+
+# --- wiring to the registry and the CLI -----------------------------------------------------------
+def evaluator_from_registry(registry: Any, keywords: KeywordRouter) -> Evaluator:
+    """An evaluator that knows the installed experts' aliases and argument schemas (the built-in four
+    are always scored, installed or not)."""
+    experts = list(BUILTIN_EXPERTS)
+    aliases: dict[str, str] = {}
+    schemas: dict[str, dict[str, Any]] = {}
+    for name in registry.names():
+        if name not in experts:
+            experts.append(name)
+        cls = registry.expert_class(name)
+        for a in cls.aliases:
+            aliases[a] = name
+        try:
+            schemas[name] = {"description": cls.description, "parameters": cls.args_schema()}
+        except Exception:  # a broken plugin's schema must not stop the benchmark
+            pass
+    schemas.update(_toolspec_schemas(registry))
+    return Evaluator(keywords, aliases=aliases, experts=experts, tool_schemas=schemas)
+
+
+def _toolspec_schemas(registry: Any) -> dict[str, dict[str, Any]]:
+    """The tool definitions of router.toolspec, when that module offers a builder: the model is then
+    benchmarked on exactly what the orchestrator sends it."""
+    try:
+        from router import toolspec  # type: ignore[attr-defined]
+    except ImportError:
+        return {}
+    builder = getattr(toolspec, "tool_definitions", None) or getattr(toolspec, "build_tools", None)
+    if builder is None:
+        return {}
+    try:
+        tools = builder(registry)
+    except Exception:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for t in tools or []:
+        fn = t.get("function", {}) if isinstance(t, dict) else {}
+        name = str(fn.get("name", ""))
+        if name.startswith(TOOL_PREFIX):
+            out[name[len(TOOL_PREFIX):]] = {"description": fn.get("description", ""),
+                                            "parameters": fn.get("parameters")}
+    return out
+
+
+@click.command("eval")
+@click.option("-m", "--model", help="Ollama model to benchmark (default qwen3-vision, see Modelfile)")
+@click.option("--suite", "suite_path", type=click.Path(dir_okay=False),
+              help="labelled prompts, TOML or JSONL (default: the shipped suite)")
+@click.option("--ollama-host", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
+@click.option("--protocol", "protocol_mode", type=click.Choice(["tags", "tools"]), default="tags",
+              show_default=True, help="how the model asks for experts: [VISION: ...] tags or native tool calls")
+@click.option("--limit", type=click.IntRange(1), help="only the first N prompts")
+@click.option("--keywords-only", is_flag=True, help="score the keyword router alone; no LLM, no Ollama")
+@click.option("--max-tokens", type=click.IntRange(0), default=DEFAULT_MAX_TOKENS, show_default=True,
+              help="cap each reply (num_predict; a tag comes first, so routing is unaffected); 0 = no cap")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object: scores and every prompt's decisions")
+@click.pass_context
+def eval_command(ctx, model, suite_path, ollama_host, protocol_mode, limit, keywords_only, max_tokens, as_json):
+    """Benchmark routing: does the keyword table, and does MODEL, ask for the right experts?"""
+    from experts.registry import default_registry
+    from router.config import Settings
+
+    settings = Settings.load((ctx.obj or {}).get("config"), model=model, ollama_host=ollama_host)
+    keywords = KeywordRouter.from_toml(settings.keywords_file)
+    ev = evaluator_from_registry(default_registry(), keywords)
+    suite = load_suite(suite_path, ev.experts)
+    progress = None
+    if not as_json and not keywords_only and sys.stderr.isatty():
+        def progress(i: int, n: int, r: CaseResult) -> None:
+            click.echo(f"\r{i}/{n} {r.case.id:<24}", err=True, nl=i == n)
+    report = ev.run(
+        suite,
+        model=None if keywords_only else settings.model,
+        host=settings.ollama_host,
+        protocol_mode=protocol_mode,
+        inject_protocol=settings.inject_protocol,
+        limit=limit,
+        max_tokens=max_tokens or None,
+        on_progress=progress,
+    )
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        click.echo(render_report(report))
