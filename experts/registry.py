@@ -107,7 +107,35 @@ class Registry:
             return inst
 
     def _build(self, cls: type[Expert]) -> Expert:
-        return cls(**self._config.get(cls.name, {}))
+        config = dict(self._config.get(cls.name, {}))
+        url = config.pop("url", None)
+        if url:
+            # The expert runs as a service elsewhere (experts.service): call it by URL.
+            from experts.remote import RemoteExpert
+
+            if issubclass(cls, RemoteExpert):
+                return cls(url=url, **config)
+            return RemoteExpert(cls.name, url, local_class=cls, **config)
+        return cls(**config)
+
+    def add_remote(self, name: str, url: str, *, aliases: tuple[str, ...] = (), **config: Any) -> type[Expert]:
+        """Use the expert service at ``url`` for ``name``. An expert installed here keeps its class
+        (and its argument validation) and is called by URL; one not installed here is registered as a
+        remote-only expert whose aliases and schema come from the service's ``/v1/info``."""
+        from experts.remote import remote_expert_class
+
+        with self._lock:
+            canonical = self.resolve(name)
+            if canonical is not None:
+                self.configure(canonical, **{**self._config.get(canonical, {}), **config, "url": url})
+                return self._classes[canonical]
+        cls = remote_expert_class(name, url, aliases=aliases,
+                                  **({"connect_timeout": config["connect_timeout"]}
+                                     if "connect_timeout" in config else {}))
+        with self._lock:
+            self.register(cls)
+            self._config[cls.name] = dict(config)
+        return cls
 
     @property
     def load_errors(self) -> dict[str, str]:
