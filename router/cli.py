@@ -196,7 +196,7 @@ def ask(ctx, images, question, model, ollama_host, as_json, no_stream, trace, ma
 
 def _load(path: str, settings: Settings):
     if path == "-":
-        return decode_image(click.get_binary_stream("stdin").read(), source="stdin", **settings.image_limits())
+        return decode_image(sys.stdin.buffer.read(), source="stdin", **settings.image_limits())
     return load_image_file(path, **settings.image_limits())
 
 
@@ -255,8 +255,10 @@ def expert_list(ctx, as_json):
 @click.argument("query", required=False)
 @click.option("-a", "--arg", "args", multiple=True, metavar="KEY=VALUE", help="expert argument (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print the result schema as JSON")
+@click.option("--annotate", "annotate_path", type=click.Path(dir_okay=False),
+              help="also write IMAGE with what the expert found drawn on it (PNG)")
 @click.pass_context
-def expert_run(ctx, name, image, query, args, as_json):
+def expert_run(ctx, name, image, query, args, as_json, annotate_path):
     """Run expert NAME on IMAGE; QUERY fills the expert's free-text argument."""
     settings = _settings(ctx)
     reg = _registry(settings)
@@ -268,10 +270,15 @@ def expert_run(ctx, name, image, query, args, as_json):
         kv.setdefault(exp.positional, query)
     img = _load(image, settings)
     result = exp.analyze(img, kv)
+    analysis = ImageAnalysis.merge(img.image_id, 1, [result], img.width, img.height)
+    if annotate_path:
+        from router.annotate import annotate, find_font
+
+        written = annotate(img, analysis, Path(annotate_path))
+        click.echo(f"annotated: {written} (font: {find_font()})", err=True)
     if as_json:
         click.echo(result.model_dump_json(indent=2))
         return
-    analysis = ImageAnalysis.merge(img.image_id, 1, [result], img.width, img.height)
     click.echo("\n".join(render_image(analysis)))
     click.echo(f"({exp.name}: {result.timing_ms:.0f} ms)", err=True)
 

@@ -1,0 +1,107 @@
+"""Experts register through the `vision_router.experts` entry-point group, built-ins included."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+from experts.base import Expert, ExpertArgs
+from experts.errors import ExpertError
+from experts.registry import Registry, default_registry
+
+
+@pytest.fixture
+def plugin_dist(tmp_path, monkeypatch):
+    """A third-party distribution on sys.path advertising experts through entry points."""
+    (tmp_path / "acme_vision.py").write_text(textwrap.dedent('''
+        from experts.base import Expert, ExpertArgs
+
+        class Args(ExpertArgs):
+            query: str | None = None
+
+        class Colour(Expert):
+            name = "colour"
+            aliases = ("color",)
+            description = "dominant colour"
+            Args = Args
+            positional = "query"
+            def _analyze(self, image, args):
+                r, g, b = image.rgb()[0, 0]
+                return self.new_result(image, attributes={"colour": [int(r), int(g), int(b)]})
+
+        class Blur(Expert):
+            name = "blur"
+            description = "blurriness"
+            def _analyze(self, image, args):
+                return self.new_result(image, measurements={"blur": 0.0})
+
+        def register(register):
+            register(Blur)
+    '''), "utf-8")
+    dist = tmp_path / "acme_vision-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-vision\nVersion: 1.0\n", "utf-8")
+    (dist / "entry_points.txt").write_text(
+        "[vision_router.experts]\ncolour = acme_vision:Colour\nblur = acme_vision:register\n"
+        "broken = acme_vision:does_not_exist\n",
+        "utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("acme_vision", None)
+
+
+def test_third_party_experts_load_by_class_and_by_register_hook(plugin_dist):
+    reg = Registry()
+    reg.load_entry_points()
+    assert {"colour", "blur"} <= set(reg.names())
+    assert reg.resolve("COLOR") == "colour"
+    assert "broken" in reg.load_errors and "does_not_exist" in reg.load_errors["broken"]
+
+
+def test_environment_restricts_which_plugins_load(plugin_dist, monkeypatch):
+    monkeypatch.setenv("VISION_ROUTER_EXPERTS", "blur")
+    reg = Registry()
+    reg.load_entry_points()
+    assert reg.names() == ["blur"]
+
+
+def test_builtins_register_through_the_same_entry_points():
+    assert {"ocr", "detect"} <= set(default_registry().names())
+
+
+def test_instances_are_shared_and_configurable():
+    class A(ExpertArgs):
+        pass
+
+    class Cfg(Expert):
+        name = "cfg"
+        Args = A
+
+    reg = Registry()
+    reg.register(Cfg)
+    assert reg.get("cfg") is reg.get("cfg")
+    reg.configure("cfg", engine="onnx")
+    assert reg.get("cfg").config == {"engine": "onnx"}
+    with pytest.raises(ExpertError, match="unknown expert 'nope' \\(available: cfg\\)"):
+        reg.get("nope")
+    with pytest.raises(TypeError):
+        reg.register(object)  # type: ignore[arg-type]
+
+
+def test_args_schema_is_a_clean_tool_schema():
+    class SArgs(ExpertArgs):
+        query: str | None = None
+        top_k: int = 5
+
+    class S(Expert):
+        name = "s"
+        Args = SArgs
+
+    schema = S.args_schema()
+    assert schema == {
+        "type": "object",
+        "properties": {"query": {"type": "string", "default": None}, "top_k": {"type": "integer", "default": 5}},
+    }
