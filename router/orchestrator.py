@@ -669,8 +669,7 @@ class _Run:
             for call, expert, args, targets in self._our_calls
         ]
         answered = [c for c, _, _ in started] + [c for c, _ in self._bad_calls]
-        msgs.append({"role": "assistant", "content": reply,
-                     "tool_calls": [{"function": c.get("function") or {}} for c in answered]})
+        msgs.append({"role": "assistant", "content": reply, "tool_calls": [_echo_call(c) for c in answered]})
         for call, _expert, pending in started:
             msgs.append({"role": "tool", "tool_name": call["function"]["name"],
                          "content": await self._collect(pending)})
@@ -710,6 +709,13 @@ def _tool_call_dict(tc: Any) -> dict[str, Any]:
     if isinstance(tc, dict):
         return tc
     return tc.model_dump(exclude_none=True) if hasattr(tc, "model_dump") else dict(tc)
+
+
+def _echo_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A tool call as it goes back into the history (arguments must be an object there)."""
+    fn = call.get("function") or {}
+    args = fn.get("arguments")
+    return {"function": {"name": str(fn.get("name") or "?"), "arguments": args if isinstance(args, dict) else {}}}
 
 
 def _last_user_index(msgs: list[dict[str, Any]]) -> int | None:

@@ -98,6 +98,10 @@ class FakeOllama:
         self.replies: deque[Reply] = deque()
         self.responder: Responder | None = None
         self.requests: list[tuple[str, str, Any]] = []  # (method, path, json body or None)
+        self.blobs: dict[str, bytes] = {}
+        # Streams whose client went away before the last chunk (a proxy must cancel upstream work).
+        self.streams_cancelled = 0
+        self.streams_completed = 0
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -134,7 +138,10 @@ class FakeOllama:
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> FakeOllama:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on such sockets, and without it
+        # Nagle + delayed ACK add ~40 ms to every keep-alive response (Go's net/http, like the real
+        # Ollama, sets TCP_NODELAY).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self._sock = sock
@@ -179,6 +186,10 @@ class FakeOllama:
             Route("/api/embed", self.embed, methods=["POST"]),
             Route("/api/create", self.create, methods=["POST"]),
             Route("/api/delete", self.delete, methods=["DELETE"]),
+            Route("/api/copy", self.copy, methods=["POST"]),
+            Route("/api/blobs/{digest}", self.blob, methods=["HEAD", "POST"]),
+            Route("/v1/models", self.v1_models, methods=["GET"]),
+            Route("/v1/chat/completions", self.v1_chat, methods=["POST"]),
         ]
         return Starlette(routes=routes)
 
@@ -390,23 +401,138 @@ class FakeOllama:
             return JSONResponse(obj)
 
         async def gen():
-            if reply.thinking:
-                yield json.dumps(chunk("", thinking=reply.thinking)) + "\n"
-            for i, piece in enumerate(pieces):
-                if reply.cut_after is not None and i >= reply.cut_after:
-                    raise ConnectionResetError("scripted cut")  # uvicorn drops the connection
-                if reply.error_after is not None and i >= reply.error_after:
-                    message = reply.error or "an error was encountered while running the model"
-                    yield json.dumps({"error": message}) + "\n"
-                    return
-                if reply.chunk_delay_s and i:
-                    await asyncio.sleep(reply.chunk_delay_s)
-                yield json.dumps(chunk(piece)) + "\n"
-            if reply.tool_calls:
-                yield json.dumps(chunk("", tool_calls=reply.tool_calls)) + "\n"
-            yield json.dumps(chunk("", done=True)) + "\n"
+            finished = False
+            try:
+                if reply.thinking:
+                    yield json.dumps(chunk("", thinking=reply.thinking)) + "\n"
+                for i, piece in enumerate(pieces):
+                    if reply.cut_after is not None and i >= reply.cut_after:
+                        finished = True
+                        raise ConnectionResetError("scripted cut")  # uvicorn drops the connection
+                    if reply.error_after is not None and i >= reply.error_after:
+                        finished = True
+                        message = reply.error or "an error was encountered while running the model"
+                        yield json.dumps({"error": message}) + "\n"
+                        return
+                    if reply.chunk_delay_s and i:
+                        await asyncio.sleep(reply.chunk_delay_s)
+                    yield json.dumps(chunk(piece)) + "\n"
+                if reply.tool_calls:
+                    yield json.dumps(chunk("", tool_calls=reply.tool_calls)) + "\n"
+                finished = True
+                yield json.dumps(chunk("", done=True)) + "\n"
+            finally:
+                self._stream_ended(finished)
 
         return StreamingResponse(gen(), media_type="application/x-ndjson")
+
+    def _stream_ended(self, finished: bool) -> None:
+        with self._lock:
+            if finished:
+                self.streams_completed += 1
+            else:
+                self.streams_cancelled += 1
+
+    # --- more management routes -----------------------------------------------------------------
+    async def copy(self, request: Request) -> Response:
+        body, err = await self._body(request)
+        if err:
+            return err
+        src = self.models.get(_norm(str(body.get("source") or "")))
+        if src is None:
+            return JSONResponse({"error": f"model '{body.get('source')}' not found"}, status_code=404)
+        dest = str(body.get("destination") or "")
+        self.add_model(FakeModel(dest, list(src.capabilities), src.system, src.family, src.parameter_size,
+                                 src.quantization_level, src.projector_info))
+        return Response(status_code=200)
+
+    async def blob(self, request: Request) -> Response:
+        digest = request.path_params["digest"]
+        if request.method == "HEAD":
+            with self._lock:
+                self.requests.append(("HEAD", "/api/blobs", None))
+            return Response(status_code=200 if digest in self.blobs else 404)
+        data = await request.body()
+        with self._lock:
+            self.requests.append(("POST", "/api/blobs", {"digest": digest, "size": len(data)}))
+        if digest != "sha256:" + hashlib.sha256(data).hexdigest():
+            return JSONResponse({"error": "digest mismatch, file must be downloaded again"}, status_code=400)
+        self.blobs[digest] = data
+        return Response(status_code=201)
+
+    # --- OpenAI compatibility (contract A.7) ----------------------------------------------------
+    async def v1_models(self, request: Request) -> Response:
+        with self._lock:
+            self.requests.append((request.method, "/v1/models", None))
+        data = [{"id": name, "object": "model", "created": 1785578400, "owned_by": "library"}
+                for name in self.models]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def v1_chat(self, request: Request) -> Response:
+        raw = await request.body()
+        with self._lock:
+            self.requests.append((request.method, "/v1/chat/completions", None))
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            return _oai_error(400, f"invalid request: {exc.msg}")
+        with self._lock:
+            self.requests[-1] = (request.method, "/v1/chat/completions", body)
+        name = body.get("model")
+        if not name:
+            return _oai_error(400, "model is required")
+        if _norm(name) not in self.models:
+            return _oai_error(404, f"model '{name}' not found")
+        reply = self._next_reply("/v1/chat/completions", body)
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.status != 200:
+            return _oai_error(reply.status, reply.error or "internal error")
+        pieces = reply.pieces()
+        cid = "chatcmpl-" + hashlib.sha256(raw).hexdigest()[:6]
+        created = int(time.time())
+        calls = [
+            {"id": f"call_{i}", "index": i, "type": "function",
+             "function": {"name": c["function"]["name"], "arguments": json.dumps(c["function"].get("arguments", {}))}}
+            for i, c in enumerate(reply.tool_calls or [])
+        ]
+        finish = "tool_calls" if calls else reply.done_reason
+        usage = {"prompt_tokens": 10, "completion_tokens": max(1, len(pieces)),
+                 "total_tokens": 10 + max(1, len(pieces))}
+        base = {"id": cid, "created": created, "model": name, "system_fingerprint": "fp_ollama"}
+        if body.get("stream") is not True:
+            msg: dict[str, Any] = {"role": "assistant", "content": "".join(pieces)}
+            if calls:
+                msg["tool_calls"] = calls
+            return JSONResponse({**base, "object": "chat.completion",
+                                 "choices": [{"index": 0, "message": msg, "finish_reason": finish}], "usage": usage})
+
+        def sse(delta: dict[str, Any], finish_reason: str | None) -> str:
+            obj = {**base, "object": "chat.completion.chunk",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+            return f"data: {json.dumps(obj)}\n\n"
+
+        async def gen():
+            for i, piece in enumerate(pieces):
+                if reply.chunk_delay_s and i:
+                    await asyncio.sleep(reply.chunk_delay_s)
+                yield sse({"role": "assistant", "content": piece}, None)
+            if calls:
+                yield sse({"role": "assistant", "content": "", "tool_calls": calls}, None)
+            yield sse({"role": "assistant", "content": ""}, finish)
+            so = body.get("stream_options") or {}
+            if so.get("include_usage"):
+                last = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+                yield f"data: {json.dumps(last)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+
+def _oai_error(status: int, message: str) -> JSONResponse:
+    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}},
+                        status_code=status)
 
 
 def _hash_embedding(text: str, dim: int = 32) -> list[float]:
@@ -417,3 +543,32 @@ def _hash_embedding(text: str, dim: int = 32) -> list[float]:
         vec[h % dim] += 1.0
     norm = math.sqrt(sum(v * v for v in vec)) or 1.0
     return [v / norm for v in vec]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the fake in its own process (benchmarks: no GIL shared with the client under test).
+
+    ``python -m tests.fake_ollama --port 0 --reply TEXT --chunk-size 8`` prints ``READY <url>`` once
+    listening and serves until killed.
+    """
+    import argparse
+
+    ap = argparse.ArgumentParser(description="a fake Ollama on 127.0.0.1")
+    ap.add_argument("--reply", default="ok", help="the answer to every chat/generate turn")
+    ap.add_argument("--chunk-size", type=int, default=8)
+    args = ap.parse_args(argv)
+    fake = FakeOllama()
+    fake.responder = lambda path, body: Reply(args.reply, chunk_size=args.chunk_size)
+    fake.start()
+    print(f"READY {fake.url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.stop()
+
+
+if __name__ == "__main__":
+    main()

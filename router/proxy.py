@@ -1,0 +1,960 @@
+"""``vision-router serve``: an Ollama-compatible proxy that gives any Ollama client vision.
+
+Point ``ollama run``, Open WebUI, ollama-python, LangChain's ChatOllama or an OpenAI client at it
+instead of Ollama. For routed models (by default every model without native ``vision``):
+
+- ``/api/show`` and ``/api/tags`` add ``vision`` (only ``vision``) to ``capabilities``, so clients
+  attach images (ollama-contract.md B);
+- ``POST /api/chat``, ``/api/generate`` and ``/v1/chat/completions`` carrying images go through the
+  orchestrator: images are decoded once and taken off the messages, experts run, and the answer
+  streams back in the route's own shape with exactly one terminal chunk. The upstream text model
+  never receives image bytes.
+
+Everything else (and every request without an image) is forwarded unchanged, streaming preserved,
+status codes and bodies preserved. ``GET /_vision/health`` and ``GET /_vision/metrics`` report on
+the proxy itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import ipaddress
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+import httpx
+import ollama
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from experts.errors import ImageError, VisionRouterError
+from experts.images import DecodedImage, decode_base64_image
+from experts.registry import Registry, default_registry
+from router import __version__
+from router import openai_compat as oai
+from router.config import Settings
+from router.errors import UpstreamError
+from router.ollama_host import resolve_host
+from router.orchestrator import Final, Orchestrator, TextDelta, ThinkingDelta, ToolCalls
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11435
+DEFAULT_MAX_BODY = 64 * 1024 * 1024  # Ollama's own proxy caps request bodies at 64 MiB
+NDJSON = "application/x-ndjson"
+JSON_CT = "application/json; charset=utf-8"
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "host", "content-length",
+})
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+STAT_FIELDS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
+               "eval_duration")
+
+
+@dataclass
+class ProxyConfig:
+    """How the proxy behaves (the orchestrator's own knobs live in :class:`router.config.Settings`)."""
+
+    upstream: str = ""
+    route: list[str] = field(default_factory=list)  # model patterns to route; [] = every non-vision model
+    skip: list[str] = field(default_factory=list)  # model patterns never routed
+    token: str | None = None  # bearer token required on every request but the health check
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    connect_timeout_s: float = 10.0
+    upstream_timeout_s: float = 600.0  # longest silence from Ollama mid-request (model loads are slow)
+    show_ttl_s: float = 30.0
+    recent_traces: int = 20
+
+
+class BodyTooLarge(VisionRouterError):
+    pass
+
+
+class ClientGone(Exception):
+    """The client hung up; the request's work was cancelled."""
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def norm_model(name: str) -> str:
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def _match(name: str, patterns: list[str]) -> bool:
+    full = norm_model(name)
+    return any(fnmatch.fnmatchcase(full, norm_model(p)) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+# --- which models are routed ----------------------------------------------------------------------
+class ModelRoutes:
+    """Decides per model whether the proxy adds vision; capabilities come from upstream ``/api/show``
+    (asked once per model, cached for ``ttl_s``, concurrent asks coalesced)."""
+
+    def __init__(self, http: httpx.AsyncClient, cfg: ProxyConfig) -> None:
+        self.http = http
+        self.cfg = cfg
+        self._caps: dict[str, tuple[float, list[str] | None]] = {}
+        self._pending: dict[str, asyncio.Future[list[str] | None]] = {}
+
+    def routed_by_caps(self, name: str, caps: list[str] | None) -> bool:
+        if not name or caps is None:
+            return False
+        if self.cfg.skip and _match(name, self.cfg.skip):
+            return False
+        if self.cfg.route and not _match(name, self.cfg.route):
+            return False
+        # Embedding-only models cannot answer; models that already see need no help.
+        return "vision" not in caps and ("completion" in caps or not caps)
+
+    def remember(self, name: str, caps: list[str] | None) -> None:
+        self._caps[norm_model(name)] = (time.monotonic() + self.cfg.show_ttl_s, caps)
+
+    async def capabilities(self, name: str) -> list[str] | None:
+        """The model's upstream capabilities; None when Ollama does not know it (or answers an
+        error: the request is then forwarded and Ollama's own error reaches the client)."""
+        key = norm_model(name)
+        hit = self._caps.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        fut = self._pending.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(self._ask(name))
+            self._pending[key] = fut
+            fut.add_done_callback(lambda _f: self._pending.pop(key, None))
+        return await asyncio.shield(fut)
+
+    async def _ask(self, name: str) -> list[str] | None:
+        try:
+            r = await self.http.post("/api/show", json={"model": name})
+        except httpx.TransportError:
+            raise  # unreachable: the caller answers 502
+        caps: list[str] | None = None
+        if r.status_code == 200:
+            try:
+                caps = list(r.json().get("capabilities") or [])
+            except (ValueError, AttributeError):
+                caps = None
+        if r.status_code < 500:  # 5xx may be transient: ask again next time
+            self.remember(name, caps)
+        return caps
+
+    async def is_routed(self, name: Any) -> bool:
+        if not isinstance(name, str) or not name:
+            return False
+        return self.routed_by_caps(name, await self.capabilities(name))
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+class Metrics:
+    """Counters for ``/_vision/metrics``."""
+
+    def __init__(self, recent: int) -> None:
+        self.started = time.time()
+        self.requests: dict[str, int] = {}
+        self.statuses: dict[str, int] = {}
+        self.inflight = 0
+        self.client_disconnects = 0
+        self.upstream_errors = 0
+        self.stream_errors = 0
+        self.experts: dict[str, dict[str, float]] = {}
+        self.llm_turns = 0
+        self.traces: deque[dict[str, Any]] = deque(maxlen=max(0, recent))
+
+    def count(self, kind: str) -> None:
+        self.requests[kind] = self.requests.get(kind, 0) + 1
+
+    def status(self, code: int) -> None:
+        k = str(code)
+        self.statuses[k] = self.statuses.get(k, 0) + 1
+
+    def final(self, route: str, final: Final) -> None:
+        t = final.trace
+        self.llm_turns += len(t.llm_calls)
+        for e in t.experts:
+            s = self.experts.setdefault(e.expert, {"runs": 0, "errors": 0, "cached": 0, "total_ms": 0.0,
+                                                   "max_ms": 0.0})
+            s["runs"] += 1
+            s["errors"] += 1 if e.error else 0
+            s["cached"] += 1 if e.cached else 0
+            s["total_ms"] += e.timing_ms
+            s["max_ms"] = max(s["max_ms"], e.timing_ms)
+        if self.traces.maxlen:
+            self.traces.append({"time": now_rfc3339(), "route": route, "model": final.model,
+                                "trace": t.model_dump(mode="json")})
+
+    def snapshot(self, cache: dict[str, Any]) -> dict[str, Any]:
+        experts = {
+            name: {**s, "total_ms": round(s["total_ms"], 2), "max_ms": round(s["max_ms"], 2),
+                   "mean_ms": round(s["total_ms"] / s["runs"], 2) if s["runs"] else 0.0}
+            for name, s in self.experts.items()
+        }
+        return {
+            "uptime_s": round(time.time() - self.started, 1),
+            "requests": dict(self.requests),
+            "statuses": dict(self.statuses),
+            "inflight": self.inflight,
+            "client_disconnects": self.client_disconnects,
+            "upstream_errors": self.upstream_errors,
+            "stream_errors": self.stream_errors,
+            "llm_turns": self.llm_turns,
+            "experts": experts,
+            "cache": cache,
+            "recent_traces": list(self.traces),
+        }
+
+
+# --- the app ----------------------------------------------------------------------------------------
+def create_app(
+    settings: Settings | None = None,
+    registry: Registry | None = None,
+    upstream: str | None = None,
+    *,
+    config: ProxyConfig | None = None,
+    orchestrator: Orchestrator | None = None,
+) -> Starlette:
+    """The proxy as an ASGI app. ``upstream`` (or ``config.upstream``) is Ollama's address, default
+    ``settings.ollama_host`` / ``OLLAMA_HOST`` / 127.0.0.1:11434."""
+    proxy = VisionProxy(settings, registry, upstream, config=config, orchestrator=orchestrator)
+    return proxy.app
+
+
+class VisionProxy:
+    """The request handlers; :attr:`app` is the Starlette app."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        registry: Registry | None = None,
+        upstream: str | None = None,
+        *,
+        config: ProxyConfig | None = None,
+        orchestrator: Orchestrator | None = None,
+    ) -> None:
+        cfg = config or ProxyConfig()
+        settings = settings or Settings()
+        base = resolve_host(upstream or cfg.upstream or settings.ollama_host)
+        cfg.upstream = base
+        self.cfg = cfg
+        self.settings = settings.model_copy(update={"ollama_host": base})
+        timeout = httpx.Timeout(cfg.upstream_timeout_s, connect=cfg.connect_timeout_s, pool=None)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+        self.http = httpx.AsyncClient(base_url=base, timeout=timeout, limits=limits, trust_env=False)
+        if orchestrator is None:
+            client = ollama.AsyncClient(host=base, timeout=timeout, limits=limits, trust_env=False)
+            orchestrator = Orchestrator(self.settings, client=client, registry=registry or default_registry())
+        self.orch = orchestrator
+        self.routes = ModelRoutes(self.http, cfg)
+        self.metrics = Metrics(cfg.recent_traces)
+        self.app = Starlette(
+            routes=[Route("/{path:path}", self.handle, methods=ALL_METHODS)],
+            exception_handlers={Exception: self._crash},
+            lifespan=self._lifespan,
+        )
+        self.app.state.proxy = self
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        await self.http.aclose()
+
+    async def _crash(self, request: Request, exc: Exception) -> Response:
+        log.exception("proxy error on %s %s", request.method, request.url.path)
+        return _error(500, f"vision-router: {type(exc).__name__}: {exc}")
+
+    # --- dispatch -------------------------------------------------------------------------------
+    async def handle(self, request: Request) -> Response:
+        path = request.url.path
+        method = request.method
+        if self.cfg.token and not (path == "/_vision/health" and method == "GET"):
+            auth = request.headers.get("authorization", "")
+            if auth != f"Bearer {self.cfg.token}":
+                self.metrics.status(401)
+                return _error(401, "unauthorized: this vision-router needs `Authorization: Bearer <token>`")
+        self.metrics.inflight += 1
+        try:
+            response = await self._route(request, method, path)
+        except BodyTooLarge as exc:
+            response = _error(413, str(exc))
+        except ClientGone:
+            self.metrics.client_disconnects += 1
+            response = Response(status_code=499)
+        finally:
+            self.metrics.inflight -= 1
+        self.metrics.status(response.status_code)
+        return response
+
+    async def _route(self, request: Request, method: str, path: str) -> Response:
+        if method == "POST":
+            if path == "/api/chat":
+                return await self.native(request, chat=True)
+            if path == "/api/generate":
+                return await self.native(request, chat=False)
+            if path == "/v1/chat/completions":
+                return await self.openai_chat(request)
+            if path == "/api/show":
+                return await self.show(request)
+        elif method in ("GET", "HEAD"):
+            if path == "/_vision/health":
+                return await self.health()
+            if path == "/_vision/metrics":
+                self.metrics.count("metrics")
+                return JSONResponse(self.metrics.snapshot(self.orch.dispatcher.cache.stats.as_dict()))
+            if path == "/api/tags" and method == "GET":
+                return await self.rewrite_list(request, "models")
+            if path == "/v1/models" and method == "GET":
+                return await self.rewrite_list(request, "data")
+        self.metrics.count("forward")
+        body = await self._body(request)
+        return await self.forward(request, body)
+
+    # --- plumbing -------------------------------------------------------------------------------
+    async def _body(self, request: Request) -> bytes:
+        limit = self.cfg.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise BodyTooLarge(f"request body is {_mib(int(declared))}, over the {_mib(limit)} limit")
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise BodyTooLarge(f"request body is over the {_mib(limit)} limit")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _upstream_headers(self, request: Request) -> list[tuple[str, str]]:
+        out = []
+        for k, v in request.headers.items():
+            lk = k.lower()
+            if lk in HOP_BY_HOP or (lk == "authorization" and self.cfg.token):
+                continue
+            out.append((k, v))
+        return out
+
+    async def forward(self, request: Request, body: bytes | None, path: str | None = None) -> Response:
+        """Send the request on to Ollama unchanged and stream its answer back unchanged."""
+        url = httpx.URL(path or request.url.path, query=request.url.query.encode())
+        req = self.http.build_request(request.method, url, headers=self._upstream_headers(request),
+                                      content=body or None)
+        try:
+            upstream = await self.http.send(req, stream=True)
+        except httpx.TimeoutException:
+            self.metrics.upstream_errors += 1
+            return _error(504, f"Ollama at {self.cfg.upstream} timed out")
+        except httpx.TransportError as exc:
+            self.metrics.upstream_errors += 1
+            return _error(502, f"cannot reach Ollama at {self.cfg.upstream}: {_reason(exc)}")
+        ndjson = upstream.headers.get("content-type", "").startswith(NDJSON)
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in upstream.aiter_raw():
+                    yield chunk
+            except httpx.HTTPError as exc:
+                self.metrics.stream_errors += 1
+                if ndjson:  # mid-stream failure: the Ollama way, a last {"error": ...} line
+                    yield _line({"error": f"Ollama at {self.cfg.upstream}: stream broken: {_reason(exc)}"})
+            finally:
+                await upstream.aclose()
+
+        response = StreamingResponse(relay(), status_code=upstream.status_code)
+        response.raw_headers = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in upstream.headers.multi_items()
+            if k.lower() not in HOP_BY_HOP or (k.lower() == "content-length" and not ndjson)
+        ]
+        return response
+
+    async def _forward_json(self, request: Request, obj: dict[str, Any]) -> Response:
+        return await self.forward(request, json.dumps(obj).encode())
+
+    async def _is_routed(self, model: Any) -> bool:
+        try:
+            return await self.routes.is_routed(model)
+        except httpx.TimeoutException:
+            raise UpstreamError(f"Ollama at {self.cfg.upstream} timed out", 504) from None
+        except httpx.TransportError as exc:
+            raise UpstreamError(f"cannot reach Ollama at {self.cfg.upstream}: {_reason(exc)}", 502) from None
+
+    async def _decode(self, raw_images: list[Any]) -> list[DecodedImage]:
+        """Decode every image once, off the event loop."""
+        limits = self.settings.image_limits()
+
+        def work() -> list[DecodedImage]:
+            out = []
+            for i, raw in enumerate(raw_images, 1):
+                if not isinstance(raw, str):
+                    raise ImageError(f"image {i}: expected a base64 string, got {type(raw).__name__}")
+                out.append(decode_base64_image(raw, index=i, **limits))
+            return out
+
+        return await asyncio.to_thread(work)
+
+    # --- capability rewrite -----------------------------------------------------------------------
+    async def show(self, request: Request) -> Response:
+        self.metrics.count("show")
+        body = await self._body(request)
+        try:
+            req = json.loads(body) if body else None
+        except ValueError:
+            req = None
+        name = (req.get("model") or req.get("name")) if isinstance(req, dict) else None
+        r = await self._fetch(request, body)
+        if isinstance(r, Response):
+            return r
+        if r.status_code != 200 or not isinstance(name, str):
+            return _copy(r)
+        try:
+            data = r.json()
+        except ValueError:
+            return _copy(r)
+        caps = data.get("capabilities")
+        if isinstance(caps, list):
+            self.routes.remember(name, list(caps))
+            if self.routes.routed_by_caps(name, caps):
+                data["capabilities"] = [*caps, "vision"]
+        return JSONResponse(data, status_code=200, headers=_passable(r.headers))
+
+    async def rewrite_list(self, request: Request, key: str) -> Response:
+        """``/api/tags`` (and ``/v1/models`` where it carries capabilities): add ``vision``."""
+        self.metrics.count("tags" if key == "models" else "models")
+        r = await self._fetch(request, None)
+        if isinstance(r, Response):
+            return r
+        if r.status_code != 200:
+            return _copy(r)
+        try:
+            data = r.json()
+        except ValueError:
+            return _copy(r)
+        models = data.get(key) if isinstance(data, dict) else None
+        if isinstance(models, list):
+            for m in models:
+                if not isinstance(m, dict) or not isinstance(m.get("capabilities"), list):
+                    continue
+                name = m.get("model") or m.get("name") or m.get("id") or ""
+                caps = m["capabilities"]
+                self.routes.remember(name, list(caps))
+                if self.routes.routed_by_caps(name, caps):
+                    m["capabilities"] = [*caps, "vision"]
+        return JSONResponse(data, status_code=200, headers=_passable(r.headers))
+
+    async def _fetch(self, request: Request, body: bytes | None) -> httpx.Response | Response:
+        """A buffered upstream call for the routes whose answer the proxy edits."""
+        req = self.http.build_request(request.method, httpx.URL(request.url.path, query=request.url.query.encode()),
+                                      headers=self._upstream_headers(request), content=body or None)
+        try:
+            return await self.http.send(req)
+        except httpx.TimeoutException:
+            self.metrics.upstream_errors += 1
+            return _error(504, f"Ollama at {self.cfg.upstream} timed out")
+        except httpx.TransportError as exc:
+            self.metrics.upstream_errors += 1
+            return _error(502, f"cannot reach Ollama at {self.cfg.upstream}: {_reason(exc)}")
+
+    # --- health -----------------------------------------------------------------------------------
+    async def health(self) -> Response:
+        self.metrics.count("health")
+        upstream: dict[str, Any] = {"url": self.cfg.upstream}
+        try:
+            r = await self.http.get("/api/version", timeout=2.0)
+            upstream["ok"] = r.status_code == 200
+            if r.status_code == 200:
+                upstream["version"] = r.json().get("version")
+        except (httpx.HTTPError, ValueError) as exc:
+            upstream["ok"] = False
+            upstream["error"] = _reason(exc)
+        return JSONResponse({
+            "status": "ok" if upstream["ok"] else "degraded",
+            "version": __version__,
+            "upstream": upstream,
+            "experts": self.orch.registry.names(),
+            "protocol": self.settings.protocol,
+        })
+
+    # --- native chat / generate -------------------------------------------------------------------
+    async def native(self, request: Request, chat: bool) -> Response:
+        kind = "chat" if chat else "generate"
+        body = await self._body(request)
+        if b'"images"' not in body:  # no image anywhere: pure pass-through, nothing parsed
+            self.metrics.count(f"{kind}_passthrough")
+            return await self.forward(request, body)
+        try:
+            req = json.loads(body)
+        except ValueError as exc:
+            return _error(400, f"invalid JSON body: {exc}")
+        if not isinstance(req, dict):
+            return await self.forward(request, body)
+        if chat:
+            messages = req.get("messages")
+            if not isinstance(messages, list) or not any(isinstance(m, dict) and m.get("images") for m in messages):
+                self.metrics.count(f"{kind}_passthrough")
+                return await self.forward(request, body)
+        elif not req.get("images"):
+            self.metrics.count(f"{kind}_passthrough")
+            return await self.forward(request, body)
+        try:
+            routed = await self._is_routed(req.get("model"))
+        except UpstreamError as exc:
+            return _error(exc.status, str(exc))
+        if not routed:
+            self.metrics.count(f"{kind}_passthrough")
+            return await self.forward(request, body)
+        if not chat and not req.get("prompt"):
+            # A load request: no image reaches the text model, even one nobody will look at.
+            self.metrics.count(f"{kind}_passthrough")
+            return await self._forward_json(request, {k: v for k, v in req.items() if k != "images"})
+
+        self.metrics.count(f"{kind}_routed")
+        if chat:
+            messages = [m for m in req["messages"] if isinstance(m, dict)]
+        else:
+            messages = []
+            if req.get("system"):
+                messages.append({"role": "system", "content": str(req["system"])})
+            messages.append({"role": "user", "content": str(req.get("prompt") or ""), "images": req["images"]})
+        raw_images = [img for m in messages for img in (m.get("images") or [])]
+        try:
+            decoded = await self._decode(raw_images)
+        except ImageError as exc:
+            return _error(400, str(exc))
+        run = self._start_run(request, kind, messages, decoded, req)
+        model = str(req.get("model"))
+        stream = req.get("stream", True) is not False
+        try:
+            first = await run.first()
+        except VisionRouterError as exc:
+            return _error(getattr(exc, "status", 400), str(exc))
+        if not stream:
+            try:
+                events = [first] + await run.rest()
+            except VisionRouterError as exc:
+                return _error(getattr(exc, "status", 500), str(exc))
+            return JSONResponse(_native_object(model, chat, events), headers={"content-type": JSON_CT})
+        return StreamingResponse(self._native_stream(run, first, model, chat), media_type=NDJSON,
+                                 background=_Background(run.cancel))
+
+    async def _native_stream(self, run: _RunTask, first: Any, model: str, chat: bool) -> AsyncIterator[bytes]:
+        try:
+            ev = first
+            while ev is not None:
+                piece = _native_chunk(model, chat, ev)
+                if piece is not None:
+                    yield piece
+                if isinstance(ev, Final):
+                    break
+                ev = await run.next()
+        except VisionRouterError as exc:
+            self.metrics.stream_errors += 1
+            yield _line({"error": str(exc)})
+        finally:
+            run.cancel()
+
+    def _start_run(self, request: Request, kind: str, messages: list[dict[str, Any]], decoded: list[DecodedImage],
+                   req: dict[str, Any], tools: list[dict[str, Any]] | None = None) -> _RunTask:
+        if tools is None:
+            tools = [t for t in req.get("tools") or [] if isinstance(t, dict)]
+        agen = self.orch.stream(
+            messages, model=str(req.get("model")), options=req.get("options"), format=req.get("format"),
+            keep_alive=req.get("keep_alive"), think=req.get("think"), decoded=decoded, tools=tools or None,
+        )
+        return _RunTask(agen, request, lambda final: self.metrics.final(kind, final), self.metrics)
+
+    # --- OpenAI ---------------------------------------------------------------------------------
+    async def openai_chat(self, request: Request) -> Response:
+        body = await self._body(request)
+        if b"image_url" not in body:
+            self.metrics.count("openai_passthrough")
+            return await self.forward(request, body)
+        try:
+            req = json.loads(body)
+        except ValueError as exc:
+            return _oai_error(400, f"invalid JSON body: {exc}")
+        if not isinstance(req, dict):
+            return await self.forward(request, body)
+        try:
+            native = oai.to_native(req)
+        except oai.OpenAIRequestError as exc:
+            return _oai_error(400, str(exc), exc.param)
+        if not native.image_count:
+            self.metrics.count("openai_passthrough")
+            return await self.forward(request, body)
+        try:
+            routed = await self._is_routed(native.model)
+        except UpstreamError as exc:
+            return _oai_error(exc.status, str(exc))
+        if not routed:
+            self.metrics.count("openai_passthrough")
+            return await self.forward(request, body)
+        self.metrics.count("openai_routed")
+        raw_images = [img for m in native.messages for img in (m.get("images") or [])]
+        try:
+            decoded = await self._decode(raw_images)
+        except ImageError as exc:
+            return _oai_error(400, str(exc))
+        run_req = {"model": native.model, "options": native.options or None, "format": native.format,
+                   "think": native.think}
+        run = self._start_run(request, "openai", native.messages, decoded, run_req, tools=native.tools)
+        try:
+            first = await run.first()
+        except VisionRouterError as exc:
+            return _oai_error(getattr(exc, "status", 400), str(exc))
+        if not native.stream:
+            try:
+                events = [first] + await run.rest()
+            except VisionRouterError as exc:
+                return _oai_error(getattr(exc, "status", 500), str(exc))
+            final = events[-1]
+            assert isinstance(final, Final)
+            return JSONResponse(oai.completion(native.model, final.answer, final.thinking, final.tool_calls,
+                                               final.done_reason, final.stats))
+        return StreamingResponse(self._openai_stream(run, first, native), media_type="text/event-stream",
+                                 background=_Background(run.cancel))
+
+    async def _openai_stream(self, run: _RunTask, first: Any, native: oai.NativeChat) -> AsyncIterator[bytes]:
+        w = oai.ChunkWriter(native.model)
+        had_calls = False
+        try:
+            ev = first
+            while ev is not None:
+                if isinstance(ev, TextDelta):
+                    yield w.content(ev.text)
+                elif isinstance(ev, ThinkingDelta):
+                    yield w.reasoning(ev.text)
+                elif isinstance(ev, ToolCalls):
+                    had_calls = True
+                    yield w.tool_calls(ev.calls)
+                elif isinstance(ev, Final):
+                    yield w.finish(oai.finish_reason(ev.done_reason, had_calls or bool(ev.tool_calls)))
+                    if native.include_usage:
+                        yield w.usage(ev.stats)
+                    yield oai.DONE
+                    break
+                ev = await run.next()
+        except VisionRouterError as exc:
+            self.metrics.stream_errors += 1
+            yield oai.sse(oai.error_body(str(exc), getattr(exc, "status", 500)))
+        finally:
+            run.cancel()
+
+
+# --- one orchestrated request, as a task ---------------------------------------------------------------
+class _RunTask:
+    """Runs the orchestrator's generator in its own task, feeding a small queue.
+
+    The response reads the queue; a client that hangs up cancels the task, which closes the upstream
+    stream (the model stops generating for nobody)."""
+
+    _END = object()
+
+    def __init__(self, agen: Any, request: Request, on_final: Any, metrics: Metrics) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+        self.request = request
+        self.on_final = on_final
+        self.metrics = metrics
+        self.task = asyncio.ensure_future(self._pump(agen))
+
+    async def _pump(self, agen: Any) -> None:
+        try:
+            async for ev in agen:
+                if isinstance(ev, Final):
+                    self.on_final(ev)
+                await self.queue.put(ev)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # delivered to the reader
+            await self.queue.put(_Failure(exc))
+        finally:
+            await agen.aclose()
+        await self.queue.put(self._END)
+
+    async def next(self) -> Any:
+        item = await self.queue.get()
+        if item is self._END:
+            return None
+        if isinstance(item, _Failure):
+            raise _as_router_error(item.exc)
+        return item
+
+    async def first(self) -> Any:
+        """The first event, or :class:`ClientGone` when the client leaves before it (nothing is
+        written until then, so an early error can still get its proper status)."""
+        return await _unless_disconnected(self.request, self.next(), self.cancel)
+
+    async def rest(self) -> list[Any]:
+        async def collect() -> list[Any]:
+            out = []
+            while True:
+                ev = await self.next()
+                if ev is None:
+                    return out
+                out.append(ev)
+                if isinstance(ev, Final):
+                    return out
+
+        return await _unless_disconnected(self.request, collect(), self.cancel)
+
+    def cancel(self) -> None:
+        if not self.task.done():
+            self.task.cancel()
+
+
+@dataclass
+class _Failure:
+    exc: BaseException
+
+
+class _Background:
+    """A Starlette background callable that runs a sync function."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    async def __call__(self) -> None:
+        self.fn()
+
+
+async def _unless_disconnected(request: Request, aw: Awaitable[Any], on_gone: Any) -> Any:
+    task = asyncio.ensure_future(aw)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        watcher.cancel()
+        on_gone()
+        raise
+    if task in done:
+        watcher.cancel()
+        return task.result()
+    task.cancel()
+    on_gone()
+    raise ClientGone()
+
+
+def _as_router_error(exc: BaseException) -> VisionRouterError:
+    if isinstance(exc, VisionRouterError):
+        return exc
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError(f"Ollama timed out: {exc}", 504)
+    if isinstance(exc, httpx.HTTPError):
+        return UpstreamError(f"Ollama: {_reason(exc)}", 502)
+    return UpstreamError(f"vision-router: {type(exc).__name__}: {exc}", 500)
+
+
+# --- response shapes --------------------------------------------------------------------------------
+def _native_chunk(model: str, chat: bool, ev: Any) -> bytes | None:
+    c: dict[str, Any] = {"model": model, "created_at": now_rfc3339()}
+    if isinstance(ev, TextDelta):
+        _put(c, chat, content=ev.text)
+    elif isinstance(ev, ThinkingDelta):
+        _put(c, chat, content="", thinking=ev.text)
+    elif isinstance(ev, ToolCalls):
+        if not chat:
+            return None
+        _put(c, chat, content="", tool_calls=ev.calls)
+    elif isinstance(ev, Final):
+        _put(c, chat, content="")
+        c["done"] = True
+        c["done_reason"] = ev.done_reason or "stop"
+        for f in STAT_FIELDS:
+            c[f] = int(ev.stats.get(f, 0))
+        return _line(c)
+    else:
+        return None
+    c["done"] = False
+    return _line(c)
+
+
+def _put(c: dict[str, Any], chat: bool, content: str, thinking: str = "", tool_calls: Any = None) -> None:
+    if chat:
+        msg: dict[str, Any] = {"role": "assistant", "content": content}
+        if thinking:
+            msg["thinking"] = thinking
+        if tool_calls:
+            msg["tool_calls"] = tool_calls
+        c["message"] = msg
+    else:
+        c["response"] = content
+        if thinking:
+            c["thinking"] = thinking
+
+
+def _native_object(model: str, chat: bool, events: list[Any]) -> dict[str, Any]:
+    final = events[-1]
+    assert isinstance(final, Final)
+    calls = [c for ev in events if isinstance(ev, ToolCalls) for c in ev.calls]
+    c: dict[str, Any] = {"model": model, "created_at": now_rfc3339()}
+    _put(c, chat, content=final.answer, thinking=final.thinking, tool_calls=calls if chat else None)
+    c["done"] = True
+    c["done_reason"] = final.done_reason or "stop"
+    for f in STAT_FIELDS:
+        c[f] = int(final.stats.get(f, 0))
+    return c
+
+
+def _line(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _error(status: int, message: str) -> Response:
+    """Ollama's error shape (never ``{"detail": ...}``)."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _oai_error(status: int, message: str, param: str | None = None) -> Response:
+    return JSONResponse(oai.error_body(message, status, param), status_code=status)
+
+
+def _copy(r: httpx.Response) -> Response:
+    return Response(r.content, status_code=r.status_code, headers=_passable(r.headers))
+
+
+def _passable(headers: httpx.Headers) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "content-encoding"}
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.0f} MiB" if n % (1024 * 1024) == 0 else f"{n / (1024 * 1024):.1f} MiB"
+
+
+# --- running it ------------------------------------------------------------------------------------
+class ProxyServer:
+    """The proxy on a real socket in a background thread (tests, benchmarks, notebooks)::
+
+        with ProxyServer(create_app(settings, upstream=url)) as proxy:
+            ollama.Client(host=proxy.url).chat(...)
+    """
+
+    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.url = ""
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+
+    def start(self) -> ProxyServer:
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        self.url = f"http://{self.host}:{self.port}"
+        config = uvicorn.Config(self.app, log_level="error", lifespan="on", timeout_graceful_shutdown=1,
+                                backlog=4096)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("vision-router proxy did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._sock is not None:
+            self._sock.close()
+
+    def __enter__(self) -> ProxyServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command("serve")
+@click.option("--host", default=DEFAULT_HOST, show_default=True, help="address to listen on")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int, help="port to listen on")
+@click.option("--upstream", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
+@click.option("--allow-remote", is_flag=True, help="allow listening on a non-loopback address")
+@click.option("--token", envvar="VISION_ROUTER_TOKEN", help="require `Authorization: Bearer TOKEN` "
+              "(env VISION_ROUTER_TOKEN)")
+@click.option("--route", "route", multiple=True, metavar="MODEL",
+              help="route only these models (glob patterns, repeatable; default: every model without vision)")
+@click.option("--skip", "skip", multiple=True, metavar="MODEL", help="never route these models (glob, repeatable)")
+@click.option("--protocol", type=click.Choice(["tags", "tools", "auto"]), help="how the model asks for experts")
+@click.option("--max-body-mib", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="largest request body accepted")
+@click.option("--upstream-timeout", type=float, default=600.0, show_default=True,
+              help="seconds Ollama may stay silent mid-request")
+@click.option("--max-rounds", type=click.IntRange(0, 8), help="expert rounds per message (default 2)")
+@click.option("--no-cache", is_flag=True, help="keep expert results in memory only")
+@click.pass_context
+def serve_command(ctx, host, port, upstream, allow_remote, token, route, skip, protocol, max_body_mib,
+                  upstream_timeout, max_rounds, no_cache):
+    """Serve an Ollama-compatible API that gives text-only models vision.
+
+    Clients point at it instead of Ollama, e.g. `OLLAMA_HOST=127.0.0.1:11435 ollama run qwen3-vision`.
+    """
+    import uvicorn
+
+    from router.cli import _registry, _settings
+
+    if not _is_loopback(host) and not allow_remote:
+        raise click.UsageError(f"--host {host} is not a loopback address: add --allow-remote (and a --token)")
+    if not _is_loopback(host) and not token:
+        click.echo("warning: listening beyond loopback without --token: anyone who can reach it can use it",
+                   err=True)
+    settings = _settings(ctx, ollama_host=upstream, protocol=protocol, max_rounds=max_rounds,
+                         cache_dir="" if no_cache else None)
+    cfg = ProxyConfig(route=list(route), skip=list(skip), token=token or None,
+                      max_body_bytes=max_body_mib * 1024 * 1024, upstream_timeout_s=upstream_timeout)
+    app = create_app(settings, _registry(settings), config=cfg)
+    proxy: VisionProxy = app.state.proxy
+    click.echo(f"vision-router {__version__} on http://{host}:{port} -> Ollama at {proxy.cfg.upstream} "
+               f"(protocol {settings.protocol}; experts: {', '.join(proxy.orch.registry.names()) or 'none'})",
+               err=True)
+    click.echo(f"use it: OLLAMA_HOST={host}:{port} ollama run {settings.model}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("VISION_ROUTER_LOG", "warning"),
+                timeout_graceful_shutdown=5)
+
+
+__all__ = ["ProxyConfig", "ProxyServer", "VisionProxy", "create_app", "serve_command"]
