@@ -31,7 +31,8 @@ from typing import Any
 import click
 
 from experts.errors import VisionRouterError
-from router import protocol
+from experts.registry import default_registry
+from router import protocol, toolspec
 from router.errors import ModelNotFound, OllamaUnreachable, UpstreamError
 from router.keywords import KeywordRouter
 from router.tags import TagParser
@@ -43,7 +44,7 @@ else:  # pragma: no cover
 
 # The built-in experts, in the order tables list them. Suites may name others the registry knows.
 BUILTIN_EXPERTS = ("ocr", "detect", "clip", "caption")
-TOOL_PREFIX = "vision_"
+TOOL_PREFIX = toolspec.TOOL_PREFIX
 DEFAULT_MAX_TOKENS = 256
 SYSTEMS = ("keywords", "model", "router")
 SYSTEM_TITLES = {
@@ -51,16 +52,6 @@ SYSTEM_TITLES = {
     "model": "model turn 1",
     "router": "router",
 }
-
-TOOLS_PROMPT = (
-    "You are a helpful assistant that cannot see images yourself. When the user attaches images, call "
-    "the vision_* tools to have experts look at them for you: vision_ocr reads text, logos and "
-    "watermarks; vision_detect counts and measures things and finds faces, people or QR codes; "
-    "vision_clip judges visual style and mood; vision_caption describes the picture or answers one "
-    "question about it. Call several tools when the question needs them. When no image help is needed, "
-    "answer normally without calling any tool."
-)
-
 
 # --- the suite ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -401,19 +392,22 @@ class Evaluator:
         *,
         aliases: dict[str, str] | None = None,
         experts: Iterable[str] = BUILTIN_EXPERTS,
-        tool_schemas: dict[str, dict[str, Any]] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> None:
         self.keywords = keywords
         self.experts = list(experts)
         self.aliases = {e: e for e in self.experts}
         self.aliases.update({k.lower(): v for k, v in (aliases or {}).items()})
-        self.tool_schemas = tool_schemas or {}
+        self.tools = tools if tools is not None else [_minimal_tool(e) for e in self.experts]
 
     def resolve(self, name: str) -> str | None:
-        n = name.strip().lower()
-        if n.startswith(TOOL_PREFIX):
-            n = n[len(TOOL_PREFIX):]
-        return self.aliases.get(n)
+        """The canonical expert for a tag name or alias."""
+        return self.aliases.get(name.strip().lower())
+
+    def resolve_tool(self, name: str) -> str | None:
+        """The canonical expert for a tool call: only ``vision_<expert>`` names are ours."""
+        n = name.strip()
+        return self.resolve(n[len(TOOL_PREFIX):]) if n.startswith(TOOL_PREFIX) else None
 
     def keyword_decision(self, case: Case) -> tuple[list[str], list[str]]:
         if case.images == 0:  # the orchestrator routes keywords only when an image is attached
@@ -458,10 +452,11 @@ class Evaluator:
             report.host = resolve_host(host)
             client = ollama.Client(host=report.host, timeout=timeout_s)
             if protocol_mode == "tools":
-                tools = self.tool_definitions()
-                system = TOOLS_PROMPT
-            elif _wants_protocol(client, model, report.host, inject_protocol):
-                system = protocol.PROTOCOL_PROMPT
+                tools = self.tools
+            # The orchestrator's rule: the protocol prompt goes in a system message unless the model's
+            # own SYSTEM (the Modelfile) already teaches the tag protocol.
+            if _wants_protocol(client, model, report.host, inject_protocol):
+                system = toolspec.TOOLS_PROMPT if tools else protocol.PROTOCOL_PROMPT
             report.protocol_injected = system is not None
         for i, case in enumerate(cases, 1):
             kw, hits = self.keyword_decision(case)
@@ -475,17 +470,6 @@ class Evaluator:
                 on_progress(i, len(cases), result)
         report.wall_s = time.perf_counter() - t0
         return report
-
-    def tool_definitions(self) -> list[dict[str, Any]]:
-        """The experts as native Ollama tools: ``vision_<name>`` with the expert's args schema."""
-        return [
-            {"type": "function", "function": {
-                "name": f"{TOOL_PREFIX}{e}",
-                "description": self.tool_schemas.get(e, {}).get("description", f"Run the {e} vision expert"),
-                "parameters": _with_image_arg(self.tool_schemas.get(e, {}).get("parameters")),
-            }}
-            for e in self.experts
-        ]
 
     def _turn(self, client: Any, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
               max_tokens: int | None, host: str) -> Turn:
@@ -532,9 +516,8 @@ class Evaluator:
         turn.tags = [t.raw for t in parser.tags]
         turn.unclosed = sum(1 for t in parser.tags if t.unclosed)
         turn.malformed = [m.raw for m in parser.malformed]
-        names = [t.name for t in parser.tags] + names
-        for n in names:
-            canonical = self.resolve(n)
+        asked = [(t.name, self.resolve(t.name)) for t in parser.tags] + [(n, self.resolve_tool(n)) for n in names]
+        for n, canonical in asked:
             if canonical is None:
                 turn.unknown.append(n)
                 canonical = f"?{n.lower()}"  # unknown names still count as asked (and wrong)
@@ -580,12 +563,17 @@ def _wants_protocol(client: Any, model: str, host: str, mode: str) -> bool:
     return protocol.PROTOCOL_MARKER not in (shown.modelfile or "")
 
 
-def _with_image_arg(params: dict[str, Any] | None) -> dict[str, Any]:
-    out = json.loads(json.dumps(params)) if params else {"type": "object", "properties": {}}
-    out.setdefault("type", "object")
-    props = out.setdefault("properties", {})
-    props.setdefault("image", {"type": "integer", "description": "1-based image number (default: the newest)"})
-    return out
+def _minimal_tool(expert: str) -> dict[str, Any]:
+    """A tool definition for an expert that is not installed here (the benchmark still offers it)."""
+    return {"type": "function", "function": {
+        "name": f"{TOOL_PREFIX}{expert}",
+        "description": f"The {expert} vision expert.",
+        "parameters": {"type": "object", "properties": {
+            toolspec.IMAGE_ARG: {"type": "integer", "minimum": 1,
+                                 "description": "Which attached image to look at, 1-based (default: the newest)."},
+            "query": {"type": "string", "description": "Optional free text."},
+        }},
+    }}
 
 
 # --- output ---------------------------------------------------------------------------------------
@@ -596,9 +584,9 @@ def render_report(report: Report) -> str:
     langs = ", ".join(f"{n} {lang}" for lang, n in _count(r.case.lang for r in report.cases).items())
     head = f"vision-router eval: {report.suite.source}, {len(report.cases)} prompts ({langs})"
     if report.with_model:
-        inj = "protocol as system message" if report.protocol_injected else "protocol from the model's SYSTEM"
+        inj = "prompt sent as a system message" if report.protocol_injected else "the model's own SYSTEM"
         if report.protocol == "tools":
-            inj = "experts offered as tools"
+            inj = "experts offered as native tools; " + inj
         head += f"\nmodel {report.model} at {report.host}, --protocol {report.protocol} ({inj})"
     else:
         head += "\nkeyword router only (no LLM)"
@@ -677,47 +665,19 @@ def _count(items: Iterable[str]) -> dict[str, int]:
 
 # --- wiring to the registry and the CLI -----------------------------------------------------------
 def evaluator_from_registry(registry: Any, keywords: KeywordRouter) -> Evaluator:
-    """An evaluator that knows the installed experts' aliases and argument schemas (the built-in four
-    are always scored, installed or not)."""
+    """An evaluator that knows the installed experts' aliases and offers the same tool definitions as
+    the orchestrator (router.toolspec). The built-in four are always scored and offered, installed or not."""
     experts = list(BUILTIN_EXPERTS)
     aliases: dict[str, str] = {}
-    schemas: dict[str, dict[str, Any]] = {}
     for name in registry.names():
         if name not in experts:
             experts.append(name)
-        cls = registry.expert_class(name)
-        for a in cls.aliases:
+        for a in registry.expert_class(name).aliases:
             aliases[a] = name
-        try:
-            schemas[name] = {"description": cls.description, "parameters": cls.args_schema()}
-        except Exception:  # a broken plugin's schema must not stop the benchmark
-            pass
-    schemas.update(_toolspec_schemas(registry))
-    return Evaluator(keywords, aliases=aliases, experts=experts, tool_schemas=schemas)
-
-
-def _toolspec_schemas(registry: Any) -> dict[str, dict[str, Any]]:
-    """The tool definitions of router.toolspec, when that module offers a builder: the model is then
-    benchmarked on exactly what the orchestrator sends it."""
-    try:
-        from router import toolspec  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
-    builder = getattr(toolspec, "tool_definitions", None) or getattr(toolspec, "build_tools", None)
-    if builder is None:
-        return {}
-    try:
-        tools = builder(registry)
-    except Exception:
-        return {}
-    out: dict[str, dict[str, Any]] = {}
-    for t in tools or []:
-        fn = t.get("function", {}) if isinstance(t, dict) else {}
-        name = str(fn.get("name", ""))
-        if name.startswith(TOOL_PREFIX):
-            out[name[len(TOOL_PREFIX):]] = {"description": fn.get("description", ""),
-                                            "parameters": fn.get("parameters")}
-    return out
+    tools = toolspec.ollama_tools(registry)
+    offered = {t["function"]["name"] for t in tools}
+    tools += [_minimal_tool(e) for e in experts if f"{TOOL_PREFIX}{e}" not in offered]
+    return Evaluator(keywords, aliases=aliases, experts=experts, tools=tools)
 
 
 @click.command("eval")
@@ -735,7 +695,6 @@ def _toolspec_schemas(registry: Any) -> dict[str, dict[str, Any]]:
 @click.pass_context
 def eval_command(ctx, model, suite_path, ollama_host, protocol_mode, limit, keywords_only, max_tokens, as_json):
     """Benchmark routing: does the keyword table, and does MODEL, ask for the right experts?"""
-    from experts.registry import default_registry
     from router.config import Settings
 
     settings = Settings.load((ctx.obj or {}).get("config"), model=model, ollama_host=ollama_host)

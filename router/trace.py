@@ -26,6 +26,7 @@ class LLMCall(BaseModel):
     total_ms: float = 0.0
     first_token_ms: float | None = None
     tags: list[str] = Field(default_factory=list)
+    tool_calls: list[str] = Field(default_factory=list, description="names of native tool calls (tools protocol)")
 
 
 class Trace(BaseModel):
@@ -47,43 +48,107 @@ class Trace(BaseModel):
 
 
 def render_trace(trace: Trace) -> str:
-    """A compact, human-readable table of the decision path."""
-    lines = [f"trace: model {trace.model}, {len(trace.images)} image(s), {trace.rounds} expert round(s), "
-             f"{len(trace.llm_calls)} LLM call(s), {trace.total_ms:.0f} ms"]
+    """A compact, human-readable table of the decision path: what matched, who asked for which
+    expert, what ran (timings, cache hits, errors) and what the LLM calls cost."""
+    tokens_in = sum(c.prompt_eval_count for c in trace.llm_calls)
+    tokens_out = sum(c.eval_count for c in trace.llm_calls)
+    images = ", ".join(f"{i.get('width', '?')}x{i.get('height', '?')} {i.get('format', '')}".rstrip()
+                       for i in trace.images)
+    head = (f"trace: {trace.model} | {_n(len(trace.images), 'image')}"
+            + (f" ({images})" if images else "")
+            + f" | {_n(trace.rounds, 'expert round')} | {_n(len(trace.llm_calls), 'LLM call')}"
+            + f" ({tokens_in} prompt + {tokens_out} output tokens) | {trace.total_ms:.0f} ms")
+    rows: list[tuple[str, str]] = []
     if trace.protocol_injected:
-        lines.append("  protocol: tag protocol sent as a system message")
+        rows.append(("protocol", "tag protocol sent as a system message"))
     for k in trace.keywords:
-        args = f" {json.dumps(k['args'], ensure_ascii=False)}" if k.get("args") else ""
-        lines.append(f"  keyword  {k['keyword']!r} -> {k['expert']}{args}")
+        args = f" {_args(k.get('args') or {})}" if k.get("args") else ""
+        rows.append(("keyword", f"{k.get('keyword', '')!r} -> {k.get('expert', '')}{args}"))
     for t in trace.tags:
-        lines.append(f"  tag      {t}")
+        rows.append(("tag", t))
     for t in trace.ignored_tags:
-        lines.append(f"  ignored  {t} (no rounds left)")
+        rows.append(("ignored", f"{t} (no expert rounds left)"))
     for t in trace.malformed_tags:
-        lines.append(f"  malformed {t}")
+        rows.append(("malformed", t))
     if trace.fallback:
-        lines.append("  fallback experts ran (nobody asked)")
+        rows.append(("fallback", "nobody asked for an expert: the fallback experts ran"))
+    if not (trace.keywords or trace.tags or trace.fallback or trace.experts):
+        rows.append(("decision", "no expert was asked for"))
+    lines = [head] + [f"  {k:<10} {v}" for k, v in rows]
+
     if trace.experts:
-        lines.append(f"  {'expert':<10} {'image':>5} {'source':<8} {'ms':>9} {'cache':<5} result")
+        table = [("expert", "image", "asked by", "ms", "cache", "result")]
         for e in trace.experts:
-            args = " " + json.dumps(e.args, ensure_ascii=False) if e.args else ""
-            status = f"error: {e.error}" if e.error else "ok"
-            lines.append(
-                f"  {e.expert + args:<10} {e.image:>5} {e.source:<8} {e.timing_ms:>9.1f} "
-                f"{'hit' if e.cached else 'miss':<5} {status}"
-            )
-    for c in trace.llm_calls:
-        first = f", first token {c.first_token_ms:.0f} ms" if c.first_token_ms is not None else ""
-        tags = f", asked {', '.join(c.tags)}" if c.tags else ""
-        lines.append(
-            f"  llm turn {c.turn}: {c.prompt_eval_count} prompt + {c.eval_count} output tokens, "
-            f"{c.total_ms:.0f} ms{first}{tags}"
-        )
+            label = e.expert + (f" {_args(e.args)}" if e.args else "")
+            table.append((_clip(label, 32), str(e.image), e.source, f"{e.timing_ms:.1f}",
+                          "hit" if e.cached else "miss", f"error: {_clip(e.error, 60)}" if e.error else "ok"))
+        lines.append("  experts")
+        lines.extend("    " + r for r in _table(table, right=frozenset({1, 3})))
+    if trace.llm_calls:
+        table = [("turn", "prompt tok", "output tok", "ms", "first token ms", "asked for")]
+        for c in trace.llm_calls:
+            asked = ", ".join([*c.tags, *(f"{n}()" for n in c.tool_calls)]) or "-"
+            table.append((str(c.turn), str(c.prompt_eval_count), str(c.eval_count), f"{c.total_ms:.0f}",
+                          f"{c.first_token_ms:.0f}" if c.first_token_ms is not None else "-", _clip(asked, 60)))
+        if len(trace.llm_calls) > 1:
+            table.append(("all", str(tokens_in), str(tokens_out),
+                          f"{sum(c.total_ms for c in trace.llm_calls):.0f}", "", ""))
+        lines.append("  llm calls")
+        lines.extend("    " + r for r in _table(table, right=frozenset({0, 1, 2, 3, 4})))
     if trace.cache:
         c = trace.cache
-        lines.append(f"  cache: {c.get('hits', 0)} hits / {c.get('misses', 0)} misses (process totals)")
+        hits = sum(1 for e in trace.experts if e.cached)
+        lines.append(f"  cache      this request {hits}/{len(trace.experts)} hits; process "
+                     f"{c.get('hits', 0)} hits / {c.get('misses', 0)} misses")
     return "\n".join(lines)
 
 
 def trace_json(trace: Trace) -> dict[str, Any]:
+    """The whole trace as JSON-ready data."""
     return trace.model_dump(mode="json")
+
+
+def trace_summary(trace: Trace) -> dict[str, Any]:
+    """A few numbers per request, for metrics endpoints and logs."""
+    return {
+        "model": trace.model,
+        "images": len(trace.images),
+        "keywords": [k.get("expert") for k in trace.keywords],
+        "tags": len(trace.tags),
+        "malformed_tags": len(trace.malformed_tags),
+        "ignored_tags": len(trace.ignored_tags),
+        "experts": len(trace.experts),
+        "expert_errors": sum(1 for e in trace.experts if e.error),
+        "cache_hits": sum(1 for e in trace.experts if e.cached),
+        "expert_ms": round(sum(e.timing_ms for e in trace.experts), 2),
+        "llm_calls": len(trace.llm_calls),
+        "prompt_tokens": sum(c.prompt_eval_count for c in trace.llm_calls),
+        "output_tokens": sum(c.eval_count for c in trace.llm_calls),
+        "rounds": trace.rounds,
+        "fallback": trace.fallback,
+        "total_ms": trace.total_ms,
+    }
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _args(args: dict[str, Any]) -> str:
+    return " ".join(f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, str) or ' ' in v else v}"
+                    for k, v in sorted(args.items()))
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(rows: list[tuple[str, ...]], right: frozenset[int] = frozenset()) -> list[str]:
+    """Align columns; ``right`` holds the indexes of right-aligned (numeric) columns."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for r in rows:
+        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)]
+        out.append("  ".join(cells).rstrip())
+    return out
