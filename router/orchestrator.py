@@ -256,7 +256,11 @@ class _Run:
 
     async def execute(self, messages: list[dict[str, Any]], decoded: list[DecodedImage] | None):
         t_start = time.perf_counter()
-        msgs = self._prepare(messages, decoded)
+        if decoded is None and any(m.get("images") for m in messages):
+            # Decoding is CPU work (ms per megapixel): keep it off the event loop the proxy serves from.
+            msgs = await asyncio.to_thread(self._prepare, messages, decoded)
+        else:
+            msgs = self._prepare(messages, decoded)
         s = self.o.settings
         if self.images:
             self.use_tools = await self._tools_wanted()
