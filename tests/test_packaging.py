@@ -1,0 +1,54 @@
+"""The README's two set-up commands and CI stay in step; the package metadata is what users install."""
+
+from __future__ import annotations
+
+import re
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def readme_commands() -> dict[str, str]:
+    """The fenced commands after the README's `<!-- main-command -->` and `<!-- test-command -->` marks."""
+    text = (ROOT / "README.md").read_text("utf-8")
+    out = {}
+    for key in ("main-command", "test-command"):
+        m = re.search(rf"<!-- {key} -->\s*```(?:bash|sh)?\n(.+?)\n```", text, re.S)
+        assert m, f"README lacks the {key} block"
+        out[key] = m.group(1).strip()
+    return out
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text("utf-8")
+    cmd = readme_commands()["test-command"]
+    assert cmd in ci.splitlines(), f"{cmd!r} is not a line of .ci/run"
+    assert "set -euo pipefail" in ci  # pytest's exit 5 (no tests) fails CI
+
+
+def test_main_command_installs_and_runs_the_demo():
+    cmd = readme_commands()["main-command"]
+    assert "pip install" in cmd and cmd.rstrip().endswith("vision-router demo")
+
+
+def test_console_script_and_builtin_experts_are_declared():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
+    assert meta["project"]["scripts"]["vision-router"] == "router.cli:main"
+    declared = meta["project"]["entry-points"]["vision_router.experts"]
+    assert {"ocr", "detect", "clip", "caption"} <= set(declared)
+    installed = {ep.name: ep.value for ep in entry_points(group="vision_router.experts")}
+    for name, target in declared.items():
+        assert installed.get(name) == target, f"reinstall: pip install -e . ({name})"
+
+
+def test_opencv_stays_below_5():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]["dependencies"]
+    (cv,) = [d for d in deps if d.startswith("opencv")]
+    assert "<5" in cv
