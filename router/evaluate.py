@@ -592,7 +592,7 @@ def render_report(report: Report) -> str:
         head += "\nkeyword router only (no LLM)"
     lines = [head, ""]
 
-    col = 19
+    col = 20
     lines.append(f"{'':<19}" + "".join(f"{SYSTEM_TITLES[s]:^{col}}" for s in systems))
     lines.append(f"{'expert':<10}{'needed':>7}  " + "".join(f"{'prec':>6} {'recall':>6} {'F1':>5} " for _ in systems))
     for e in report.experts + ["all"]:
@@ -625,7 +625,7 @@ def render_report(report: Report) -> str:
                      f"tokens {st['prompt_tokens']} prompt + {st['output_tokens']} output")
         lines.append("router = the keyword decision when keywords matched, else the model's turn-1 request.")
     lines.append(f"({report.wall_s:.1f} s)")
-    return "\n".join(lines)
+    return "\n".join(ln.rstrip() for ln in lines)
 
 
 def _fmt(x: float | None) -> str:
