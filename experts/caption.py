@@ -161,7 +161,8 @@ class CaptionExpert(Expert):
             model = model.to(device)
         model.eval()
         self._model, self._processor = model, processor
-        self._device, self._dtype = device, next(model.parameters()).dtype
+        # Not next(parameters()).dtype: BLIP-2 keeps some modules in fp32 under fp16.
+        self._device, self._dtype = device, dtype
         self._encoder_decoder = bool(getattr(model.config.text_config, "is_encoder_decoder", False))
 
     def _resolve_dtype(self, torch: Any, device: str) -> Any:

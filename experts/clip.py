@@ -195,7 +195,8 @@ class ClipExpert(Expert):
         model.eval()
         self._model, self._preprocess, self._tokenizer = model, preprocess, tokenizer
         self._device = device
-        self._dtype = next(model.parameters()).dtype
+        # open_clip keeps some parameters in fp32 under fp16/bf16: ask it what images must be.
+        self._dtype = open_clip.get_input_dtype(precision) or torch.float32
         scale = self.config.get("logit_scale")
         self._logit_scale = float(scale) if scale else float(model.logit_scale.exp().item())
         self._styles, self._objects = self._library_embeddings()

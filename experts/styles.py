@@ -14,7 +14,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from experts.errors import ExpertError
 
@@ -44,6 +44,7 @@ class StyleLibrary(BaseModel):
     name: str = "custom"
     version: int | str = 1
     styles: list[StyleEntry] = Field(default_factory=list, alias="style")
+    _index: dict[str, StyleEntry] | None = PrivateAttr(None)
 
     @property
     def label(self) -> str:
@@ -59,11 +60,14 @@ class StyleLibrary(BaseModel):
 
     def match(self, text: str) -> StyleEntry | None:
         """The style a user's word names (id, English or Chinese name, or alias; case-insensitive)."""
-        key = _norm(text)
-        for s in self.styles:
-            if key in {_norm(s.id), _norm(s.en), _norm(s.zh or ""), *(_norm(a) for a in s.aliases)}:
-                return s
-        return None
+        if self._index is None:
+            index: dict[str, StyleEntry] = {}
+            for s in self.styles:
+                for word in (s.id, s.en, s.zh or "", *s.aliases):
+                    index.setdefault(_norm(word), s)
+            index.pop("", None)
+            self._index = index
+        return self._index.get(_norm(text))
 
 
 def load_style_library(path: str | Path | None = None) -> StyleLibrary:

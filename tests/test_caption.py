@@ -111,6 +111,16 @@ def test_generation_limits_are_configurable(tiny_dir):
     assert res.caption and len(res.caption.split()) == 2
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision(tiny_dir, dtype):
+    """fp16 is the GPU default; the image must reach the model in its dtype."""
+    from experts.caption import CaptionExpert
+
+    expert = CaptionExpert(model=tiny_dir, dtype=dtype, max_new_tokens=3, generate_kwargs=NO_SPECIALS)
+    res = expert.analyze(decode_image(_png()), {"query": "what ?"})
+    assert expert.status()["dtype"] == dtype and res.caption
+
+
 def test_objects_and_colours_from_the_text(tiny_dir, monkeypatch):
     from experts.caption import QUESTION_PROMPT, CaptionExpert
 

@@ -145,6 +145,14 @@ def test_real_path_styles_and_objects(tiny_clip, tmp_path):
     assert res2.args == {"query": "monet, cyberpunk, a red square", "top_k": 2}
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision(tiny_clip, tmp_path, precision):
+    """The GPU default is fp16; half weights need half inputs (open_clip keeps some fp32 parameters)."""
+    expert = _expert(tiny_clip, tmp_path, precision=precision)
+    res = expert.analyze(decode_image(_png()), {"query": "monet, cyberpunk"})
+    assert len(res.styles) == 2 and abs(sum(s.score for s in res.styles) - 1) < 1e-3
+
+
 def test_text_embedding_cache(tiny_clip, tmp_path, monkeypatch):
     from experts.clip import ClipExpert
 

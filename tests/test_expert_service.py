@@ -25,6 +25,9 @@ from experts.registry import Registry
 from experts.remote import RemoteExpert
 from tests.service_experts import EchoExpert
 
+pytest.importorskip("starlette", reason="needs the [serve] extra")
+pytest.importorskip("uvicorn", reason="needs the [serve] extra")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
