@@ -299,9 +299,10 @@ class _Run:
         while True:
             turn_no += 1
             final_round = rounds >= s.max_rounds
-            reply, tag_calls, tags_seen, buffered = await self._turn(turn_no, msgs, final_round, buffer_turn)
-            async for ev in self._drain_events():
+            turn = asyncio.ensure_future(self._turn(turn_no, msgs, final_round, buffer_turn))
+            async for ev in self._live_events(turn):  # the answer streams as the model writes it
                 yield ev
+            reply, tag_calls, tags_seen, buffered = turn.result()
             if self.client_calls:  # the client's own tools: hand the calls back and stop here
                 if buffered:
                     self._emit(buffered)
@@ -542,6 +543,7 @@ class _Run:
                 if msg.thinking:
                     self._events.append(ThinkingDelta(msg.thinking))
                     self.thinking.append(msg.thinking)
+                    self._notify()
                 if msg.tool_calls:
                     tool_calls.extend(_tool_call_dict(tc) for tc in msg.tool_calls)
                 if msg.content:
@@ -701,6 +703,33 @@ class _Run:
         self._events = getattr(self, "_events", [])
         self.answer.append(text)
         self._events.append(TextDelta(text))
+        self._notify()
+
+    def _notify(self) -> None:
+        wake = getattr(self, "_wake", None)
+        if wake is not None:
+            wake.set()
+
+    async def _live_events(self, turn: asyncio.Future[Any]):
+        """Yield the events of a running turn as they arrive, then the rest once it ends. Closing
+        this generator (the client left) cancels the turn, which closes the upstream stream."""
+        try:
+            while not turn.done():
+                if not getattr(self, "_events", None):
+                    self._wake = asyncio.Event()
+                    waiter = asyncio.ensure_future(self._wake.wait())
+                    try:
+                        await asyncio.wait({turn, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
+                        self._wake = None
+                async for ev in self._drain_events():
+                    yield ev
+            async for ev in self._drain_events():
+                yield ev
+        finally:
+            if not turn.done():
+                turn.cancel()
 
     async def _drain_events(self):
         events, self._events = getattr(self, "_events", []), []

@@ -111,8 +111,8 @@ class ModelRoutes:
     def __init__(self, http: httpx.AsyncClient, cfg: ProxyConfig) -> None:
         self.http = http
         self.cfg = cfg
-        self._caps: dict[str, tuple[float, list[str] | None]] = {}
-        self._pending: dict[str, asyncio.Future[list[str] | None]] = {}
+        self._caps: dict[str, tuple[float, ModelInfo]] = {}
+        self._pending: dict[str, asyncio.Future[ModelInfo]] = {}
 
     def routed_by_caps(self, name: str, caps: list[str] | None) -> bool:
         if not name or caps is None:
@@ -124,12 +124,11 @@ class ModelRoutes:
         # Embedding-only models cannot answer; models that already see need no help.
         return "vision" not in caps and ("completion" in caps or not caps)
 
-    def remember(self, name: str, caps: list[str] | None) -> None:
-        self._caps[norm_model(name)] = (time.monotonic() + self.cfg.show_ttl_s, caps)
+    def remember(self, name: str, caps: list[str] | None, status: int = 200, error: str = "") -> None:
+        self._caps[norm_model(name)] = (time.monotonic() + self.cfg.show_ttl_s, ModelInfo(caps, status, error))
 
-    async def capabilities(self, name: str) -> list[str] | None:
-        """The model's upstream capabilities; None when Ollama does not know it (or answers an
-        error: the request is then forwarded and Ollama's own error reaches the client)."""
+    async def lookup(self, name: str) -> ModelInfo:
+        """The model's upstream capabilities, or the status and error Ollama's ``/api/show`` gave."""
         key = norm_model(name)
         hit = self._caps.get(key)
         if hit is not None and hit[0] > time.monotonic():
@@ -141,25 +140,33 @@ class ModelRoutes:
             fut.add_done_callback(lambda _f: self._pending.pop(key, None))
         return await asyncio.shield(fut)
 
-    async def _ask(self, name: str) -> list[str] | None:
-        try:
-            r = await self.http.post("/api/show", json={"model": name})
-        except httpx.TransportError:
-            raise  # unreachable: the caller answers 502
+    async def _ask(self, name: str) -> ModelInfo:
+        r = await self.http.post("/api/show", json={"model": name})  # TransportError: the caller's 502
         caps: list[str] | None = None
-        if r.status_code == 200:
-            try:
-                caps = list(r.json().get("capabilities") or [])
-            except (ValueError, AttributeError):
-                caps = None
+        error = ""
+        try:
+            data = r.json()
+        except ValueError:
+            data = None
+        if r.status_code == 200 and isinstance(data, dict):
+            caps = list(data.get("capabilities") or [])
+        elif isinstance(data, dict) and isinstance(data.get("error"), str):
+            error = data["error"]
+        else:
+            error = r.text[:500] or f"HTTP {r.status_code}"
+        info = ModelInfo(caps, r.status_code, error)
         if r.status_code < 500:  # 5xx may be transient: ask again next time
-            self.remember(name, caps)
-        return caps
+            self.remember(name, caps, r.status_code, error)
+        return info
 
-    async def is_routed(self, name: Any) -> bool:
-        if not isinstance(name, str) or not name:
-            return False
-        return self.routed_by_caps(name, await self.capabilities(name))
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What upstream ``/api/show`` said about a model: capabilities, or an error with its status."""
+
+    capabilities: list[str] | None
+    status: int = 200
+    error: str = ""
 
 
 # --- metrics ----------------------------------------------------------------------------------------
@@ -387,8 +394,15 @@ class VisionProxy:
         return await self.forward(request, json.dumps(obj).encode())
 
     async def _is_routed(self, model: Any) -> bool:
+        """Whether requests for ``model`` go through the experts. A model Ollama does not know (or
+        cannot show) is answered with Ollama's own error, so no image is ever handed on for it."""
+        if not isinstance(model, str) or not model:
+            raise UpstreamError("model is required", 400)
         try:
-            return await self.routes.is_routed(model)
+            info = await self.routes.lookup(model)
+            if info.capabilities is None:
+                raise UpstreamError(info.error or f"model '{model}' not found", info.status)
+            return self.routes.routed_by_caps(model, info.capabilities)
         except httpx.TimeoutException:
             raise UpstreamError(f"Ollama at {self.cfg.upstream} timed out", 504) from None
         except httpx.TransportError as exc:

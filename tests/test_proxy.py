@@ -349,3 +349,20 @@ def test_image_bytes_stay_out_for_both_native_routes(fresh, path):
     assert post(fresh.url, path, body).status_code == 200
     no_image_bytes(fresh.fake)
     assert IMAGE not in json.dumps(fresh.fake.calls("/api/chat")).encode()
+
+
+def test_routed_answer_streams_token_by_token(fresh):
+    """The first words reach the client while the model is still writing."""
+    import time
+
+    fresh.fake.script(Reply("a b c d e f", chunk_size=2, chunk_delay_s=0.25))
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "What is written here?",
+                                          "images": [IMAGE_B64]}]}
+    t0 = time.monotonic()
+    arrivals = []
+    with httpx.stream("POST", fresh.url + "/api/chat", json=body, timeout=30) as r:
+        for line in r.iter_lines():
+            if line:
+                arrivals.append(time.monotonic() - t0)
+    assert len(arrivals) == 7  # six pieces and the terminal chunk
+    assert arrivals[-1] > 1.0 and arrivals[0] < arrivals[-1] - 0.9
