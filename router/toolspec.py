@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from experts.errors import VisionRouterError
 from experts.registry import Registry, default_registry
 
 TOOL_PREFIX = "vision_"
@@ -99,6 +100,9 @@ def tools_command(fmt: str, experts: tuple[str, ...]) -> None:
     names = list(experts) or None
     if names:
         for n in names:
-            reg.expert_class(n)  # one clear line for an unknown expert
+            try:
+                reg.expert_class(n)
+            except VisionRouterError as exc:  # one clear line for an unknown expert
+                raise click.ClickException(str(exc)) from None
     tools = openai_tools(reg, names) if fmt == "openai" else ollama_tools(reg, names)
     click.echo(json.dumps(tools, indent=2, ensure_ascii=False))
