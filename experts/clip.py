@@ -349,6 +349,22 @@ class ClipExpert(Expert):
                 self._candidate_cache.popitem(last=False)
         return emb
 
+    # --- embeddings for other users (image search) ---------------------------------------------
+    @property
+    def embedding_id(self) -> str:
+        """Names the embedding space: vectors with different ids must not be compared."""
+        return f"clip:{self.model_name}:{self.pretrained or 'random'}"
+
+    def embed_image(self, image: DecodedImage) -> np.ndarray:
+        """The image's L2-normalised CLIP embedding (1-D float32)."""
+        self.load()
+        return self._encode_image(image)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised CLIP embeddings of texts as given (no prompt templates), one row each."""
+        self.load()
+        return self._encode_texts(list(texts))
+
     # --- analysis -----------------------------------------------------------------------------
     def _probabilities(self, image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
         logits = self._logit_scale * (text_emb @ image_emb)

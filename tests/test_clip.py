@@ -138,6 +138,10 @@ def test_real_path_styles_and_objects(tiny_clip, tmp_path):
     assert res.attributes["style"] == res.styles[0].name
     assert len(res.objects) == 3 and set(res.attributes["object_scores"]) == set(res.objects)
     assert expert.status()["loaded"] and expert.status()["device"] == "cpu"
+    # Embeddings for image search share the space the styles are ranked in.
+    img_vec, txt = expert.embed_image(img), expert.embed_texts(["a red square", "a dog"])
+    assert img_vec.shape == (32,) and txt.shape == (2, 32)
+    assert abs(float(np.linalg.norm(img_vec)) - 1) < 1e-4 and expert.embedding_id.startswith(f"clip:{TINY}:")
 
     res2 = expert.analyze(img, {"query": "monet, cyberpunk, a red square", "top_k": 2})
     assert [s.name for s in res2.styles] != [] and len(res2.styles) == 2
