@@ -35,6 +35,7 @@ PALETTE = [
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (145, 30, 180), (240, 50, 230),
     (0, 128, 128), (128, 128, 0), (170, 110, 40), (0, 0, 128), (128, 0, 0),
 ]
+HALO = (255, 255, 255)
 STRIP_BG = (30, 30, 30)
 STRIP_FG = (240, 240, 240)
 STRIP_KEY = (255, 190, 80)
@@ -173,6 +174,7 @@ def render(image: DecodedImage | Image.Image, analysis: ImageAnalysis, *, font_p
         if quad is None:
             continue
         pts = [(_clamp(x * scale, 0, w - 1), _clamp(y * scale, 0, h - 1)) for x, y in quad]
+        draw.line([*pts, pts[0]], fill=HALO, width=line_w + 2, joint="curve")
         draw.line([*pts, pts[0]], fill=OCR_COLOUR, width=line_w, joint="curve")
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         label = f"{t.text} {t.score:.2f}" if t.score is not None else t.text
@@ -183,6 +185,8 @@ def render(image: DecodedImage | Image.Image, analysis: ImageAnalysis, *, font_p
         y1, y2 = sorted((b.y1 * scale, b.y2 * scale))
         box = (_clamp(x1, 0, w - 1), _clamp(y1, 0, h - 1), _clamp(x2, 0, w - 1), _clamp(y2, 0, h - 1))
         colour = label_colour(b.label)
+        # A light halo keeps a box visible on dark or same-coloured backgrounds.
+        draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), outline=HALO, width=line_w + 2)
         draw.rectangle(box, outline=colour, width=line_w)
         label = f"{b.label} {b.score:.2f}" if b.score is not None else b.label
         labels.append(_label(draw, box, label, colour, font, pad, (w, h), taken))
