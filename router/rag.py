@@ -208,6 +208,9 @@ class ImageEmbedder:
             return None
         if not (callable(getattr(expert, "embed_image", None)) and callable(getattr(expert, "embed_texts", None))):
             return None
+        if str(getattr(expert, "embedding_id", "")).endswith(":random"):
+            log.warning("%s has random weights: indexing without image vectors", name)
+            return None
         try:
             if not expert.status().get("ok", True):
                 return None
@@ -460,7 +463,15 @@ def index_images(
                 f"index {db} was built with text embeddings from {meta['text_model']}, not {embedder.id}: "
                 f"use --embed-model {meta['text_model']}, or another --db"
             )
-        img_emb = ImageEmbedder.from_registry(registry) if image_embedder is True else (image_embedder or None)
+        # CLIP is looked up only when there is an image to embed: an up-to-date index loads no model.
+        img_box: list[ImageEmbedder | None] = []
+
+        def img_emb() -> ImageEmbedder | None:
+            if not img_box:
+                found = ImageEmbedder.from_registry(registry) if image_embedder is True else image_embedder
+                img_box.append(found or None)
+            return img_box[0]
+
         known = idx.files()
         files_of: dict[str, list[dict[str, Any]]] = {}  # image_id -> its file entries, as changed here
 
@@ -538,9 +549,10 @@ def index_images(
                 _count(report, on_file, sp, status)
                 bar.update(1)
                 if len(pending) >= _BATCH:
-                    _flush(idx, pending, embedder, img_emb)
+                    _flush(idx, pending, embedder, img_emb())
                     pending = []
-            _flush(idx, pending, embedder, img_emb)
+            if pending:
+                _flush(idx, pending, embedder, img_emb())
         finally:
             bar.close()
 
