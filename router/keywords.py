@@ -59,7 +59,8 @@ class KeywordRouter:
                     continue
                 if kw.isascii():
                     words = r"\s+".join(re.escape(w) for w in kw.split())
-                    pats.append((kw, re.compile(rf"(?<![\w]){words}(?![\w])", re.IGNORECASE)))
+                    # Latin-letter boundaries only: "这个logo" must match `logo` (CJK counts as \w).
+                    pats.append((kw, re.compile(rf"(?<![A-Za-z0-9_]){words}(?![A-Za-z0-9_])", re.IGNORECASE)))
                 else:
                     pats.append((kw, None))
             self._rules.append(_Rule(expert, args, pats))

@@ -17,11 +17,13 @@ def kw():
     "text,expected",
     [
         ("What is written on this sign?", ["ocr"]),
-        ("图片上的文字是什么意思", ["ocr", "caption"]),
+        ("图片上的文字是什么意思", ["ocr"]),  # 是什么 about the text is not a request to describe
+        ("这个logo是哪个品牌的", ["ocr"]),  # an English keyword right next to Chinese characters
         ("这个logo和水印清楚吗", ["ocr"]),
         ("主图的尺寸和比例合适吗", ["detect"]),
         ("What's the aspect ratio and pixel size?", ["detect"]),
-        ("这张图是什么风格？", ["clip", "caption"]),
+        ("这张图是什么风格？", ["clip"]),
+        ("图里是什么？", ["caption"]),
         ("Describe this photo", ["caption"]),
         ("what is in the picture", ["caption"]),
         ("What is the capital of France?", []),
