@@ -79,6 +79,7 @@ class ProxyConfig:
     connect_timeout_s: float = 10.0
     upstream_timeout_s: float = 600.0  # longest silence from Ollama mid-request (model loads are slow)
     show_ttl_s: float = 30.0
+    upstream_pools: int = 8
     recent_traces: int = 20
 
 
@@ -263,7 +264,12 @@ class VisionProxy:
         self.settings = settings.model_copy(update={"ollama_host": base})
         timeout = httpx.Timeout(cfg.upstream_timeout_s, connect=cfg.connect_timeout_s, pool=None)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        self.http = httpx.AsyncClient(base_url=base, timeout=timeout, limits=limits, trust_env=False)
+        # Several small connection pools rather than one big one: httpcore's pool does work
+        # proportional to its size on every request, which turns quadratic under hundreds of streams.
+        self._pool = [httpx.AsyncClient(base_url=base, timeout=timeout, limits=limits, trust_env=False)
+                      for _ in range(max(1, cfg.upstream_pools))]
+        self._next_pool = 0
+        self.http = self._pool[0]
         if orchestrator is None:
             client = ollama.AsyncClient(host=base, timeout=timeout, limits=limits, trust_env=False)
             orchestrator = Orchestrator(self.settings, client=client, registry=registry or default_registry())
@@ -280,7 +286,12 @@ class VisionProxy:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         yield
-        await self.http.aclose()
+        for client in self._pool:
+            await client.aclose()
+
+    def _client(self) -> httpx.AsyncClient:
+        self._next_pool = (self._next_pool + 1) % len(self._pool)
+        return self._pool[self._next_pool]
 
     async def _crash(self, request: Request, exc: Exception) -> Response:
         log.exception("proxy error on %s %s", request.method, request.url.path)
@@ -359,10 +370,10 @@ class VisionProxy:
     async def forward(self, request: Request, body: bytes | None, path: str | None = None) -> Response:
         """Send the request on to Ollama unchanged and stream its answer back unchanged."""
         url = httpx.URL(path or request.url.path, query=request.url.query.encode())
-        req = self.http.build_request(request.method, url, headers=self._upstream_headers(request),
-                                      content=body or None)
+        http = self._client()
+        req = http.build_request(request.method, url, headers=self._upstream_headers(request), content=body or None)
         try:
-            upstream = await self.http.send(req, stream=True)
+            upstream = await http.send(req, stream=True)
         except httpx.TimeoutException:
             self.metrics.upstream_errors += 1
             return _error(504, f"Ollama at {self.cfg.upstream} timed out")
@@ -882,7 +893,9 @@ class ProxyServer:
     def start(self) -> ProxyServer:
         import uvicorn
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on such sockets, and without it Nagle
+        # plus delayed ACKs add ~40 ms to every keep-alive response.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self._sock = sock
