@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
@@ -85,6 +86,15 @@ def stream(client, url: str, kind: str) -> tuple[float, float, int]:
     return first, time.perf_counter() - t0, n
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc): a contention-proof cost measure."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def run(requests: int, chunks: int) -> dict:
     import httpx
 
@@ -97,6 +107,7 @@ def run(requests: int, chunks: int) -> dict:
             stream(direct, fake_url, "ttfc")
             stream(proxied, proxy_url, "ttfc")
         ttfc_d, ttfc_p, paired = [], [], []
+        cpu0 = cpu_s(proxy_p.pid)
         for i in range(requests):
             order = [(direct, fake_url, ttfc_d), (proxied, proxy_url, ttfc_p)]
             if i % 2:
@@ -107,6 +118,7 @@ def run(requests: int, chunks: int) -> dict:
                 sink.append(first)
                 got[id(sink)] = first
             paired.append(got[id(ttfc_p)] - got[id(ttfc_d)])
+        proxy_cpu_ms = (cpu_s(proxy_p.pid) - cpu0) * 1000 / requests
         rates = {}
         for kind, reps in (("unpaced", 5), ("paced", 3)):
             d_rates, p_rates = [], []
@@ -127,7 +139,10 @@ def run(requests: int, chunks: int) -> dict:
                 "added_median": (statistics.median(ttfc_p) - statistics.median(ttfc_d)) * 1000,
                 "added_paired_median": statistics.median(paired) * 1000,
                 "added_paired_p90": sorted(paired)[int(len(paired) * 0.9)] * 1000,
+                "proxy_cpu_per_request": proxy_cpu_ms,
             },
+            "load_average": os.getloadavg()[0],
+            "cpus": os.cpu_count(),
             "throughput": rates,
             "chunks_per_stream": {"unpaced": chunks, "paced": chunks // 4},
         }
@@ -154,6 +169,8 @@ def main() -> None:
           f"added {t['added_median']:.2f} ms (paired median {t['added_paired_median']:.2f} ms, "
           f"p90 {t['added_paired_p90']:.2f} ms)  target <= 3 ms: "
           f"{'PASS' if t['added_paired_median'] <= 3 else 'FAIL'}")
+    print(f"  proxy CPU per pass-through request: {t['proxy_cpu_per_request']:.2f} ms "
+          f"(machine: {res['cpus']} CPUs, load average {res['load_average']:.1f})")
     for kind, r in res["throughput"].items():
         print(f"  {kind:<8} chunks/s: direct {r['direct_chunks_s']:.0f}, proxy {r['proxy_chunks_s']:.0f}, "
               f"ratio {r['ratio']:.2f}  target >= 0.9: {'PASS' if r['ratio'] >= 0.9 else 'FAIL'}")
