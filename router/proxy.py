@@ -394,10 +394,11 @@ class VisionProxy:
                 await upstream.aclose()
 
         response = StreamingResponse(relay(), status_code=upstream.status_code)
-        response.raw_headers = [
+        response.raw_headers = [  # uvicorn adds its own date and server
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in upstream.headers.multi_items()
-            if k.lower() not in HOP_BY_HOP or (k.lower() == "content-length" and not ndjson)
+            if (k.lower() not in HOP_BY_HOP and k.lower() not in ("date", "server"))
+            or (k.lower() == "content-length" and not ndjson)
         ]
         return response
 
