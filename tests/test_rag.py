@@ -326,16 +326,16 @@ def test_embedding_model_mismatch_is_one_clear_error(tmp_path, fake):
     orch = orch_for(tmp_path, fake, make_registry())
     index_images([tmp_path / "coll"], db, orch, embedder=make_embedder(f"ollama:{EMBED}", fake.url))
     fake.add_model(FakeModel("other-embed", capabilities=["embedding"]))
-    from router.rag import IndexError_
+    from router.rag import ImageIndexError
 
-    with pytest.raises(IndexError_, match="built with text embeddings from ollama:nomic-embed-text"):
+    with pytest.raises(ImageIndexError, match="built with text embeddings from ollama:nomic-embed-text"):
         index_images([tmp_path / "coll"], db, orch, embedder=make_embedder("other-embed", fake.url))
 
 
 def test_missing_embedding_model_says_how_to_get_it(tmp_path, fake_ollama):
-    from router.rag import IndexError_
+    from router.rag import ImageIndexError
 
-    with pytest.raises(IndexError_, match="ollama pull nomic-embed-text"):
+    with pytest.raises(ImageIndexError, match="ollama pull nomic-embed-text"):
         make_embedder("nomic-embed-text", fake_ollama.url).embed(["x"])
 
 
