@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -67,8 +68,13 @@ class Dispatcher:
         self.timeouts = dict(timeouts or {})
         self.load_timeout_s = load_timeout_s
         self.max_concurrency = max(1, max_concurrency)
-        self._inflight: dict[str, asyncio.Future[ExpertResult]] = {}
-        self._sems: dict[int, asyncio.Semaphore] = {}
+        # Both keyed by event loop: a future or semaphore belongs to the loop that made it, and scripts
+        # may call run_sync from several threads, each with its own loop.
+        self._inflight: dict[tuple[int, str], asyncio.Future[ExpertResult]] = {}
+        self._sems: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
 
     def timeout_for(self, expert: str) -> float:
         return float(self.timeouts.get(expert, self.timeout_s))
@@ -88,7 +94,7 @@ class Dispatcher:
             fut.set_result(ExpertResult.failure(call.image.image_id, call.expert, call.args, str(exc)))
             return fut
         key = cache_key(call.image.image_id, expert.name, canonical)
-        running = self._inflight.get(key)
+        running = self._inflight.get((id(loop), key))
         if running is not None:
             return running
         cached = self.cache.get(key)
@@ -97,8 +103,9 @@ class Dispatcher:
             fut.set_result(cached)
             return fut
         task = asyncio.ensure_future(self._run(expert, call.image, canonical, key))
-        self._inflight[key] = task
-        task.add_done_callback(lambda _t, k=key: self._inflight.pop(k, None))
+        slot = (id(loop), key)
+        self._inflight[slot] = task
+        task.add_done_callback(lambda _t, k=slot: self._inflight.pop(k, None))
         return task
 
     async def run_all(self, calls: list[ExpertCall]) -> list[ExpertResult]:
@@ -145,11 +152,12 @@ class Dispatcher:
     def _semaphore(self) -> asyncio.Semaphore:
         # One semaphore per event loop (the CLI runs a fresh loop per question).
         loop = asyncio.get_running_loop()
-        sem = self._sems.get(id(loop))
-        if sem is None:
-            sem = asyncio.Semaphore(self.max_concurrency)
-            self._sems = {id(loop): sem}
-        return sem
+        with self._lock:
+            sem = self._sems.get(loop)
+            if sem is None:
+                sem = asyncio.Semaphore(self.max_concurrency)
+                self._sems[loop] = sem
+            return sem
 
 
 def _in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:

@@ -120,3 +120,14 @@ def test_dispatcher_works_inside_a_running_loop(image):
 
     (r,) = asyncio.run(main())
     assert r.measurements["count"] == 2
+
+
+def test_run_sync_from_several_threads_at_once(image):
+    """Scripts may call the blocking API from threads: each gets its own loop, no shared futures."""
+    import concurrent.futures
+
+    SlowExpert.cost = 0.05
+    d = Dispatcher(make_registry(SlowExpert), ResultCache(max_items=0))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: d.run_sync([ExpertCall(image, 1, "slow")])[0], range(8)))
+    assert [r.error for r in results] == [None] * 8
