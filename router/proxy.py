@@ -58,6 +58,9 @@ DEFAULT_PORT = 11435
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # Ollama's own proxy caps request bodies at 64 MiB
 NDJSON = "application/x-ndjson"
 JSON_CT = "application/json; charset=utf-8"
+# Requests that change nothing upstream: safe to resend once when a pooled connection turns out dead.
+RETRY_SAFE = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/embed", "/api/embeddings",
+                        "/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
     "transfer-encoding", "upgrade", "host", "content-length",
@@ -181,6 +184,7 @@ class Metrics:
         self.inflight = 0
         self.client_disconnects = 0
         self.upstream_errors = 0
+        self.upstream_retries = 0
         self.stream_errors = 0
         self.experts: dict[str, dict[str, float]] = {}
         self.llm_turns = 0
@@ -221,6 +225,7 @@ class Metrics:
             "inflight": self.inflight,
             "client_disconnects": self.client_disconnects,
             "upstream_errors": self.upstream_errors,
+            "upstream_retries": self.upstream_retries,
             "stream_errors": self.stream_errors,
             "llm_turns": self.llm_turns,
             "experts": experts,
@@ -373,7 +378,15 @@ class VisionProxy:
         http = self._client()
         req = http.build_request(request.method, url, headers=self._upstream_headers(request), content=body or None)
         try:
-            upstream = await http.send(req, stream=True)
+            try:
+                upstream = await http.send(req, stream=True)
+            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+                # A pooled keep-alive connection the upstream had just closed: nothing was answered,
+                # so a request that changes nothing upstream is safe to send once more.
+                if request.method not in ("GET", "HEAD") and (path or request.url.path) not in RETRY_SAFE:
+                    raise
+                self.metrics.upstream_retries += 1
+                upstream = await http.send(req, stream=True)
         except httpx.TimeoutException:
             self.metrics.upstream_errors += 1
             return _error(504, f"Ollama at {self.cfg.upstream} timed out")

@@ -147,7 +147,9 @@ class FakeOllama:
         self._sock = sock
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(self.app(), log_level="error", lifespan="off", timeout_graceful_shutdown=1)
+        # Go's net/http (Ollama) keeps idle connections open; uvicorn's default closes them after 5 s.
+        config = uvicorn.Config(self.app(), log_level="error", lifespan="off", timeout_graceful_shutdown=1,
+                                timeout_keep_alive=120)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
