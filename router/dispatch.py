@@ -8,6 +8,7 @@ hung engine cannot block the event loop or the interpreter's exit.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 import weakref
@@ -160,8 +161,39 @@ class Dispatcher:
             return sem
 
 
+class _DaemonPool:
+    """Reusable daemon worker threads. Unlike ThreadPoolExecutor (whose workers the interpreter joins
+    at exit), a hung engine here never blocks exit; and a busy pool grows instead of queueing, so
+    a hung expert never delays the next one."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                self._count += 1
+                threading.Thread(target=self._work, name=f"vision-expert-{self._count}", daemon=True).start()
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            job()
+            with self._lock:
+                self._idle += 1
+
+
+_POOL = _DaemonPool()
+
+
 def _in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
-    """Run ``fn`` in a daemon thread; the returned future completes on the calling loop."""
+    """Run ``fn`` on a daemon worker thread; the returned future completes on the calling loop."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[T] = loop.create_future()
 
@@ -173,7 +205,7 @@ def _in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
         else:
             fut.set_result(value)
 
-    def target() -> None:
+    def job() -> None:
         try:
             value = fn()
         except BaseException as exc:  # delivered to the awaiting coroutine
@@ -187,7 +219,7 @@ def _in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
         except RuntimeError:
             pass
 
-    threading.Thread(target=target, name=name, daemon=True).start()
+    _POOL.submit(job)
     return fut
 
 

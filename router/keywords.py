@@ -37,7 +37,10 @@ class KeywordMatch:
 class _Rule:
     expert: str
     args: dict[str, Any]
-    patterns: list[tuple[str, re.Pattern[str] | None]]  # (keyword, regex for latin words else None)
+    latin: re.Pattern[str] | None  # every Latin keyword of the rule in one alternation
+    latin_names: dict[str, str]  # normalised match -> keyword as written in the table
+    cjk: list[str]  # matched as substrings
+    order: list[str]  # all keywords in table order (the first that matches explains the rule)
 
 
 class KeywordRouter:
@@ -52,18 +55,26 @@ class KeywordRouter:
             if not isinstance(expert, str) or not isinstance(keywords, list) or not keywords:
                 raise VisionRouterError(f"keyword rule {i + 1}: needs `expert` and a non-empty `keywords` list")
             args = dict(rule.get("args") or {})
-            pats: list[tuple[str, re.Pattern[str] | None]] = []
+            latin: dict[str, str] = {}
+            cjk: list[str] = []
+            order: list[str] = []
             for kw in keywords:
                 kw = str(kw).strip()
                 if not kw:
                     continue
+                order.append(kw)
                 if kw.isascii():
-                    words = r"\s+".join(re.escape(w) for w in kw.split())
-                    # Latin-letter boundaries only: "这个logo" must match `logo` (CJK counts as \w).
-                    pats.append((kw, re.compile(rf"(?<![A-Za-z0-9_]){words}(?![A-Za-z0-9_])", re.IGNORECASE)))
+                    latin[" ".join(kw.lower().split())] = kw
                 else:
-                    pats.append((kw, None))
-            self._rules.append(_Rule(expert, args, pats))
+                    cjk.append(kw)
+            pattern = None
+            if latin:
+                alts = "|".join(
+                    r"\s+".join(re.escape(w) for w in k.split()) for k in sorted(latin, key=len, reverse=True)
+                )
+                # Latin-letter boundaries only: "这个logo" must match `logo` (CJK counts as \w).
+                pattern = re.compile(rf"(?<![A-Za-z0-9_])(?:{alts})(?![A-Za-z0-9_])", re.IGNORECASE)
+            self._rules.append(_Rule(expert, args, pattern, latin, cjk, order))
 
     @classmethod
     def from_toml(cls, path: str | Path | None = None) -> KeywordRouter:
@@ -97,14 +108,16 @@ class KeywordRouter:
         out: list[KeywordMatch] = []
         seen: set[tuple] = set()
         for rule in self._rules:
-            for kw, pat in rule.patterns:
-                hit = pat.search(text) is not None if pat is not None else kw.lower() in lowered
-                if hit:
-                    m = KeywordMatch(rule.expert, kw, dict(rule.args))
-                    if m.key() not in seen:
-                        seen.add(m.key())
-                        out.append(m)
-                    break
+            hits: set[str] = {kw for kw in rule.cjk if kw.lower() in lowered}
+            if rule.latin is not None:
+                hits.update(rule.latin_names[" ".join(m.group(0).lower().split())] for m in rule.latin.finditer(text))
+            if not hits:
+                continue
+            keyword = next(kw for kw in rule.order if kw in hits)
+            m = KeywordMatch(rule.expert, keyword, dict(rule.args))
+            if m.key() not in seen:
+                seen.add(m.key())
+                out.append(m)
         # "how many people" matches both generic detect and detect(query=person): the specific
         # request answers the question, the generic contour count would only mislead.
         specific = {m.expert for m in out if m.args}
