@@ -24,8 +24,6 @@ import ipaddress
 import json
 import logging
 import os
-import socket
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
@@ -48,6 +46,7 @@ from router import __version__
 from router import openai_compat as oai
 from router.config import Settings
 from router.errors import UpstreamError
+from router.local_server import LocalServer
 from router.ollama_host import resolve_host
 from router.orchestrator import Final, Orchestrator, TextDelta, ThinkingDelta, ToolCalls
 
@@ -888,7 +887,7 @@ def _mib(n: int) -> str:
 
 
 # --- running it ------------------------------------------------------------------------------------
-class ProxyServer:
+class ProxyServer(LocalServer):
     """The proxy on a real socket in a background thread (tests, benchmarks, notebooks)::
 
         with ProxyServer(create_app(settings, upstream=url)) as proxy:
@@ -896,50 +895,7 @@ class ProxyServer:
     """
 
     def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.app = app
-        self.host = host
-        self.port = port
-        self.url = ""
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
-
-    def start(self) -> ProxyServer:
-        import uvicorn
-
-        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on such sockets, and without it Nagle
-        # plus delayed ACKs add ~40 ms to every keep-alive response.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self._sock = sock
-        self.port = sock.getsockname()[1]
-        self.url = f"http://{self.host}:{self.port}"
-        config = uvicorn.Config(self.app, log_level="error", lifespan="on", timeout_graceful_shutdown=1,
-                                backlog=4096)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("vision-router proxy did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self._sock is not None:
-            self._sock.close()
-
-    def __enter__(self) -> ProxyServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        super().__init__(app, host, port, lifespan="on", backlog=4096)
 
 
 def _is_loopback(host: str) -> bool:

@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 import math
-import socket
 import threading
 import time
 from collections import deque
@@ -22,11 +21,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from router.local_server import LocalServer
 
 
 @dataclass
@@ -103,9 +103,7 @@ class FakeOllama:
         self.streams_cancelled = 0
         self.streams_completed = 0
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
+        self._server: LocalServer | None = None
         self.url = ""
         self.port = 0
 
@@ -138,35 +136,14 @@ class FakeOllama:
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> FakeOllama:
-        # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on such sockets, and without it
-        # Nagle + delayed ACK add ~40 ms to every keep-alive response (Go's net/http, like the real
-        # Ollama, sets TCP_NODELAY).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._sock = sock
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
         # Go's net/http (Ollama) keeps idle connections open; uvicorn's default closes them after 5 s.
-        config = uvicorn.Config(self.app(), log_level="error", lifespan="off", timeout_graceful_shutdown=1,
-                                timeout_keep_alive=120)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("fake Ollama did not start")
-            time.sleep(0.01)
+        self._server = LocalServer(self.app(), lifespan="off", timeout_keep_alive=120).start()
+        self.url, self.port = self._server.url, self._server.port
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self._sock is not None:
-            self._sock.close()
+            self._server.stop()
 
     def __enter__(self) -> FakeOllama:
         return self.start()
