@@ -39,12 +39,9 @@ class Style(BaseModel):
     name_zh: str | None = None
 
 
-class ExpertResult(BaseModel):
-    """What one expert found on one image."""
+class Findings(BaseModel):
+    """What can be known about an image: the fields one expert fills and the per-image merge shares."""
 
-    image_id: str
-    expert: str
-    args: dict[str, Any] = Field(default_factory=dict)
     caption: str | None = None
     objects: list[str] = Field(default_factory=list)
     attributes: dict[str, Any] = Field(default_factory=dict)
@@ -53,6 +50,14 @@ class ExpertResult(BaseModel):
     full_text: str | None = None
     styles: list[Style] = Field(default_factory=list)
     measurements: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExpertResult(Findings):
+    """What one expert found on one image."""
+
+    image_id: str
+    expert: str
+    args: dict[str, Any] = Field(default_factory=dict)
     timing_ms: float = 0.0
     cached: bool = False
     error: str | None = None
@@ -63,21 +68,13 @@ class ExpertResult(BaseModel):
         return cls(image_id=image_id, expert=expert, args=dict(args), error=error, timing_ms=timing_ms)
 
 
-class ImageAnalysis(BaseModel):
+class ImageAnalysis(Findings):
     """All expert results for one image, merged into the seed's per-image schema."""
 
     image_id: str
     index: int = Field(description="1-based position of the image among the attached ones")
     width: int | None = None
     height: int | None = None
-    caption: str | None = None
-    objects: list[str] = Field(default_factory=list)
-    attributes: dict[str, Any] = Field(default_factory=dict)
-    bbox: list[BBox] = Field(default_factory=list)
-    text: list[TextLine] = Field(default_factory=list)
-    full_text: str | None = None
-    styles: list[Style] = Field(default_factory=list)
-    measurements: dict[str, Any] = Field(default_factory=dict)
     timing_ms: dict[str, float] = Field(default_factory=dict)
     errors: dict[str, str] = Field(default_factory=dict)
     results: list[ExpertResult] = Field(default_factory=list)
