@@ -117,7 +117,27 @@ class CaptionExpert(Expert):
             out["dtype"] = str(self._dtype).replace("torch.", "")
         if not ok:
             out["error"] = "transformers/torch not installed: pip install 'ollama-vision-router[caption]'"
+            return out
+        present, detail = self.weights_status()
+        out["weights"] = detail
+        if not present:
+            out["ok"] = False
         return out
+
+    def weights_status(self) -> tuple[bool, str]:
+        """Are the model's files on this machine (without downloading anything)?"""
+        name = self.model_name
+        local = Path(name).expanduser()
+        if local.is_dir():
+            if (local / "config.json").is_file():
+                return True, f"local directory {local}"
+            return False, f"{local} has no config.json: not a saved BLIP-2 model"
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(name, "config.json", cache_dir=self.config.get("cache_dir"))
+        if isinstance(path, str):
+            return True, f"present in the Hugging Face cache ({Path(path).parent})"
+        return False, f"not downloaded; fetch once: huggingface-cli download {name} (or set model to a local directory)"
 
     # --- loading ------------------------------------------------------------------------------
     def _load(self) -> None:

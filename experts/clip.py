@@ -157,7 +157,46 @@ class ClipExpert(Expert):
         }
         if not ok:
             out["error"] = "open_clip/torch not installed: pip install 'ollama-vision-router[clip]'"
+            return out
+        present, detail = self.weights_status()
+        out["weights"] = detail
+        if not present:
+            out["ok"] = False
         return out
+
+    def weights_status(self) -> tuple[bool, str]:
+        """Are the configured weights on this machine (without downloading anything)?"""
+        pre = self.pretrained
+        if pre is None:
+            return False, "random weights (pretrained=none): the scores mean nothing"
+        if Path(pre).expanduser().is_file():
+            return True, f"local checkpoint {pre}"
+        get = (
+            f"fetch once: python -c \"import open_clip; open_clip.create_model_and_transforms("
+            f"'{self.model_name}', pretrained='{pre}')\" (or set pretrained to a checkpoint file)"
+        )
+        try:
+            from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, get_pretrained_cfg
+
+            cfg = get_pretrained_cfg(self.model_name, pre) or {}
+        except Exception:
+            cfg = {}
+        hub = str(cfg.get("hf_hub") or "").strip("/")
+        if hub:
+            from huggingface_hub import try_to_load_from_cache
+
+            for filename in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
+                path = try_to_load_from_cache(hub, filename, cache_dir=self.config.get("weights_dir"))
+                if isinstance(path, str):
+                    return True, f"present ({path})"
+            return False, f"not downloaded ({hub}); {get}"
+        if cfg.get("url"):
+            root = Path(self.config.get("weights_dir") or Path.home() / ".cache" / "clip").expanduser()
+            name = str(cfg["url"]).rsplit("/", 1)[-1]
+            if (root / name).is_file():
+                return True, f"present ({root / name})"
+            return False, f"not downloaded ({name}); {get}"
+        return False, f"unknown pretrained tag {pre!r} for {self.model_name}"
 
     # --- loading ------------------------------------------------------------------------------
     def _load(self) -> None:

@@ -242,7 +242,7 @@ def _usable(registry: Any, name: str) -> tuple[bool, str]:
     except Exception as exc:  # a status bug must not break the preset
         return False, f"{type(exc).__name__}: {exc}"
     if not status.get("ok", True):
-        return False, str(status.get("error") or status.get("hint") or "engine unavailable")
+        return False, str(status.get("error") or status.get("hint") or status.get("weights") or "engine unavailable")
     return True, ""
 
 
