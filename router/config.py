@@ -16,6 +16,11 @@ Example ``config.toml``::
 
     [experts.caption]
     url = "http://127.0.0.1:8601"     # a `vision-router expert serve caption` service
+
+    [serve]                           # `vision-router serve` defaults
+    port = 11435
+    route = ["qwen3*"]                # only these models get vision (default: every model without it)
+    max_body_mib = 64
 """
 
 from __future__ import annotations
@@ -52,6 +57,19 @@ def default_config_path() -> Path:
     return Path(base) / "vision-router" / "config.toml"
 
 
+class ServeSettings(BaseModel):
+    """`vision-router serve` defaults (the ``[serve]`` table); command-line flags win."""
+
+    model_config = {"extra": "forbid"}
+
+    port: int = Field(11435, ge=1, le=65535)
+    route: list[str] = Field(default_factory=list, description="model globs to route; [] = every model without vision")
+    skip: list[str] = Field(default_factory=list, description="model globs never routed")
+    token: str | None = Field(None, description="require `Authorization: Bearer <token>`")
+    max_body_mib: int = Field(64, ge=1, le=4096)
+    upstream_timeout: float = Field(600.0, gt=0, description="seconds Ollama may stay silent mid-request")
+
+
 class Settings(BaseModel):
     """Everything the router can be told. Field docs double as the README's configuration table."""
 
@@ -75,6 +93,7 @@ class Settings(BaseModel):
     )
     protocol: Literal["tags", "tools", "auto"] = Field("tags", description="how the model asks for experts")
     experts: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-expert settings")
+    serve: ServeSettings = Field(default_factory=ServeSettings, description="proxy defaults")
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> Settings:

@@ -909,7 +909,7 @@ def _is_loopback(host: str) -> bool:
 
 @click.command("serve")
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="address to listen on")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int, help="port to listen on")
+@click.option("--port", type=int, help=f"port to listen on (default {DEFAULT_PORT}, or [serve] port)")
 @click.option("--upstream", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
 @click.option("--allow-remote", is_flag=True, help="allow listening on a non-loopback address")
 @click.option("--token", envvar="VISION_ROUTER_TOKEN", help="require `Authorization: Bearer TOKEN` "
@@ -918,10 +918,8 @@ def _is_loopback(host: str) -> bool:
               help="route only these models (glob patterns, repeatable; default: every model without vision)")
 @click.option("--skip", "skip", multiple=True, metavar="MODEL", help="never route these models (glob, repeatable)")
 @click.option("--protocol", type=click.Choice(["tags", "tools", "auto"]), help="how the model asks for experts")
-@click.option("--max-body-mib", type=click.IntRange(1, 4096), default=64, show_default=True,
-              help="largest request body accepted")
-@click.option("--upstream-timeout", type=float, default=600.0, show_default=True,
-              help="seconds Ollama may stay silent mid-request")
+@click.option("--max-body-mib", type=click.IntRange(1, 4096), help="largest request body accepted (default 64)")
+@click.option("--upstream-timeout", type=float, help="seconds Ollama may stay silent mid-request (default 600)")
 @click.option("--max-rounds", type=click.IntRange(0, 8), help="expert rounds per message (default 2)")
 @click.option("--no-cache", is_flag=True, help="keep expert results in memory only")
 @click.pass_context
@@ -935,15 +933,19 @@ def serve_command(ctx, host, port, upstream, allow_remote, token, route, skip, p
 
     from router.cli import _registry, _settings
 
+    settings = _settings(ctx, ollama_host=upstream, protocol=protocol, max_rounds=max_rounds,
+                         cache_dir="" if no_cache else None)
+    conf = settings.serve  # config.toml's [serve] table; flags win
+    port = port or conf.port
+    token = token or conf.token
     if not _is_loopback(host) and not allow_remote:
         raise click.UsageError(f"--host {host} is not a loopback address: add --allow-remote (and a --token)")
     if not _is_loopback(host) and not token:
         click.echo("warning: listening beyond loopback without --token: anyone who can reach it can use it",
                    err=True)
-    settings = _settings(ctx, ollama_host=upstream, protocol=protocol, max_rounds=max_rounds,
-                         cache_dir="" if no_cache else None)
-    cfg = ProxyConfig(route=list(route), skip=list(skip), token=token or None,
-                      max_body_bytes=max_body_mib * 1024 * 1024, upstream_timeout_s=upstream_timeout)
+    cfg = ProxyConfig(route=list(route) or list(conf.route), skip=list(skip) or list(conf.skip), token=token or None,
+                      max_body_bytes=(max_body_mib or conf.max_body_mib) * 1024 * 1024,
+                      upstream_timeout_s=upstream_timeout or conf.upstream_timeout)
     app = create_app(settings, _registry(settings), config=cfg)
     proxy: VisionProxy = app.state.proxy
     click.echo(f"vision-router {__version__} on http://{host}:{port} -> Ollama at {proxy.cfg.upstream} "

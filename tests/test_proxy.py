@@ -366,3 +366,23 @@ def test_routed_answer_streams_token_by_token(fresh):
                 arrivals.append(time.monotonic() - t0)
     assert len(arrivals) == 7  # six pieces and the terminal chunk
     assert arrivals[-1] > 1.0 and arrivals[0] < arrivals[-1] - 0.9
+
+
+def test_serve_reads_its_defaults_from_config_and_flags_win(tmp_path, monkeypatch):
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[serve]\nport = 12345\nroute = ["qwen3*"]\nmax_body_mib = 2\nupstream_timeout = 30\n', "utf-8")
+    r = CliRunner().invoke(serve_command, ["--upstream", "127.0.0.1:9"], obj={"config": str(cfg)})
+    assert r.exit_code == 0, r.output
+    proxy = seen["app"].state.proxy
+    assert seen["port"] == 12345 and seen["host"] == "127.0.0.1"
+    assert proxy.cfg.route == ["qwen3*"] and proxy.cfg.max_body_bytes == 2 * 1024 * 1024
+    assert proxy.cfg.upstream_timeout_s == 30
+    r = CliRunner().invoke(serve_command, ["--port", "12346", "--route", "llama*", "--max-body-mib", "8"],
+                           obj={"config": str(cfg)})
+    assert r.exit_code == 0, r.output
+    proxy = seen["app"].state.proxy
+    assert seen["port"] == 12346 and proxy.cfg.route == ["llama*"] and proxy.cfg.max_body_bytes == 8 * 1024 * 1024
