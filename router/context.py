@@ -98,9 +98,23 @@ def _value(v: Any) -> str:
         return f"{v:.4g}"
     if isinstance(v, (int, bool)) or v is None:
         return json.dumps(v)
-    if isinstance(v, list) and len(v) > 8:
-        v = v[:8] + [f"... {len(v) - 8} more"]
-    text = json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=str)
+    if isinstance(v, list):
+        # Whole items until the budget is spent: a model reads "... 5 more", not half an object.
+        parts: list[str] = []
+        used = 0
+        for i, item in enumerate(v):
+            text = _compact(item)
+            if parts and used + len(text) > MAX_VALUE_CHARS:
+                parts.append(f"... {len(v) - i} more")
+                break
+            parts.append(text)
+            used += len(text) + 1
+        return safe("[" + ",".join(parts) + "]")
+    text = _compact(v)
     if len(text) > MAX_VALUE_CHARS:
         text = text[: MAX_VALUE_CHARS - 3] + "..."
     return safe(text)
+
+
+def _compact(v: Any) -> str:
+    return json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=str)
