@@ -171,6 +171,8 @@ class ClipExpert(Expert):
             return False, "random weights (pretrained=none): the scores mean nothing"
         if Path(pre).expanduser().is_file():
             return True, f"local checkpoint {pre}"
+        if "/" in pre or "\\" in pre or pre.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            return False, f"checkpoint {pre}: no such file"
         get = (
             f"fetch once: python -c \"import open_clip; open_clip.create_model_and_transforms("
             f"'{self.model_name}', pretrained='{pre}')\" (or set pretrained to a checkpoint file)"
@@ -223,6 +225,10 @@ class ClipExpert(Expert):
         if pretrained is None:
             log.warning("clip: model %s has RANDOM weights (pretrained=none): scores mean nothing",
                         self.model_name)
+        elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            present, detail = self.weights_status()
+            if not present:  # say so in one line instead of letting open_clip try and log a download error
+                raise EngineMissing(f"clip: weights {self.model_name}/{pretrained} {detail} (HF_HUB_OFFLINE is set)")
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 self.model_name, pretrained=pretrained, device=device, precision=precision,
