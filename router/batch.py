@@ -400,10 +400,10 @@ def batch_command(ctx, paths, experts_spec, question, preset, out, workers, resu
     Folders are searched recursively; images are recognised by their content, not their names. A
     summary (done, failed, cached, seconds, cache hit rate) goes to stderr at the end.
     """
-    from router.cli import _registry, _settings
+    from router.cli import configured_registry, settings_from
     from router.orchestrator import Orchestrator
 
-    settings = _settings(ctx, model=model, ollama_host=ollama_host, cache_dir="" if no_cache else None)
+    settings = settings_from(ctx, model=model, ollama_host=ollama_host, cache_dir="" if no_cache else None)
     specs = parse_experts(experts_spec)
     system = None
     if preset:
@@ -412,7 +412,7 @@ def batch_command(ctx, paths, experts_spec, question, preset, out, workers, resu
         prepared = prepare(preset, question)
         question, system = prepared.question, prepared.system
         specs = specs or list(prepared.experts)
-    orch = Orchestrator(settings, registry=_registry(settings))
+    orch = Orchestrator(settings, registry=configured_registry(settings))
     summary = BatchSummary()
     try:
         summary = run_batch(paths, orch, out=out, experts=specs, question=question, system=system,

@@ -66,11 +66,13 @@ class _Group(click.Group):
             raise click.exceptions.Exit(130) from None
 
 
-def _settings(ctx: click.Context, **overrides: Any) -> Settings:
-    return Settings.load(ctx.obj.get("config"), **overrides)
+def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
+    """Settings for a command: config file (``--config``) then the command's flags."""
+    return Settings.load((ctx.obj or {}).get("config"), **overrides)
 
 
-def _registry(settings: Settings) -> Registry:
+def configured_registry(settings: Settings) -> Registry:
+    """The process-wide expert registry with the configured per-expert settings applied."""
     reg = default_registry()
     for name, cfg in settings.expert_configs().items():
         if cfg:
@@ -145,7 +147,7 @@ def ask(ctx, images, question, model, ollama_host, as_json, no_stream, trace, ma
     """Ask MODEL a QUESTION about IMAGES (paths, or - for stdin)."""
     from router.orchestrator import Orchestrator
 
-    settings = _settings(ctx, model=model, ollama_host=ollama_host, max_rounds=max_rounds,
+    settings = settings_from(ctx, model=model, ollama_host=ollama_host, max_rounds=max_rounds,
                          cache_dir="" if no_cache else None, protocol=protocol)
     forced: list[tuple[str, dict[str, Any]]] = []
     extra_context: str | None = None
@@ -157,7 +159,7 @@ def ask(ctx, images, question, model, ollama_host, as_json, no_stream, trace, ma
         question, forced, system = prepared.question, prepared.experts, prepared.system
     if not question:
         raise click.UsageError("give a question with -q/--question (or a --preset)")
-    orch = Orchestrator(settings, registry=_registry(settings))
+    orch = Orchestrator(settings, registry=configured_registry(settings))
     if rag_db:
         from router.rag import retrieve_context
 
@@ -222,8 +224,8 @@ def expert() -> None:
 @click.pass_context
 def expert_list(ctx, as_json):
     """The installed experts, their aliases, arguments and engine status."""
-    settings = _settings(ctx)
-    reg = _registry(settings)
+    settings = settings_from(ctx)
+    reg = configured_registry(settings)
     rows = []
     for name in reg.names():
         cls = reg.expert_class(name)
@@ -260,8 +262,8 @@ def expert_list(ctx, as_json):
 @click.pass_context
 def expert_run(ctx, name, image, query, args, as_json, annotate_path):
     """Run expert NAME on IMAGE; QUERY fills the expert's free-text argument."""
-    settings = _settings(ctx)
-    reg = _registry(settings)
+    settings = settings_from(ctx)
+    reg = configured_registry(settings)
     exp = reg.get(name)
     kv: dict[str, Any] = _parse_kv(args)
     if query is not None:
@@ -298,13 +300,13 @@ def demo(ctx, model, ollama_host, save):
     from router.dispatch import ExpertCall
     from router.orchestrator import Orchestrator
 
-    settings = _settings(ctx, model=model, ollama_host=ollama_host)
+    settings = settings_from(ctx, model=model, ollama_host=ollama_host)
     data = demo_image_bytes()
     if save:
         Path(save).write_bytes(data)
         click.echo(f"demo image written to {save}", err=True)
     img = decode_image(data, source="demo.png")
-    orch = Orchestrator(settings, registry=_registry(settings))
+    orch = Orchestrator(settings, registry=configured_registry(settings))
     wanted = [n for n in ("ocr", "detect") if orch.registry.resolve(n)]
     click.echo(f"Demo image: {img.width}x{img.height} product shot (router/data/demo.png)")
     click.echo(f"Question:   {DEMO_QUESTION}\n")
@@ -360,7 +362,7 @@ def doctor(ctx, model, ollama_host, as_json):
     from router.ollama_host import resolve_host
     from router.protocol import PROTOCOL_MARKER
 
-    settings = _settings(ctx, model=model, ollama_host=ollama_host)
+    settings = settings_from(ctx, model=model, ollama_host=ollama_host)
     host = resolve_host(settings.ollama_host)
     checks: list[dict[str, Any]] = []
     client = ollama.Client(host=host, timeout=5)
@@ -382,7 +384,7 @@ def doctor(ctx, model, ollama_host, as_json):
     except Exception:
         checks.append({"check": "ollama", "ok": False,
                        "detail": f"not reachable at {host}: start `ollama serve` or set OLLAMA_HOST / --ollama-host"})
-    reg = _registry(settings)
+    reg = configured_registry(settings)
     for name in reg.names():
         try:
             st = reg.get(name).status()

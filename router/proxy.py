@@ -931,9 +931,9 @@ def serve_command(ctx, host, port, upstream, allow_remote, token, route, skip, p
     """
     import uvicorn
 
-    from router.cli import _registry, _settings
+    from router.cli import configured_registry, settings_from
 
-    settings = _settings(ctx, ollama_host=upstream, protocol=protocol, max_rounds=max_rounds,
+    settings = settings_from(ctx, ollama_host=upstream, protocol=protocol, max_rounds=max_rounds,
                          cache_dir="" if no_cache else None)
     conf = settings.serve  # config.toml's [serve] table; flags win
     port = port or conf.port
@@ -946,7 +946,7 @@ def serve_command(ctx, host, port, upstream, allow_remote, token, route, skip, p
     cfg = ProxyConfig(route=list(route) or list(conf.route), skip=list(skip) or list(conf.skip), token=token or None,
                       max_body_bytes=(max_body_mib or conf.max_body_mib) * 1024 * 1024,
                       upstream_timeout_s=upstream_timeout or conf.upstream_timeout)
-    app = create_app(settings, _registry(settings), config=cfg)
+    app = create_app(settings, configured_registry(settings), config=cfg)
     proxy: VisionProxy = app.state.proxy
     click.echo(f"vision-router {__version__} on http://{host}:{port} -> Ollama at {proxy.cfg.upstream} "
                f"(protocol {settings.protocol}; experts: {', '.join(proxy.orch.registry.names()) or 'none'})",

@@ -775,11 +775,11 @@ _DB_HELP = ("index folder (embedded Qdrant) or Qdrant server URL; "
 def index_command(ctx, paths, db, experts_spec, embed_model, no_clip, no_prune, ollama_host, as_json, no_progress):
     """Index the images under PATHS for `search` and `ask --rag`: OCR text, caption, objects and
     embeddings. Incremental: unchanged images are not processed again."""
-    from router.cli import _registry, _settings
+    from router.cli import configured_registry, settings_from
     from router.orchestrator import Orchestrator
 
-    settings = _settings(ctx, ollama_host=ollama_host)
-    orch = Orchestrator(settings, registry=_registry(settings))
+    settings = settings_from(ctx, ollama_host=ollama_host)
+    orch = Orchestrator(settings, registry=configured_registry(settings))
     db = db or default_db()
     embedder = make_embedder(embed_model, settings.ollama_host) if embed_model else None
     experts = [n for n, _ in _parse_names(experts_spec)] or None
@@ -804,13 +804,13 @@ def index_command(ctx, paths, db, experts_spec, embed_model, no_clip, no_prune, 
 @click.pass_context
 def search_command(ctx, query, image_path, k, db, ollama_host, as_json):
     """Search the image index by QUERY text and/or --image; fused ranking, with why each matched."""
-    from router.cli import _registry, _settings
+    from router.cli import configured_registry, settings_from
     from router.orchestrator import Orchestrator
 
     if not query and not image_path:
         raise click.UsageError("give a QUERY, --image IMG, or both")
-    settings = _settings(ctx, ollama_host=ollama_host)
-    orch = Orchestrator(settings, registry=_registry(settings))
+    settings = settings_from(ctx, ollama_host=ollama_host)
+    orch = Orchestrator(settings, registry=configured_registry(settings))
     db = db or default_db()
     img = load_image_file(image_path, **settings.image_limits()) if image_path else None
     hits = search(db, query, image=img, k=k, orchestrator=orch)

@@ -129,7 +129,7 @@ def lines_of(path: Path) -> list[dict]:
 @pytest.fixture
 def use_registry(monkeypatch):
     reg = make_registry()
-    monkeypatch.setattr(cli_module, "_registry", lambda settings: reg)
+    monkeypatch.setattr(cli_module, "configured_registry", lambda settings: reg)
     return reg
 
 

@@ -192,7 +192,7 @@ def test_preset_list_and_show_commands():
 @pytest.fixture
 def preset_registry(monkeypatch):
     reg = registry(TextOcr, MeasureDetect)
-    monkeypatch.setattr(cli_module, "_registry", lambda settings: reg)
+    monkeypatch.setattr(cli_module, "configured_registry", lambda settings: reg)
     monkeypatch.setattr(registry_module, "default_registry", lambda: reg)
     return reg
 
@@ -246,7 +246,7 @@ def test_real_experts_feed_the_preset(tmp_path, fake_ollama, monkeypatch):
     except ImportError as exc:  # pragma: no cover
         pytest.skip(f"detect expert not importable: {exc}")
     reg = registry(DetectExpert)
-    monkeypatch.setattr(cli_module, "_registry", lambda settings: reg)
+    monkeypatch.setattr(cli_module, "configured_registry", lambda settings: reg)
     monkeypatch.setattr(registry_module, "default_registry", lambda: reg)
     img = tmp_path / "demo.png"
     img.write_bytes(demo_image_bytes())

@@ -343,7 +343,7 @@ def test_missing_embedding_model_says_how_to_get_it(tmp_path, fake_ollama):
 def test_cli_index_search_and_ask_with_rag(tmp_path, fake, monkeypatch):
     files = write_collection(tmp_path / "coll")
     reg = make_registry()
-    monkeypatch.setattr(cli_module, "_registry", lambda settings: reg)
+    monkeypatch.setattr(cli_module, "configured_registry", lambda settings: reg)
     db = str(tmp_path / "db")
     runner = CliRunner()
     r = runner.invoke(cli, ["index", str(tmp_path / "coll"), "--db", db, "--embed-model", f"ollama:{EMBED}",
