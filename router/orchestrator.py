@@ -168,8 +168,14 @@ class Orchestrator:
         on_text: Callable[[str], None] | None = None,
         **kwargs: Any,
     ) -> Final:
-        """Sync: one question about some images. ``on_text`` receives the answer as it streams."""
-        messages = [{"role": "user", "content": question, "images": list(images)}]
+        """Sync: one question about some images (paths, bytes, base64 or decoded images) from a
+        script. ``on_text`` receives the answer as it streams.
+
+        Only here is a string taken as a file path: this is the caller's own attachment. Strings in
+        :meth:`stream`'s messages (what the proxy passes on from clients) are always image data.
+        """
+        attached = [Path(i) if isinstance(i, str) and _is_file(i) else i for i in images]
+        messages = [{"role": "user", "content": question, "images": attached}]
         return self.chat(messages, on_text=on_text, **kwargs)
 
     def chat(
@@ -749,6 +755,13 @@ def _echo_call(call: dict[str, Any]) -> dict[str, Any]:
     fn = call.get("function") or {}
     args = fn.get("arguments")
     return {"function": {"name": str(fn.get("name") or "?"), "arguments": args if isinstance(args, dict) else {}}}
+
+
+def _is_file(value: str) -> bool:
+    try:
+        return len(value) < 4096 and Path(value).expanduser().is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _last_user_index(msgs: list[dict[str, Any]]) -> int | None:

@@ -276,3 +276,15 @@ def test_keyword_and_tag_experts_start_while_the_model_streams(fake_ollama):
     turn1 = final.trace.llm_calls[0].total_ms
     # The expert (400 ms) overlapped turn 1 (~450 ms): the whole request is well under their sum.
     assert final.trace.total_ms < turn1 + 400 + 250
+
+
+def test_python_api_reads_paths_but_messages_never_name_files(fake_ollama, tmp_path):
+    p = tmp_path / "poster.png"
+    p.write_bytes(IMG)
+    fake_ollama.script("It says GRAND OPENING.", "x")
+    o = orch(fake_ollama)
+    final = o.ask("What is written here?", [str(p)])  # a script's own attachment, by path
+    assert final.trace.images[0]["width"] == 80
+    # The same string inside messages (what a client sends through the proxy) is image data, never a path.
+    with pytest.raises(ImageError, match="illegal base64 data"):
+        o.chat([{"role": "user", "content": "what is written", "images": [str(p)]}])
