@@ -90,9 +90,11 @@ class Registry:
 
     def configure(self, name: str, **config: Any) -> None:
         """Set an expert's configuration (engine, model paths, service URL...). Takes effect on the
-        next :meth:`get`."""
+        next :meth:`get`; the same configuration again keeps the loaded instance (and its model)."""
         with self._lock:
             canonical = self.resolve(name) or name
+            if self._config.get(canonical) == config:
+                return
             self._config[canonical] = dict(config)
             self._instances.pop(canonical, None)
 

@@ -73,11 +73,7 @@ def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
 
 def configured_registry(settings: Settings) -> Registry:
     """The process-wide expert registry with the configured per-expert settings applied."""
-    reg = default_registry()
-    for name, cfg in settings.expert_configs().items():
-        if cfg:
-            reg.configure(name, **cfg)
-    return reg
+    return settings.configure(default_registry())
 
 
 def _parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -127,5 +127,12 @@ class Settings(BaseModel):
         """Per-expert constructor config (everything but the router's own `timeout`)."""
         return {n: {k: v for k, v in c.items() if k != "timeout"} for n, c in self.experts.items()}
 
+    def configure(self, registry: Any) -> Any:
+        """Apply the per-expert settings to an :class:`experts.registry.Registry`; returns it."""
+        for name, cfg in self.expert_configs().items():
+            if cfg:
+                registry.configure(name, **cfg)
+        return registry
+
     def image_limits(self) -> dict[str, int]:
         return {"max_bytes": self.max_image_bytes, "max_pixels": self.max_image_pixels}

@@ -110,10 +110,7 @@ class Orchestrator:
         self.host = resolve_host(self.settings.ollama_host)
         self._client = client
         self._clients: dict[int, ollama.AsyncClient] = {}
-        self.registry = registry or default_registry()
-        for name, cfg in self.settings.expert_configs().items():
-            if cfg:
-                self.registry.configure(name, **cfg)
+        self.registry = self.settings.configure(registry or default_registry())
         if dispatcher is None:
             cache = ResultCache(self.settings.cache_items, self.settings.resolved_cache_dir())
             dispatcher = Dispatcher(

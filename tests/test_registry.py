@@ -105,3 +105,20 @@ def test_args_schema_is_a_clean_tool_schema():
         "type": "object",
         "properties": {"query": {"type": "string", "default": None}, "top_k": {"type": "integer", "default": 5}},
     }
+
+
+def test_configuring_the_same_settings_again_keeps_the_loaded_expert():
+    """Every Orchestrator applies the config file to the shared registry: that must not reload models."""
+
+    class W(Expert):
+        name = "w"
+        Args = ExpertArgs
+
+    reg = Registry()
+    reg.register(W)
+    reg.configure("w", model="big")
+    first = reg.get("w")
+    reg.configure("w", model="big")
+    assert reg.get("w") is first
+    reg.configure("w", model="other")
+    assert reg.get("w") is not first and reg.get("w").config == {"model": "other"}
