@@ -46,6 +46,7 @@ from pydantic import Field
 
 from experts.base import Expert, ExpertArgs
 from experts.errors import EngineMissing, ExpertError
+from experts.hub import cached_file, offline, pick_device
 from experts.images import DecodedImage
 from experts.schema import ExpertResult
 from experts.vocabulary import common_objects
@@ -69,10 +70,6 @@ class CaptionArgs(ExpertArgs):
         description="A question about the image, in English (e.g. 'what colour is the car?'). "
         "Leave out for a caption.",
     )
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 class CaptionExpert(Expert):
@@ -102,7 +99,7 @@ class CaptionExpert(Expert):
     def _local_files_only(self) -> bool:
         if "local_files_only" in self.config:
             return bool(self.config["local_files_only"])
-        return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
+        return offline()
 
     def status(self) -> dict[str, Any]:
         ok = find_spec("transformers") is not None and find_spec("torch") is not None
@@ -124,20 +121,28 @@ class CaptionExpert(Expert):
             out["ok"] = False
         return out
 
+    def _local_dir(self) -> Path | None:
+        """The model as a local directory, or None for a hub id ("org/model"): absolute, ~ and ./
+        paths, or an existing directory, are local."""
+        name = self.model_name
+        if os.path.isabs(name) or name.startswith(("~", ".")) or Path(name).is_dir():
+            return Path(name).expanduser()
+        return None
+
+    def _fetch_hint(self) -> str:
+        return f"fetch once: huggingface-cli download {self.model_name} (or set model to a local directory)"
+
     def weights_status(self) -> tuple[bool, str]:
         """Are the model's files on this machine (without downloading anything)?"""
-        name = self.model_name
-        local = Path(name).expanduser()
-        if local.is_dir():
+        local = self._local_dir()
+        if local is not None:
             if (local / "config.json").is_file():
                 return True, f"local directory {local}"
             return False, f"{local} has no config.json: not a saved BLIP-2 model"
-        from huggingface_hub import try_to_load_from_cache
-
-        path = try_to_load_from_cache(name, "config.json", cache_dir=self.config.get("cache_dir"))
-        if isinstance(path, str):
+        path = cached_file(self.model_name, "config.json", self.config.get("cache_dir"))
+        if path:
             return True, f"present in the Hugging Face cache ({Path(path).parent})"
-        return False, f"not downloaded; fetch once: huggingface-cli download {name} (or set model to a local directory)"
+        return False, f"not downloaded; {self._fetch_hint()}"
 
     # --- loading ------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -150,14 +155,12 @@ class CaptionExpert(Expert):
                 "pip install 'ollama-vision-router[caption]'"
             ) from None
         self._torch = torch
-        dev = str(self.config.get("device") or "auto")
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
+        device = pick_device(self.config.get("device"), torch)
         dtype = self._resolve_dtype(torch, device)
         name = self.model_name
-        # "org/model" is a hub id; absolute, ~ and ./ paths (or an existing directory) are local.
-        looks_local = os.path.isabs(name) or name.startswith(("~", ".")) or Path(name).is_dir()
-        source = str(Path(name).expanduser()) if looks_local else name
-        if looks_local and not Path(source).is_dir():
+        local = self._local_dir()
+        source = str(local) if local else name
+        if local and not local.is_dir():
             raise EngineMissing(f"caption: model directory {name}: no such directory")
         common: dict[str, Any] = {"local_files_only": self._local_files_only()}
         for key in ("cache_dir", "revision"):
@@ -197,11 +200,8 @@ class CaptionExpert(Expert):
         msg = " ".join(str(exc).split())
         name = self.model_name
         if isinstance(exc, OSError) or re.search(r"connect|offline|cache|does not appear|not found", msg, re.I):
-            offline = " (offline: HF_HUB_OFFLINE/local_files_only)" if self._local_files_only() else ""
-            return EngineMissing(
-                f"caption: weights for {name} are not available locally{offline}; download them once "
-                f"with `huggingface-cli download {name}` or set model=/path/to/local/blip2-dir"
-            )
+            note = " (offline: HF_HUB_OFFLINE/local_files_only)" if self._local_files_only() else ""
+            return EngineMissing(f"caption: weights for {name} are not available locally{note}; {self._fetch_hint()}")
         if "bitsandbytes" in msg or "accelerate" in msg:
             return EngineMissing(f"caption: load_in_8bit needs bitsandbytes and accelerate: {msg[:200]}")
         return ExpertError(f"caption: could not load {name}: {msg[:300]}")

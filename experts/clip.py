@@ -55,6 +55,7 @@ from pydantic import Field
 
 from experts.base import Expert, ExpertArgs
 from experts.errors import EngineMissing, ExpertError
+from experts.hub import cached_file, offline, pick_device
 from experts.images import DecodedImage
 from experts.schema import ExpertResult, Style
 from experts.styles import StyleLibrary, load_style_library, parse_candidates
@@ -133,12 +134,6 @@ class ClipExpert(Expert):
         base = os.environ.get("VISION_ROUTER_CACHE") or "~/.cache/vision-router"
         return Path(base).expanduser() / "clip"
 
-    def _resolve_device(self, torch: Any) -> str:
-        dev = str(self.config.get("device") or "auto")
-        if dev == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return dev
-
     def _precision(self, device: str) -> str:
         p = str(self.config.get("precision") or "auto")
         if p == "auto":
@@ -164,6 +159,12 @@ class ClipExpert(Expert):
             out["ok"] = False
         return out
 
+    def _fetch_hint(self) -> str:
+        return (
+            f"fetch once: python -c \"import open_clip; open_clip.create_model_and_transforms("
+            f"'{self.model_name}', pretrained='{self.pretrained}')\" (or set pretrained to a checkpoint file)"
+        )
+
     def weights_status(self) -> tuple[bool, str]:
         """Are the configured weights on this machine (without downloading anything)?"""
         pre = self.pretrained
@@ -173,10 +174,7 @@ class ClipExpert(Expert):
             return True, f"local checkpoint {pre}"
         if "/" in pre or "\\" in pre or pre.endswith((".pt", ".pth", ".bin", ".safetensors")):
             return False, f"checkpoint {pre}: no such file"
-        get = (
-            f"fetch once: python -c \"import open_clip; open_clip.create_model_and_transforms("
-            f"'{self.model_name}', pretrained='{pre}')\" (or set pretrained to a checkpoint file)"
-        )
+        get = self._fetch_hint()
         try:
             from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, get_pretrained_cfg
 
@@ -185,11 +183,9 @@ class ClipExpert(Expert):
             cfg = {}
         hub = str(cfg.get("hf_hub") or "").strip("/")
         if hub:
-            from huggingface_hub import try_to_load_from_cache
-
             for filename in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
-                path = try_to_load_from_cache(hub, filename, cache_dir=self.config.get("weights_dir"))
-                if isinstance(path, str):
+                path = cached_file(hub, filename, self.config.get("weights_dir"))
+                if path:
                     return True, f"present ({path})"
             return False, f"not downloaded ({hub}); {get}"
         if cfg.get("url"):
@@ -219,13 +215,13 @@ class ClipExpert(Expert):
             if not Path(model_config).expanduser().exists():
                 raise ExpertError(f"clip: model_config {model_config}: no such file")
             open_clip.add_model_config(str(Path(model_config).expanduser()))
-        device = self._resolve_device(torch)
+        device = pick_device(self.config.get("device"), torch)
         precision = self._precision(device)
         pretrained = self.pretrained
         if pretrained is None:
             log.warning("clip: model %s has RANDOM weights (pretrained=none): scores mean nothing",
                         self.model_name)
-        elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        elif offline():
             present, detail = self.weights_status()
             if not present:  # say so in one line instead of letting open_clip try and log a download error
                 raise EngineMissing(f"clip: weights {self.model_name}/{pretrained} {detail} (HF_HUB_OFFLINE is set)")
@@ -265,11 +261,9 @@ class ClipExpert(Expert):
         if pretrained and os.path.sep in pretrained and not Path(pretrained).expanduser().exists():
             return EngineMissing(f"clip: checkpoint {pretrained}: no such file")
         if re.search(r"download|hub|connection|internet|offline|cache", msg, re.I):
-            offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            note = " (HF_HUB_OFFLINE is set)" if offline() else ""
             return EngineMissing(
-                f"clip: weights {self.model_name}/{pretrained} are not in the local cache{offline}; fetch "
-                f"them once online: python -c \"import open_clip; open_clip.create_model_and_transforms("
-                f"'{self.model_name}', pretrained='{pretrained}')\", or set pretrained=/path/to/checkpoint"
+                f"clip: weights {self.model_name}/{pretrained} are not in the local cache{note}; {self._fetch_hint()}"
             )
         return ExpertError(f"clip: could not load {self.model_name}/{pretrained}: {msg[:300]}")
 
