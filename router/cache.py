@@ -60,6 +60,9 @@ class ResultCache:
             self.disk_path = d / "results.sqlite"
             self._db = sqlite3.connect(self.disk_path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
+            # A cache, not a ledger: no fsync per write (WAL keeps the file consistent; a crash can
+            # lose only the last few results). Stores run on the proxy's event loop: 0.36 -> 0.06 ms.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
     def get(self, key: str) -> ExpertResult | None:
