@@ -16,7 +16,6 @@ Only the model's own reply is parsed for tags.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -783,8 +782,3 @@ def _upstream_error(exc: BaseException, model: str, host: str) -> Exception:
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamError(f"Ollama at {host} timed out", 504)
     return UpstreamError(f"Ollama at {host}: {type(exc).__name__}: {exc}", 502)
-
-
-def encode_image(img: DecodedImage) -> str:
-    """Bare base64 of the original bytes (Ollama's ``images`` format)."""
-    return base64.b64encode(img.data).decode("ascii")
