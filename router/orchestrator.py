@@ -41,6 +41,7 @@ from router.ollama_host import resolve_host
 from router.tags import Tag, TagParser
 from router.trace import LLMCall, Trace, TraceExpert
 
+SHOW_TTL_S = 60.0
 STAT_FIELDS = (
     "total_duration",
     "load_duration",
@@ -120,10 +121,23 @@ class Orchestrator:
             )
         self.dispatcher = dispatcher
         self.keywords = keywords or KeywordRouter.from_toml(self.settings.keywords_file)
-        self._has_protocol: dict[str, bool] = {}
-        self._capabilities: dict[str, list[str]] = {}  # per model, from /api/show (tools protocol)
+        self._shown: dict[str, tuple[float, Any]] = {}  # model -> (expires, /api/show answer)
 
     # --- public API -------------------------------------------------------------------------
+    async def show(self, model: str) -> Any:
+        """Ollama's ``/api/show`` for ``model`` (its SYSTEM and capabilities), cached for
+        :data:`SHOW_TTL_S` so a model re-created with ``ollama create`` is noticed."""
+        now = time.monotonic()
+        hit = self._shown.get(model)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            shown = await self.client().show(model)
+        except Exception as exc:
+            raise _upstream_error(exc, model, self.host) from None
+        self._shown[model] = (now + SHOW_TTL_S, shown)
+        return shown
+
     def client(self) -> ollama.AsyncClient:
         """The async Ollama client for the running event loop."""
         if self._client is not None:
@@ -406,15 +420,9 @@ class _Run:
         if mode == "never":
             return
         if mode == "auto":
-            has = self.o._has_protocol.get(self.model)
-            if has is None:
-                try:
-                    shown = await self.o.client().show(self.model)
-                except Exception as exc:
-                    raise _upstream_error(exc, self.model, self.o.host) from None
-                # The Python client keeps `modelfile` (which holds SYSTEM), not the `system` field.
-                has = protocol.PROTOCOL_MARKER in (shown.modelfile or "")
-                self.o._has_protocol[self.model] = has
+            shown = await self.o.show(self.model)
+            # The Python client keeps `modelfile` (which holds SYSTEM), not the `system` field.
+            has = protocol.PROTOCOL_MARKER in (shown.modelfile or "")
             if has and not (msgs and msgs[0].get("role") == "system"):
                 return  # the Modelfile's SYSTEM already teaches the protocol
         self.trace.protocol_injected = True
@@ -590,15 +598,8 @@ class _Run:
             return True
         if self.protocol != "auto" or not self.o.registry.names():
             return False
-        caps = self.o._capabilities.get(self.model)
-        if caps is None:
-            try:
-                shown = await self.o.client().show(self.model)
-            except Exception as exc:
-                raise _upstream_error(exc, self.model, self.o.host) from None
-            caps = list(shown.capabilities or [])
-            self.o._capabilities[self.model] = caps
-        return "tools" in caps
+        shown = await self.o.show(self.model)
+        return "tools" in (shown.capabilities or [])
 
     def _protocol_prompt(self) -> str:
         return toolspec.TOOLS_PROMPT if self.use_tools else protocol.PROTOCOL_PROMPT

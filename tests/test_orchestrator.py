@@ -288,3 +288,12 @@ def test_python_api_reads_paths_but_messages_never_name_files(fake_ollama, tmp_p
     # The same string inside messages (what a client sends through the proxy) is image data, never a path.
     with pytest.raises(ImageError, match="illegal base64 data"):
         o.chat([{"role": "user", "content": "what is written", "images": [str(p)]}])
+
+
+def test_one_show_per_model_for_protocol_and_capabilities(fake_ollama):
+    """Tag-protocol check and `auto` tools check share one cached /api/show per model."""
+    fake_ollama.script("a", "b", "c", "d")
+    o = orch(fake_ollama, fallback=[], protocol="auto")
+    o.ask("hi", [IMG])
+    o.ask("hi again", [IMG])
+    assert len(fake_ollama.calls("/api/show")) == 1
