@@ -38,9 +38,9 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from experts.base import Expert, ExpertArgs  # noqa: E402
 from experts.images import decode_image  # noqa: E402
 from experts.registry import Registry  # noqa: E402
-from router.batch import run_batch  # noqa: E402
-from router.config import Settings  # noqa: E402
-from router.orchestrator import Orchestrator  # noqa: E402
+from router.apps.batch import run_batch  # noqa: E402
+from router.core.config import Settings  # noqa: E402
+from router.core.orchestrator import Orchestrator  # noqa: E402
 
 QUESTIONS = [
     "What does the label say?",

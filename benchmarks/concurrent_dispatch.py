@@ -25,8 +25,8 @@ from PIL import Image  # noqa: E402
 from experts.base import Expert, ExpertArgs  # noqa: E402
 from experts.images import decode_image  # noqa: E402
 from experts.registry import Registry, default_registry  # noqa: E402
-from router.cache import ResultCache  # noqa: E402
-from router.dispatch import Dispatcher, ExpertCall  # noqa: E402
+from router.core.cache import ResultCache  # noqa: E402
+from router.core.dispatch import Dispatcher, ExpertCall  # noqa: E402
 
 COSTS = {"cost20": 0.20, "cost30": 0.30, "cost40": 0.40}
 
@@ -65,7 +65,7 @@ def main(repeats: int) -> None:
     if len(names) < 2:
         print("  (real ocr/detect not installed: skipped the CPU-bound comparison)")
         return
-    from router.demo import demo_image_bytes
+    from router.apps.demo import demo_image_bytes
 
     demo = decode_image(demo_image_bytes())
     d = Dispatcher(real, ResultCache(max_items=0))

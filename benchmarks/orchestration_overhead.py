@@ -31,8 +31,8 @@ from PIL import Image  # noqa: E402
 from experts.base import Expert, ExpertArgs  # noqa: E402
 from experts.images import decode_image  # noqa: E402
 from experts.registry import Registry  # noqa: E402
-from router.config import Settings  # noqa: E402
-from router.orchestrator import Orchestrator  # noqa: E402
+from router.core.config import Settings  # noqa: E402
+from router.core.orchestrator import Orchestrator  # noqa: E402
 
 ANSWER = "The label says AURORA GREEN TEA, 20 tea bags, 40 g, priced at $12.99."
 

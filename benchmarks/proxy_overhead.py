@@ -51,8 +51,8 @@ def _fake_main(q, chunks: int) -> None:
 
 def _proxy_main(q, upstream: str) -> None:
     from experts.registry import Registry
-    from router.config import Settings
-    from router.proxy import ProxyServer, create_app
+    from router.core.config import Settings
+    from router.serve.proxy import ProxyServer, create_app
 
     app = create_app(Settings(cache_dir=""), Registry(), upstream)
     server = ProxyServer(app).start()

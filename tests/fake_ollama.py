@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from router.local_server import LocalServer
+from router.serve.local_server import LocalServer
 
 
 @dataclass

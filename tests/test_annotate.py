@@ -9,13 +9,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
-import router.annotate as ann
-import router.cli as cli_mod
+import router.apps.annotate as ann
+import router.commands.common as cli_mod
 from experts.errors import VisionRouterError
 from experts.images import decode_image
 from experts.schema import BBox, ExpertResult, ImageAnalysis, Style, TextLine
-from router.annotate import OCR_COLOUR, STRIP_BG, annotate, label_colour, render
-from router.cli import cli
+from router.apps.annotate import OCR_COLOUR, STRIP_BG, annotate, label_colour, render
+from router.commands import cli
 from tests.router_experts import make_registry
 from tests.scenes import FONTS, font_available
 

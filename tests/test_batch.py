@@ -20,11 +20,11 @@ from PIL import Image, ImageDraw
 
 from experts.base import Expert, ExpertArgs
 from experts.registry import Registry
-from router import cli as cli_module
-from router.batch import iter_images, parse_experts, read_done, run_batch, sniff_image
-from router.cli import cli
-from router.config import Settings
-from router.orchestrator import Orchestrator
+from router.apps.batch import iter_images, parse_experts, read_done, run_batch, sniff_image
+from router.commands import cli
+from router.commands import common as cli_module
+from router.core.config import Settings
+from router.core.orchestrator import Orchestrator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -282,9 +282,9 @@ _INTERRUPT_SCRIPT = textwrap.dedent(
     import sys, time
     from experts.base import Expert, ExpertArgs
     from experts.registry import Registry
-    from router.batch import run_batch
-    from router.config import Settings
-    from router.orchestrator import Orchestrator
+    from router.apps.batch import run_batch
+    from router.core.config import Settings
+    from router.core.orchestrator import Orchestrator
 
     class Slow(Expert):
         name = "slow"

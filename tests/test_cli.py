@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import router.cli as cli_mod
-from router.cli import cli
+import router.commands.common as cli_mod
+from router.commands import cli
 from tests.conftest import png_bytes
 from tests.router_experts import FakeOcr, make_registry
 from tests.test_images import _png_bomb

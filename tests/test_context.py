@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from experts.schema import BBox, ExpertResult, ImageAnalysis, Style, TextLine
-from router.context import render_context
-from router.tags import parse_tags
+from router.core.context import render_context
+from router.core.tags import parse_tags
 
 
 def analysis(*results: ExpertResult) -> ImageAnalysis:

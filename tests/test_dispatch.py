@@ -9,8 +9,8 @@ import pytest
 
 from experts.images import decode_image
 from experts.schema import ExpertResult
-from router.cache import ResultCache, cache_key
-from router.dispatch import Dispatcher, ExpertCall
+from router.core.cache import ResultCache, cache_key
+from router.core.dispatch import Dispatcher, ExpertCall
 from tests.conftest import png_bytes
 from tests.router_experts import BrokenExpert, FakeOcr, HangingExpert, SlowExpert, make_registry
 

@@ -13,7 +13,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from router.cli import cli
+from router.commands import cli
 from tests import scenes
 from tests.fake_ollama import Reply
 

@@ -7,13 +7,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import router.evaluate as ev_mod
+import router.apps.evaluate as ev_mod
+import router.commands.common as common_mod
 from experts.errors import VisionRouterError
-from router import protocol, toolspec
-from router.cli import cli
-from router.errors import ModelNotFound, OllamaUnreachable
-from router.evaluate import Case, evaluator_from_registry, load_suite, render_report, score
-from router.keywords import KeywordRouter
+from router.apps.evaluate import Case, evaluator_from_registry, load_suite, render_report, score
+from router.commands import cli
+from router.core import protocol, toolspec
+from router.core.errors import ModelNotFound, OllamaUnreachable
+from router.core.keywords import KeywordRouter
 from tests.fake_ollama import FakeModel, Reply
 from tests.router_experts import make_registry
 
@@ -147,7 +148,7 @@ def test_tools_protocol_counts_tool_calls(fake_ollama, suite_file, evaluator):
                            protocol_mode="tools", limit=3)
     body = fake_ollama.calls("/api/chat")[0]
     names = [t["function"]["name"] for t in body["tools"]]
-    assert names[:2] == ["vision_detect", "vision_ocr"]  # installed experts, from router.toolspec
+    assert names[:2] == ["vision_detect", "vision_ocr"]  # installed experts, from router.core.toolspec
     assert set(names) == {"vision_ocr", "vision_detect", "vision_clip", "vision_caption"}
     assert body["messages"][0] == {"role": "system", "content": toolspec.TOOLS_PROMPT}
     turns = [r.turn for r in report.cases]
@@ -231,7 +232,7 @@ def test_jsonl_suites(tmp_path):
 # --- the command --------------------------------------------------------------------------------
 @pytest.fixture
 def cli_env(tmp_path, monkeypatch, suite_file):
-    monkeypatch.setattr(ev_mod, "default_registry", lambda: make_registry())
+    monkeypatch.setattr(common_mod, "default_registry", lambda: make_registry())
     table = tmp_path / "kw.toml"
     table.write_text("\n".join(
         f'[[rule]]\nexpert = "{r["expert"]}"\nkeywords = {json.dumps(r["keywords"])}\n' for r in RULES),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from experts.errors import VisionRouterError
-from router.keywords import KeywordRouter
+from router.core.keywords import KeywordRouter
 
 
 @pytest.fixture(scope="module")

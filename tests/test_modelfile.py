@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from router.config import BASE_MODEL
-from router.protocol import PROTOCOL_PROMPT
+from router.core.config import BASE_MODEL
+from router.core.protocol import PROTOCOL_PROMPT
 
 MODELFILE = Path(__file__).resolve().parents[1] / "Modelfile"
 # parser/parser.go: anything else fails with `command must be one of "from", "license", ...`

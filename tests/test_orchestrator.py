@@ -9,11 +9,11 @@ import json
 import pytest
 
 from experts.errors import ImageError
-from router import protocol
-from router.config import Settings
-from router.errors import ModelNotFound, OllamaUnreachable, UpstreamError
-from router.orchestrator import Orchestrator, TextDelta
-from router.tags import parse_tags
+from router.core import protocol
+from router.core.config import Settings
+from router.core.errors import ModelNotFound, OllamaUnreachable, UpstreamError
+from router.core.orchestrator import Orchestrator, TextDelta
+from router.core.tags import parse_tags
 from tests.conftest import png_bytes
 from tests.fake_ollama import FakeModel, Reply
 from tests.router_experts import FakeOcr, HangingExpert, SlowExpert, make_registry

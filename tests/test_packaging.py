@@ -40,7 +40,7 @@ def test_main_command_installs_and_runs_the_demo():
 
 def test_console_script_and_builtin_experts_are_declared():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
-    assert meta["project"]["scripts"]["vision-router"] == "router.cli:main"
+    assert meta["project"]["scripts"]["vision-router"] == "router.commands:main"
     declared = meta["project"]["entry-points"]["vision_router.experts"]
     assert {"ocr", "detect", "clip", "caption"} <= set(declared)
     installed = {ep.name: ep.value for ep in entry_points(group="vision_router.experts")}

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 import experts.registry as registry_module
 from experts.base import Expert, ExpertArgs
 from experts.registry import Registry
-from router import cli as cli_module
-from router.cli import cli
-from router.demo import demo_image_bytes
-from router.presets import PresetError, detect_lang, list_presets, load_preset, prepare
+from router.apps.demo import demo_image_bytes
+from router.apps.presets import PresetError, detect_lang, list_presets, load_preset, prepare
+from router.commands import cli
+from router.commands import common as cli_module
 
 PRESET = "ecommerce-main-image"
 

@@ -10,7 +10,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from router.proxy import ProxyConfig, serve_command
+from router.commands.serve import serve_command
+from router.serve.proxy import ProxyConfig
 from tests.fake_ollama import Reply
 from tests.test_proxy_support import (
     IMAGE,

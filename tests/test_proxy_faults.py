@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from router.proxy import ProxyConfig
+from router.serve.proxy import ProxyConfig
 from tests.fake_ollama import Reply
 from tests.test_proxy_support import (
     IMAGE_B64,
@@ -41,7 +41,7 @@ def _closed_port() -> int:
 
 
 def test_upstream_down_is_a_clear_502():
-    from router.proxy import ProxyServer, create_app
+    from router.serve.proxy import ProxyServer, create_app
     from tests.test_proxy_support import registry, settings
 
     app = create_app(settings(), registry(), f"http://127.0.0.1:{_closed_port()}")

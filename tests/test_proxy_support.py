@@ -16,8 +16,8 @@ from PIL import Image
 
 from experts.base import Expert, ExpertArgs
 from experts.registry import Registry
-from router.config import Settings
-from router.proxy import ProxyConfig, ProxyServer, create_app
+from router.core.config import Settings
+from router.serve.proxy import ProxyConfig, ProxyServer, create_app
 from tests.fake_ollama import FakeModel, FakeOllama
 
 OCR_TEXT = "SALE 50% OFF"

@@ -24,11 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from experts.base import Expert, ExpertArgs
 from experts.images import image_id_of
 from experts.registry import Registry
-from router import cli as cli_module
-from router.cli import cli
-from router.config import Settings
-from router.orchestrator import Orchestrator
-from router.rag import (
+from router.apps.rag import (
     ImageIndex,
     SentenceTransformerEmbedder,
     index_images,
@@ -36,6 +32,10 @@ from router.rag import (
     retrieve_context,
     search,
 )
+from router.commands import cli
+from router.commands import common as cli_module
+from router.core.config import Settings
+from router.core.orchestrator import Orchestrator
 from tests.fake_ollama import FakeModel
 
 pytest.importorskip("qdrant_client", reason="the image index needs the [rag] extra (qdrant-client)")
@@ -326,14 +326,14 @@ def test_embedding_model_mismatch_is_one_clear_error(tmp_path, fake):
     orch = orch_for(tmp_path, fake, make_registry())
     index_images([tmp_path / "coll"], db, orch, embedder=make_embedder(f"ollama:{EMBED}", fake.url))
     fake.add_model(FakeModel("other-embed", capabilities=["embedding"]))
-    from router.rag import ImageIndexError
+    from router.apps.rag import ImageIndexError
 
     with pytest.raises(ImageIndexError, match="built with text embeddings from ollama:nomic-embed-text"):
         index_images([tmp_path / "coll"], db, orch, embedder=make_embedder("other-embed", fake.url))
 
 
 def test_missing_embedding_model_says_how_to_get_it(tmp_path, fake_ollama):
-    from router.rag import ImageIndexError
+    from router.apps.rag import ImageIndexError
 
     with pytest.raises(ImageIndexError, match="ollama pull nomic-embed-text"):
         make_embedder("nomic-embed-text", fake_ollama.url).embed(["x"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.tags import TagParser, neutralize, parse_tags
+from router.core.tags import TagParser, neutralize, parse_tags
 
 
 def names(tags):

@@ -10,9 +10,10 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from router.orchestrator import Orchestrator, ToolCalls
-from router.protocol import PROTOCOL_PROMPT
-from router.toolspec import TOOLS_PROMPT, expert_for_tool, ollama_tools, openai_tools, tools_command
+from router.commands.tools import tools_command
+from router.core.orchestrator import Orchestrator, ToolCalls
+from router.core.protocol import PROTOCOL_PROMPT
+from router.core.toolspec import TOOLS_PROMPT, expert_for_tool, ollama_tools, openai_tools
 from tests.fake_ollama import FakeModel, FakeOllama, Reply
 from tests.test_proxy_support import (
     IMAGE,

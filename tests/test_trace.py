@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router.trace import LLMCall, Trace, TraceExpert, render_trace, trace_json, trace_summary
+from router.core.trace import LLMCall, Trace, TraceExpert, render_trace, trace_json, trace_summary
 from tests.conftest import png_bytes
 from tests.router_experts import make_registry
 
@@ -93,8 +93,8 @@ def test_summary_and_json():
 
 
 def test_trace_of_a_real_request(fake_ollama):
-    from router.config import Settings
-    from router.orchestrator import Orchestrator
+    from router.core.config import Settings
+    from router.core.orchestrator import Orchestrator
 
     fake_ollama.script("[VISION: ocr]", "It says GRAND OPENING.")
     orch = Orchestrator(Settings(ollama_host=fake_ollama.url, cache_dir=""), registry=make_registry())

@@ -28,14 +28,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import click
-
 from experts.errors import VisionRouterError
-from experts.registry import default_registry
-from router import protocol, toolspec
-from router.errors import ModelNotFound, OllamaUnreachable, UpstreamError
-from router.keywords import KeywordRouter
-from router.tags import TagParser
+from router.core import protocol, toolspec
+from router.core.errors import ModelNotFound, OllamaUnreachable, UpstreamError
+from router.core.keywords import KeywordRouter
+from router.core.tags import TagParser
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -446,7 +443,7 @@ class Evaluator:
                 raise VisionRouterError(f"unknown protocol {protocol_mode!r} (tags or tools)")
             import ollama
 
-            from router.ollama_host import resolve_host
+            from router.core.ollama_host import resolve_host
 
             report.model, report.protocol, report.max_tokens = model, protocol_mode, max_tokens
             report.host = resolve_host(host)
@@ -666,7 +663,7 @@ def _count(items: Iterable[str]) -> dict[str, int]:
 # --- wiring to the registry and the CLI -----------------------------------------------------------
 def evaluator_from_registry(registry: Any, keywords: KeywordRouter) -> Evaluator:
     """An evaluator that knows the installed experts' aliases and offers the same tool definitions as
-    the orchestrator (router.toolspec). The built-in four are always scored and offered, installed or not."""
+    the orchestrator (router.core.toolspec). The built-in four are always scored and offered, installed or not."""
     experts = list(BUILTIN_EXPERTS)
     aliases: dict[str, str] = {}
     for name in registry.names():
@@ -678,44 +675,3 @@ def evaluator_from_registry(registry: Any, keywords: KeywordRouter) -> Evaluator
     offered = {t["function"]["name"] for t in tools}
     tools += [_minimal_tool(e) for e in experts if f"{TOOL_PREFIX}{e}" not in offered]
     return Evaluator(keywords, aliases=aliases, experts=experts, tools=tools)
-
-
-@click.command("eval")
-@click.option("-m", "--model", help="Ollama model to benchmark (default qwen3-vision, see Modelfile)")
-@click.option("--suite", "suite_path", type=click.Path(dir_okay=False),
-              help="labelled prompts, TOML or JSONL (default: the shipped suite)")
-@click.option("--ollama-host", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
-@click.option("--protocol", "protocol_mode", type=click.Choice(["tags", "tools"]), default="tags",
-              show_default=True, help="how the model asks for experts: [VISION: ...] tags or native tool calls")
-@click.option("--limit", type=click.IntRange(1), help="only the first N prompts")
-@click.option("--keywords-only", is_flag=True, help="score the keyword router alone; no LLM, no Ollama")
-@click.option("--max-tokens", type=click.IntRange(0), default=DEFAULT_MAX_TOKENS, show_default=True,
-              help="cap each reply (num_predict; a tag comes first, so routing is unaffected); 0 = no cap")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object: scores and every prompt's decisions")
-@click.pass_context
-def eval_command(ctx, model, suite_path, ollama_host, protocol_mode, limit, keywords_only, max_tokens, as_json):
-    """Benchmark routing: does the keyword table, and does MODEL, ask for the right experts?"""
-    from router.config import Settings
-
-    settings = Settings.load((ctx.obj or {}).get("config"), model=model, ollama_host=ollama_host)
-    keywords = KeywordRouter.from_toml(settings.keywords_file)
-    ev = evaluator_from_registry(default_registry(), keywords)
-    suite = load_suite(suite_path, ev.experts)
-    progress = None
-    if not as_json and not keywords_only and sys.stderr.isatty():
-        def progress(i: int, n: int, r: CaseResult) -> None:
-            click.echo(f"\r{i}/{n} {r.case.id:<24}", err=True, nl=i == n)
-    report = ev.run(
-        suite,
-        model=None if keywords_only else settings.model,
-        host=settings.ollama_host,
-        protocol_mode=protocol_mode,
-        inject_protocol=settings.inject_protocol,
-        limit=limit,
-        max_tokens=max_tokens or None,
-        on_progress=progress,
-    )
-    if as_json:
-        click.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
-    else:
-        click.echo(render_report(report))

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from experts.schema import ImageAnalysis
-from router.tags import neutralize
+from router.core.tags import neutralize
 
 MAX_TEXT_LINES = 40
 MAX_BOXES = 20

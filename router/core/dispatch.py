@@ -20,7 +20,7 @@ from experts.errors import VisionRouterError
 from experts.images import DecodedImage
 from experts.registry import Registry
 from experts.schema import ExpertResult
-from router.cache import ResultCache, cache_key
+from router.core.cache import ResultCache, cache_key
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """The embedded default: a product shot made for this repo (text, shapes and a logo).
 
-``router/data/demo.png`` is committed; ``python -m router.demo`` regenerates it (fonts: DejaVu and,
+``router/data/demo.png`` is committed; ``python -m router.apps.demo`` regenerates it (fonts: DejaVu and,
 for the Chinese line, WenQuanYi Zen Hei from Debian's fonts-wqy-zenhei).
 """
 
@@ -56,6 +56,6 @@ def render_demo_image():
 
 
 if __name__ == "__main__":  # pragma: no cover - maintenance helper
-    out = Path(__file__).with_name("data") / "demo.png"
+    out = Path(__file__).parents[1] / "data" / "demo.png"
     render_demo_image().save(out, optimize=True)
     print(f"wrote {out}")

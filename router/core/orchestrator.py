@@ -30,16 +30,16 @@ from experts.errors import ImageError
 from experts.images import DecodedImage, decode_base64_image, decode_image, load_image_file
 from experts.registry import Registry, default_registry
 from experts.schema import ExpertResult, ImageAnalysis
-from router import protocol, toolspec
-from router.cache import ResultCache
-from router.config import BASE_MODEL, Settings
-from router.context import render_context
-from router.dispatch import Dispatcher, ExpertCall, _run_coroutine
-from router.errors import ModelNotFound, OllamaUnreachable, UpstreamError, VisionRouterError
-from router.keywords import KeywordRouter
-from router.ollama_host import resolve_host
-from router.tags import Tag, TagParser
-from router.trace import LLMCall, Trace, TraceExpert
+from router.core import protocol, toolspec
+from router.core.cache import ResultCache
+from router.core.config import BASE_MODEL, Settings
+from router.core.context import render_context
+from router.core.dispatch import Dispatcher, ExpertCall, _run_coroutine
+from router.core.errors import ModelNotFound, OllamaUnreachable, UpstreamError, VisionRouterError
+from router.core.keywords import KeywordRouter
+from router.core.ollama_host import resolve_host
+from router.core.tags import Tag, TagParser
+from router.core.trace import LLMCall, Trace, TraceExpert
 
 SHOW_TTL_S = 60.0
 STAT_FIELDS = (

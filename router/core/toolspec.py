@@ -10,12 +10,8 @@ prints them for frontends that configure tools themselves.
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
-import click
-
-from experts.errors import VisionRouterError
 from experts.registry import Registry, default_registry
 
 TOOL_PREFIX = "vision_"
@@ -88,21 +84,3 @@ def openai_tools(registry: Registry | None = None, names: list[str] | None = Non
             if isinstance(prop, dict) and "default" in prop and prop["default"] is None:
                 del prop["default"]
     return tools
-
-
-@click.command("tools")
-@click.option("--format", "fmt", type=click.Choice(["ollama", "openai"]), default="ollama", show_default=True,
-              help="tool definition format")
-@click.option("--expert", "experts", multiple=True, help="only these experts (repeatable)")
-def tools_command(fmt: str, experts: tuple[str, ...]) -> None:
-    """Print the experts as native tool definitions (JSON), for frontends that configure tools."""
-    reg = default_registry()
-    names = list(experts) or None
-    if names:
-        for n in names:
-            try:
-                reg.expert_class(n)
-            except VisionRouterError as exc:  # one clear line for an unknown expert
-                raise click.ClickException(str(exc)) from None
-    tools = openai_tools(reg, names) if fmt == "openai" else ollama_tools(reg, names)
-    click.echo(json.dumps(tools, indent=2, ensure_ascii=False))

@@ -24,13 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import click
-
 from experts.errors import ExpertError, ImageError, VisionRouterError
 from experts.images import decode_image, image_id_of
 from experts.schema import ExpertResult, ImageAnalysis
-from router.dispatch import ExpertCall
-from router.errors import ModelNotFound, OllamaUnreachable
+from router.core.dispatch import ExpertCall
+from router.core.errors import ModelNotFound, OllamaUnreachable
 
 # Magic bytes of the formats experts.images accepts.
 _MAGIC: tuple[tuple[int, bytes], ...] = (
@@ -374,57 +372,3 @@ def _progress_bar(total: int, enabled: bool, file: IO[str] | None):
 
     return tqdm(total=total, unit="img", desc="batch", file=file or sys.stderr, dynamic_ncols=True,
                 mininterval=0.2)
-
-
-# --- command ------------------------------------------------------------------------------------
-@click.command("batch")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("-e", "--experts", "experts_spec", metavar="LIST",
-              help="experts to run, e.g. ocr,detect or detect:mode=measure (default: the fallback experts)")
-@click.option("-q", "--question", help="also ask the model this about every image (its answer goes in the line)")
-@click.option("--preset", help="run a preset's experts and question on every image (see `vision-router preset list`)")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), help="JSONL file to append to (default: stdout)")
-@click.option("-w", "--workers", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="images in flight at once")
-@click.option("--resume", is_flag=True, help="skip images whose image_id is already in --out")
-@click.option("--retry-failed", is_flag=True, help="with --resume: try the images that failed before again")
-@click.option("-m", "--model", help="Ollama model for -q (default qwen3-vision)")
-@click.option("--ollama-host", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
-@click.option("--no-cache", is_flag=True, help="do not read or write the on-disk result cache")
-@click.option("--no-progress", is_flag=True, help="no progress bar on stderr")
-@click.pass_context
-def batch_command(ctx, paths, experts_spec, question, preset, out, workers, resume, retry_failed, model,
-                  ollama_host, no_cache, no_progress):
-    """Run experts (and with -q the model) on every image under PATHS; one JSON line per image.
-
-    Folders are searched recursively; images are recognised by their content, not their names. A
-    summary (done, failed, cached, seconds, cache hit rate) goes to stderr at the end.
-    """
-    from router.cli import configured_registry, settings_from
-    from router.orchestrator import Orchestrator
-
-    settings = settings_from(ctx, model=model, ollama_host=ollama_host, cache_dir="" if no_cache else None)
-    specs = parse_experts(experts_spec)
-    system = None
-    if preset:
-        from router.presets import prepare
-
-        prepared = prepare(preset, question)
-        question, system = prepared.question, prepared.system
-        specs = specs or list(prepared.experts)
-    orch = Orchestrator(settings, registry=configured_registry(settings))
-    summary = BatchSummary()
-    try:
-        summary = run_batch(paths, orch, out=out, experts=specs, question=question, system=system,
-                            workers=workers, resume=resume, retry_failed=retry_failed, progress=not no_progress)
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: the lines written so far are complete; rerun with --resume{_out_hint(out)}",
-                   err=True)
-        raise
-    click.echo(summary.render(), err=True)
-    if summary.failed and not summary.done:
-        ctx.exit(1)
-
-
-def _out_hint(out: str | None) -> str:
-    return f" --out {out}" if out else " and --out FILE"

@@ -1,0 +1,97 @@
+"""`vision-router ask`: the main job, a question about some images."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from router.commands import common
+from router.commands.common import load_image_arg, settings_from
+from router.core.trace import render_trace
+
+
+@click.command("ask")
+@click.argument("images", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-q", "--question", help="what to ask about the image(s)")
+@click.option("-m", "--model", help="Ollama model (default qwen3-vision, see Modelfile)")
+@click.option("--ollama-host", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object: answer, results, trace")
+@click.option("--no-stream", is_flag=True, help="print the answer only when complete")
+@click.option("--trace", is_flag=True, help="show the decision path on stderr")
+@click.option("--max-rounds", type=click.IntRange(0, 8), help="expert rounds per message (default 2)")
+@click.option("--no-cache", is_flag=True, help="do not read or write the on-disk result cache")
+@click.option("--protocol", type=click.Choice(["tags", "tools", "auto"]), help="how the model asks for experts")
+@click.option("--preset", help="a worked task, e.g. ecommerce-main-image (see `vision-router preset list`)")
+@click.option("--rag", "rag_db", type=click.Path(file_okay=False), help="add context retrieved from this index")
+@click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False),
+              help="write each image with what the experts found drawn on it into this folder")
+@click.pass_context
+def ask(ctx, images, question, model, ollama_host, as_json, no_stream, trace, max_rounds, no_cache, protocol,
+        preset, rag_db, annotate_dir):
+    """Ask MODEL a QUESTION about IMAGES (paths, or - for stdin)."""
+    from router.core.orchestrator import Orchestrator
+
+    settings = settings_from(ctx, model=model, ollama_host=ollama_host, max_rounds=max_rounds,
+                         cache_dir="" if no_cache else None, protocol=protocol)
+    forced: list[tuple[str, dict[str, Any]]] = []
+    extra_context: str | None = None
+    system: str | None = None
+    if preset:
+        from router.apps.presets import prepare
+
+        prepared = prepare(preset, question)
+        question, forced, system = prepared.question, prepared.experts, prepared.system
+    if not question:
+        raise click.UsageError("give a question with -q/--question (or a --preset)")
+    orch = Orchestrator(settings, registry=common.configured_registry(settings))
+    if rag_db:
+        from router.apps.rag import retrieve_context
+
+        extra_context = retrieve_context(rag_db, question, settings)
+    decoded = [load_image_arg(p, settings) for p in images]
+    stream_out = not as_json and not no_stream
+
+    def on_text(t: str) -> None:
+        click.echo(t, nl=False)
+        sys.stdout.flush()
+
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": question, "images": decoded})
+    final = orch.chat(messages, on_text=on_text if stream_out else None, experts=forced,
+                      extra_context=extra_context)
+    if as_json:
+        click.echo(json.dumps(_final_json(final), ensure_ascii=False, indent=2))
+    else:
+        if not stream_out:
+            click.echo(final.answer, nl=False)
+        click.echo("")
+    if annotate_dir:
+        from router.apps.annotate import annotate
+
+        out_dir = Path(annotate_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for a in final.analyses:
+            img = decoded[a.index - 1]
+            written = annotate(img, a, out_dir / f"{a.index:02d}-{a.image_id[:12]}.png")
+            click.echo(f"annotated: {written}", err=True)
+    if trace:
+        click.echo(render_trace(final.trace), err=True)
+
+
+
+
+def _final_json(final) -> dict[str, Any]:
+    return {
+        "answer": final.answer,
+        "model": final.model,
+        "done_reason": final.done_reason,
+        "stats": final.stats,
+        "images": [a.model_dump(mode="json", exclude={"results"}) for a in final.analyses],
+        "trace": final.trace.model_dump(mode="json"),
+    }

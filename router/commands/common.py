@@ -1,0 +1,101 @@
+"""What the command modules share: one-line errors, lazy sub-commands, settings and the expert registry."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from experts.errors import VisionRouterError
+from experts.images import DecodedImage, decode_image, load_image_file
+from experts.registry import Registry, default_registry
+from router.core.config import Settings
+
+
+class Group(click.Group):
+    """Turns the router's errors into one line and exit status 1, never a traceback.
+
+    Commands that live in their own modules are imported only when used (fast start-up, and one
+    concern per module); ``lazy`` maps a command name to ``module:attribute``.
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        import importlib.util
+
+        names = set(super().list_commands(ctx))
+        for name, target in self.lazy.items():
+            if importlib.util.find_spec(target.partition(":")[0]) is not None:
+                names.add(name)
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is None and name in self.lazy:
+            import importlib
+
+            module, _, attr = self.lazy[name].partition(":")
+            try:
+                cmd = getattr(importlib.import_module(module), attr)
+            except ModuleNotFoundError as exc:
+                if exc.name == module:
+                    return None
+                raise click.ClickException(
+                    f"`{name}` needs a package that is not installed: {exc.name} ({extra_hint(exc.name)})"
+                ) from None
+        return cmd
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VisionRouterError as exc:
+            raise click.ClickException(str(exc)) from None
+        except ModuleNotFoundError as exc:  # an optional extra that the command needs is missing
+            name = ctx.invoked_subcommand or ctx.info_name
+            raise click.ClickException(
+                f"`{name}` needs a package that is not installed: {exc.name} ({extra_hint(exc.name)})"
+            ) from None
+        except KeyboardInterrupt:
+            click.echo("", err=True)
+            raise click.exceptions.Exit(130) from None
+
+
+def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
+    """Settings for a command: config file (``--config``) then the command's flags."""
+    return Settings.load((ctx.obj or {}).get("config"), **overrides)
+
+
+def configured_registry(settings: Settings) -> Registry:
+    """The process-wide expert registry with the configured per-expert settings applied."""
+    return settings.configure(default_registry())
+
+
+def parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``--arg KEY=VALUE`` pairs as a dict."""
+    out: dict[str, str] = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{p!r}: expected KEY=VALUE", param_hint="--arg")
+        out[key.strip()] = value
+    return out
+
+
+def extra_hint(module: str | None) -> str:
+    """The pip command that brings in MODULE's extra."""
+    extras = {"uvicorn": "serve", "starlette": "serve", "open_clip": "clip", "torch": "clip or caption",
+              "transformers": "caption", "qdrant_client": "rag", "rapidocr": "ocr", "paddleocr": "ocr"}
+    top = (module or "").split(".")[0]
+    extra = extras.get(top)
+    return f"pip install 'ollama-vision-router[{extra}]'" if extra else "see the README"
+
+
+def load_image_arg(path: str, settings: Settings) -> DecodedImage:
+    """An image named on the command line (``-`` reads stdin), checked against the configured limits."""
+    if path == "-":
+        return decode_image(sys.stdin.buffer.read(), source="stdin", **settings.image_limits())
+    return load_image_file(path, **settings.image_limits())

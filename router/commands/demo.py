@@ -1,0 +1,78 @@
+"""`vision-router demo`: the main job on its embedded default image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from experts.images import decode_image
+from experts.schema import ImageAnalysis
+from router.commands import common
+from router.commands.common import settings_from
+from router.core.config import BASE_MODEL
+from router.core.context import render_context
+from router.core.trace import render_trace
+
+
+@click.command("demo")
+@click.option("-m", "--model", help="Ollama model (default qwen3-vision)")
+@click.option("--ollama-host", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
+@click.option("--save", type=click.Path(dir_okay=False), help="also write the demo image here")
+@click.pass_context
+def demo(ctx, model, ollama_host, save):
+    """The main job on its embedded default: a product shot, the experts on it, and the model's answer
+    when Ollama is reachable."""
+    import ollama
+
+    from router.apps.demo import DEMO_QUESTION, demo_image_bytes
+    from router.core.dispatch import ExpertCall
+    from router.core.orchestrator import Orchestrator
+
+    settings = settings_from(ctx, model=model, ollama_host=ollama_host)
+    data = demo_image_bytes()
+    if save:
+        Path(save).write_bytes(data)
+        click.echo(f"demo image written to {save}", err=True)
+    img = decode_image(data, source="demo.png")
+    orch = Orchestrator(settings, registry=common.configured_registry(settings))
+    wanted = [n for n in ("ocr", "detect") if orch.registry.resolve(n)]
+    click.echo(f"Demo image: {img.width}x{img.height} product shot (router/data/demo.png)")
+    click.echo(f"Question:   {DEMO_QUESTION}\n")
+    click.echo(f"Experts on it ({', '.join(wanted) or 'none installed'}):")
+    results = orch.dispatcher.run_sync([ExpertCall(img, 1, n, source="demo") for n in wanted])
+    analysis = ImageAnalysis.merge(img.image_id, 1, results, img.width, img.height)
+    click.echo(render_context([analysis]))
+    click.echo("")
+
+    try:
+        client = ollama.Client(host=orch.host, timeout=5)
+        client.show(settings.model)
+    except ollama.ResponseError as exc:
+        if exc.status_code == 404:
+            click.echo(f"Ollama is up at {orch.host}, but model '{settings.model}' is missing. Create it:")
+            _print_setup(settings.model, with_serve=False)
+            return
+        raise click.ClickException(f"Ollama at {orch.host}: {exc.error}") from None
+    except Exception:
+        click.echo(f"Ollama is not reachable at {orch.host}, so the answer step is skipped. To bring the LLM in:")
+        _print_setup(settings.model, with_serve=True)
+        return
+
+    click.echo(f"Answer from {settings.model} (streamed):")
+    final = orch.ask(DEMO_QUESTION, [img], on_text=lambda t: click.echo(t, nl=False))
+    click.echo("")
+    click.echo(render_trace(final.trace), err=True)
+
+
+def _print_setup(model: str, with_serve: bool) -> None:
+    steps = []
+    if with_serve:
+        steps.append("ollama serve &                      # or start the Ollama app")
+    steps += [
+        f"ollama pull {BASE_MODEL}",
+        f"ollama create {model} -f Modelfile",
+        "vision-router demo",
+    ]
+    for s in steps:
+        click.echo(f"  {s}")

@@ -1,0 +1,71 @@
+"""`vision-router serve`: the Ollama-compatible proxy that gives text-only models vision."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+import click
+
+from router.commands import common
+from router.commands.common import settings_from
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=int, help="port to listen on (default 11435, or [serve] port)")
+@click.option("--upstream", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
+@click.option("--allow-remote", is_flag=True, help="allow listening on a non-loopback address")
+@click.option("--token", envvar="VISION_ROUTER_TOKEN", help="require `Authorization: Bearer TOKEN` "
+              "(env VISION_ROUTER_TOKEN)")
+@click.option("--route", "route", multiple=True, metavar="MODEL",
+              help="route only these models (glob patterns, repeatable; default: every model without vision)")
+@click.option("--skip", "skip", multiple=True, metavar="MODEL", help="never route these models (glob, repeatable)")
+@click.option("--protocol", type=click.Choice(["tags", "tools", "auto"]), help="how the model asks for experts")
+@click.option("--max-body-mib", type=click.IntRange(1, 4096), help="largest request body accepted (default 64)")
+@click.option("--upstream-timeout", type=float, help="seconds Ollama may stay silent mid-request (default 600)")
+@click.option("--max-rounds", type=click.IntRange(0, 8), help="expert rounds per message (default 2)")
+@click.option("--no-cache", is_flag=True, help="keep expert results in memory only")
+@click.pass_context
+def serve_command(ctx, host, port, upstream, allow_remote, token, route, skip, protocol, max_body_mib,
+                  upstream_timeout, max_rounds, no_cache):
+    """Serve an Ollama-compatible API that gives text-only models vision.
+
+    Clients point at it instead of Ollama, e.g. `OLLAMA_HOST=127.0.0.1:11435 ollama run qwen3-vision`.
+    """
+    import uvicorn
+
+    from router import __version__
+    from router.serve.proxy import ProxyConfig, VisionProxy, create_app
+
+
+    settings = settings_from(ctx, ollama_host=upstream, protocol=protocol, max_rounds=max_rounds,
+                         cache_dir="" if no_cache else None)
+    conf = settings.serve  # config.toml's [serve] table; flags win
+    port = port or conf.port
+    token = token or conf.token
+    if not _is_loopback(host) and not allow_remote:
+        raise click.UsageError(f"--host {host} is not a loopback address: add --allow-remote (and a --token)")
+    if not _is_loopback(host) and not token:
+        click.echo("warning: listening beyond loopback without --token: anyone who can reach it can use it",
+                   err=True)
+    cfg = ProxyConfig(route=list(route) or list(conf.route), skip=list(skip) or list(conf.skip), token=token or None,
+                      max_body_bytes=(max_body_mib or conf.max_body_mib) * 1024 * 1024,
+                      upstream_timeout_s=upstream_timeout or conf.upstream_timeout)
+    app = create_app(settings, common.configured_registry(settings), config=cfg)
+    proxy: VisionProxy = app.state.proxy
+    click.echo(f"vision-router {__version__} on http://{host}:{port} -> Ollama at {proxy.cfg.upstream} "
+               f"(protocol {settings.protocol}; experts: {', '.join(proxy.orch.registry.names()) or 'none'})",
+               err=True)
+    click.echo(f"use it: OLLAMA_HOST={host}:{port} ollama run {settings.model}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("VISION_ROUTER_LOG", "warning"),
+                timeout_graceful_shutdown=5)

@@ -1,0 +1,1 @@
+"""The core: tag parser, keyword table, dispatcher, cache, context renderer, the run loop and its protocols."""

@@ -1,0 +1,1 @@
+"""The HTTP door: the Ollama-compatible proxy (`vision-router serve`) and its wire formats."""
