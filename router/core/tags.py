@@ -149,25 +149,40 @@ def _find_opener(s: str, start: int) -> int:
 def _try_tag(s: str, j: int, final: bool) -> tuple[str, int, Tag | None]:
     """Classify the text at opener ``s[j]``: ("tag", end, tag) | ("more", j, None) |
     ("text", j+1, None) | ("malformed", end, None)."""
-    n = len(s)
-    k = j + 1
-    while k < n and s[k] in " \t":
+    body_start = _match_header(s, j)
+    if body_start is None:
+        return "text", j + 1, None
+    if body_start < 0:  # the chunk ended inside "[VISION:"
+        return ("text", j + 1, None) if final else ("more", j, None)
+    return _scan_body(s, j, body_start, final)
+
+
+def _skip_blanks(s: str, k: int) -> int:
+    while k < len(s) and s[k] in " \t":
         k += 1
-    # Match the keyword letter by letter so a partial "[VIS" at a chunk end waits for more.
+    return k
+
+
+def _match_header(s: str, j: int) -> int | None:
+    """Match ``VISION:`` after the opener letter by letter, so a partial "[VIS" at a chunk end waits
+    for more: the index after the colon, -1 when the text ran out first, None when it is not a tag."""
+    n = len(s)
+    k = _skip_blanks(s, j + 1)
     for ch in _KEYWORD:
         if k >= n:
-            return ("text", j + 1, None) if final else ("more", j, None)
+            return -1
         if s[k].lower() != ch:
-            return "text", j + 1, None
+            return None
         k += 1
-    while k < n and s[k] in " \t":
-        k += 1
+    k = _skip_blanks(s, k)
     if k >= n:
-        return ("text", j + 1, None) if final else ("more", j, None)
-    if s[k] not in _COLONS:
-        return "text", j + 1, None
-    body_start = k + 1
-    # Find the closer outside quotes.
+        return -1
+    return k + 1 if s[k] in _COLONS else None
+
+
+def _scan_body(s: str, j: int, body_start: int, final: bool) -> tuple[str, int, Tag | None]:
+    """Find the closer outside quotes; a tag lives on one line and within MAX_TAG_CHARS."""
+    n = len(s)
     k = body_start
     quote_end: str | None = None
     while k < n:
@@ -179,11 +194,9 @@ def _try_tag(s: str, j: int, final: bool) -> tuple[str, int, Tag | None]:
             quote_end = _QUOTES[c]
         elif c in CLOSERS:
             tag = _parse_body(s[body_start:k], s[j : k + 1])
-            if tag is None:
-                return "malformed", k + 1, None
-            return "tag", k + 1, tag
-        elif c == "\n" and quote_end is None:
-            break  # tags live on one line
+            return ("malformed", k + 1, None) if tag is None else ("tag", k + 1, tag)
+        elif c == "\n":
+            break
         k += 1
         if k - j > MAX_TAG_CHARS:
             return "text", j + 1, None
@@ -191,9 +204,7 @@ def _try_tag(s: str, j: int, final: bool) -> tuple[str, int, Tag | None]:
         # A line ended (or the stream ended) before the closer: small models sometimes drop it.
         end = k if k < n else n
         tag = _parse_body(s[body_start:end], s[j:end], unclosed=True)
-        if tag is None:
-            return "text", j + 1, None
-        return "tag", end, tag
+        return ("text", j + 1, None) if tag is None else ("tag", end, tag)
     return "more", j, None
 
 
