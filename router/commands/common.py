@@ -44,9 +44,7 @@ class Group(click.Group):
             except ModuleNotFoundError as exc:
                 if exc.name == module:
                     return None
-                raise click.ClickException(
-                    f"`{name}` needs a package that is not installed: {exc.name} ({extra_hint(exc.name)})"
-                ) from None
+                return _missing_extra(name, exc.name)
         return cmd
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -62,6 +60,19 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("", err=True)
             raise click.exceptions.Exit(130) from None
+
+
+def _missing_extra(name: str, module: str | None) -> click.Command:
+    """A stand-in for a command whose optional extra is not installed: it is listed in ``--help``
+    with the extra to install, and running it prints that in one line (exit 1)."""
+    message = f"`{name}` needs a package that is not installed: {module} ({extra_hint(module)})"
+
+    def fail(**_: Any) -> None:
+        raise click.ClickException(message)
+
+    return click.Command(name, callback=fail, help=f"[not installed: {extra_hint(module)}]",
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                         params=[click.Argument(["args"], nargs=-1, required=False)], add_help_option=False)
 
 
 def settings_from(ctx: click.Context, **overrides: Any) -> Settings:

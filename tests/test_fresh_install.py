@@ -1,0 +1,72 @@
+"""The CLI in an install without the optional extras (the README's main command installs only `[onnx]`).
+
+Each probe runs the real console script in a subprocess whose imports of the extras' packages fail,
+the way they fail when the packages are not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(sys.executable).with_name("vision-router")
+EXTRAS = "starlette,uvicorn,torch,torchvision,open_clip,transformers,paddle,paddleocr,paddlex,qdrant_client,mcp,ray"
+
+BLOCKER = """
+import importlib.abc, os, sys
+_BLOCK = set(filter(None, os.environ.get("VR_BLOCK", "").split(",")))
+class _Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in _BLOCK:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _Blocker())
+"""
+
+
+@pytest.fixture
+def bare(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, PYTHONPATH=str(tmp_path), VR_BLOCK=EXTRAS, HOME=str(tmp_path))
+        return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=120,
+                              cwd=tmp_path, stdin=subprocess.DEVNULL)
+
+    return run
+
+
+def test_the_blocker_really_hides_the_extras(bare, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), VR_BLOCK=EXTRAS)
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    r = subprocess.run([sys.executable, "-c", "import starlette"], capture_output=True, text=True, env=env)
+    assert r.returncode != 0 and "ModuleNotFoundError" in r.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["--help"], ["serve", "--help"], ["expert", "--help"], ["ask", "--help"]])
+def test_help_always_works(bare, args):
+    r = bare(*args)
+    assert r.returncode in (0, 2), r.stderr  # bare `vision-router` prints usage (click's exit 2 for no command)
+    assert "Traceback" not in r.stdout + r.stderr
+    assert "Usage:" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("args", [["serve"], ["expert", "serve", "ocr"]])
+def test_a_command_whose_extra_is_missing_says_which_in_one_line(bare, args):
+    r = bare(*args)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "ollama-vision-router[serve]" in lines[0]
+
+
+def test_the_main_job_runs_without_the_extras(bare):
+    r = bare("demo")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert "[IMAGE CONTEXT]" in r.stdout
