@@ -38,6 +38,8 @@ to real weights is only the ``model``/``pretrained`` settings.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import json
 import logging
@@ -70,6 +72,8 @@ CANDIDATE_TEMPLATES = ("{}", "a photo of {}", "an image of {}", "a picture in th
 OBJECT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a picture containing a {}.")
 _RANDOM = {"none", "random", ""}
 _TEXT_BATCH = 64
+# open_clip.constants HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME (named here: importing open_clip costs seconds).
+HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 class ClipArgs(ExpertArgs):
@@ -175,15 +179,10 @@ class ClipExpert(Expert):
         if "/" in pre or "\\" in pre or pre.endswith((".pt", ".pth", ".bin", ".safetensors")):
             return False, f"checkpoint {pre}: no such file"
         get = self._fetch_hint()
-        try:
-            from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, get_pretrained_cfg
-
-            cfg = get_pretrained_cfg(self.model_name, pre) or {}
-        except Exception:
-            cfg = {}
+        cfg = pretrained_cfg(self.model_name, pre)
         hub = str(cfg.get("hf_hub") or "").strip("/")
         if hub:
-            for filename in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
+            for filename in HF_WEIGHT_FILES:
                 path = cached_file(hub, filename, self.config.get("weights_dir"))
                 if path:
                     return True, f"present ({path})"
@@ -467,6 +466,71 @@ class ClipExpert(Expert):
         result.objects = [label for label, _ in picked]
         if picked:
             result.attributes["object_scores"] = {label: round(p, 4) for label, p in picked}
+
+
+def pretrained_cfg(model: str, tag: str) -> dict[str, Any]:
+    """open_clip's pretrained entry (``hf_hub``, ``url``...) for ``model``/``tag``, or ``{}``.
+
+    Read from open_clip's ``pretrained.py`` as data (its ``_PRETRAINED`` table of ``dict(tag=_pcfg(...))``)
+    so that ``status()`` never imports open_clip: importing it pulls in torch and torchvision (5 s).
+    Falls back to open_clip's own ``get_pretrained_cfg`` if the file's layout ever changes.
+    """
+    table = _pretrained_table()
+    if table is None:
+        try:
+            from open_clip.pretrained import get_pretrained_cfg
+
+            return dict(get_pretrained_cfg(model, tag) or {})
+        except Exception:
+            return {}
+    return dict(table.get(model, {}).get(tag.lower().replace("-", "_"), {}))
+
+
+@functools.lru_cache(maxsize=1)
+def _pretrained_table() -> dict[str, dict[str, dict[str, Any]]] | None:
+    spec = find_spec("open_clip")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        return None
+    try:
+        tree = ast.parse((Path(locations[0]) / "pretrained.py").read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        name = node.targets[0].id
+        if name == "_PRETRAINED" and isinstance(node.value, ast.Dict):
+            for key, value in zip(node.value.keys, node.value.values, strict=True):
+                if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    tags = groups.get(value.id) if isinstance(value, ast.Name) else _tag_dict(value)
+                    table[key.value] = tags or {}
+        else:
+            tags = _tag_dict(node.value)
+            if tags is not None:
+                groups[name] = tags
+    if not table:
+        return None
+    # open_clip adds "<model>-quickgelu" for every tag marked quick_gelu (same weights).
+    for model, tags in list(table.items()):
+        quick = {t: c for t, c in tags.items() if c.get("quick_gelu")}
+        if quick:
+            table[f"{model}-quickgelu"] = quick
+    return table
+
+
+def _tag_dict(node: ast.expr) -> dict[str, dict[str, Any]] | None:
+    """``dict(tag=_pcfg(hf_hub=..., url=...), ...)`` as ``{tag: {hf_hub: ..., url: ...}}``; None otherwise."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict"):
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for kw in node.keywords:
+        if kw.arg and isinstance(kw.value, ast.Call):
+            out[kw.arg] = {k.arg: k.value.value for k in kw.value.keywords
+                           if k.arg and isinstance(k.value, ast.Constant)}
+    return out
 
 
 def _normalise(v: np.ndarray) -> np.ndarray:

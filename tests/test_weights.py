@@ -46,3 +46,40 @@ def test_caption_weights_missing_then_present(tmp_path):
     empty.mkdir()
     present, detail = CaptionExpert(model=str(empty)).weights_status()
     assert not present and "no config.json" in detail
+
+
+def test_status_imports_no_engine():
+    """`expert list` and `doctor` report every expert's status without importing torch, open_clip,
+    transformers or paddle (each costs seconds); an engine is imported only when it runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from experts.registry import default_registry\n"
+        "reg = default_registry()\n"
+        "for n in reg.names(): reg.get(n).status()\n"
+        "heavy = ['torch', 'open_clip', 'transformers', 'paddle', 'paddleocr', 'paddlex', 'onnxruntime',\n"
+        "         'rapidocr', 'sentence_transformers']\n"
+        "print(' '.join(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_clip_pretrained_table_matches_open_clip():
+    """The weights check reads open_clip's pretrained table without importing open_clip: it must agree
+    with open_clip's own lookup for every model and tag."""
+    pytest.importorskip("open_clip", reason="needs the [clip] extra")
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained
+
+    from experts.clip import pretrained_cfg
+
+    pairs = list_pretrained()
+    assert len(pairs) > 50
+    for model, tag in pairs:
+        want = get_pretrained_cfg(model, tag)
+        got = pretrained_cfg(model, tag.upper().replace("_", "-"))  # open_clip normalises case and dashes
+        assert (got.get("hf_hub", ""), got.get("url", "")) == (want.get("hf_hub", ""), want.get("url", "")), (
+            model, tag)
+    assert pretrained_cfg("ViT-B-32", "no-such-tag") == {}
