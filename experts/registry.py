@@ -139,9 +139,31 @@ class Registry:
             self._config[cls.name] = dict(config)
         return cls
 
+    # --- status -------------------------------------------------------------------------------
+    def status(self, name: str) -> dict[str, Any]:
+        """An expert's :meth:`~experts.base.Expert.status`, never raising: a broken status is ``ok: False``
+        with the error. Imports no engine (status uses find_spec, metadata and files on disk)."""
+        try:
+            return dict(self.get(name).status())
+        except Exception as exc:  # status must never take a listing down
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    def runnable(self, names: list[str] | None = None) -> list[str]:
+        """The experts (of ``names``, default all) whose engine and weights are here: what to offer as tools."""
+        wanted = self.names() if names is None else names
+        return [n for n in wanted if self.resolve(n) is not None and self.status(n).get("ok")]
+
     @property
     def load_errors(self) -> dict[str, str]:
         return dict(self._load_errors)
+
+
+def unavailable_reason(status: dict[str, Any]) -> str:
+    """Why an expert whose status is not ok cannot run, in one line (every [N/A] gets one)."""
+    for key in ("error", "weights", "reason", "hint"):
+        if status.get(key):
+            return f"weights: {status[key]}" if key == "weights" else str(status[key])
+    return "not available (the expert's status gives no reason)"
 
 
 _default: Registry | None = None

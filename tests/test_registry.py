@@ -122,3 +122,87 @@ def test_configuring_the_same_settings_again_keeps_the_loaded_expert():
     assert reg.get("w") is first
     reg.configure("w", model="other")
     assert reg.get("w") is not first and reg.get("w").config == {"model": "other"}
+
+
+class _Ready(Expert):
+    name = "ready"
+    description = "always there"
+
+
+class _NoWeights(Expert):
+    name = "noweights"
+    description = "weights missing"
+
+    def status(self):
+        return {"ok": False, "engine": "x", "weights": "not downloaded; fetch once: get-weights"}
+
+
+class _Silent(Expert):
+    name = "silent"
+    description = "not ok, no reason given"
+
+    def status(self):
+        return {"ok": False}
+
+
+class _Crashes(Expert):
+    name = "crashes"
+    description = "status raises"
+
+    def status(self):
+        raise RuntimeError("driver exploded")
+
+
+@pytest.fixture
+def mixed_registry(monkeypatch):
+    """A registry with one runnable expert and three that cannot run, used by the CLI commands."""
+    from router.commands import common
+
+    reg = Registry()
+    for cls in (_Ready, _NoWeights, _Silent, _Crashes):
+        reg.register(cls)
+    monkeypatch.setattr(common, "configured_registry", lambda settings: reg)
+    return reg
+
+
+def test_runnable_is_the_experts_whose_status_is_ok(mixed_registry):
+    assert mixed_registry.runnable() == ["ready"]
+    assert mixed_registry.runnable(["noweights", "ready", "nope"]) == ["ready"]
+    assert mixed_registry.status("crashes") == {"ok": False, "error": "RuntimeError: driver exploded"}
+
+
+def test_expert_list_gives_a_reason_for_every_na(mixed_registry):
+    import json
+
+    from click.testing import CliRunner
+
+    from router.commands import cli
+
+    r = CliRunner().invoke(cli, ["expert", "list"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    na = [i for i, line in enumerate(lines) if "[N/A]" in line]
+    assert len(na) == 3
+    reasons = {lines[i].split()[0]: lines[i + 2].strip() for i in na}
+    assert reasons == {
+        "noweights": "why N/A: weights: not downloaded; fetch once: get-weights",
+        "silent": "why N/A: not available (the expert's status gives no reason)",
+        "crashes": "why N/A: RuntimeError: driver exploded",
+    }
+    rows = json.loads(CliRunner().invoke(cli, ["expert", "list", "--json"]).output)["experts"]
+    assert {r["name"]: r["status"].get("reason") for r in rows}["noweights"].startswith("weights: not downloaded")
+
+
+def test_tools_lists_only_experts_that_can_run(mixed_registry):
+    import json
+
+    from click.testing import CliRunner
+
+    from router.commands import cli
+
+    r = CliRunner().invoke(cli, ["tools"])
+    assert r.exit_code == 0, r.output
+    assert [t["function"]["name"] for t in json.loads(r.output)] == ["vision_ready"]
+    r = CliRunner().invoke(cli, ["tools", "--expert", "noweights"])
+    assert r.exit_code == 1
+    assert r.output.strip() == "Error: noweights cannot run here: weights: not downloaded; fetch once: get-weights"

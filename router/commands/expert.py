@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from experts.registry import unavailable_reason
 from experts.schema import ImageAnalysis
 from router.commands import common
 from router.commands.common import Group, load_image_arg, parse_kv, settings_from
@@ -30,10 +31,9 @@ def expert_list(ctx, as_json):
     rows = []
     for name in reg.names():
         cls = reg.expert_class(name)
-        try:
-            status = reg.get(name).status()
-        except Exception as exc:  # status must never crash the listing
-            status = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        status = reg.status(name)
+        if not status.get("ok"):
+            status["reason"] = unavailable_reason(status)
         rows.append({"name": name, "aliases": list(cls.aliases), "description": cls.description,
                      "positional": cls.positional, "args": cls.args_schema().get("properties", {}),
                      "status": status})
@@ -47,7 +47,7 @@ def expert_list(ctx, as_json):
         arg_names = ", ".join(r["args"]) or "none"
         click.echo(f"{'':<15}args: {arg_names}" + (f"; free text fills `{r['positional']}`" if r["positional"] else ""))
         if not r["status"].get("ok"):
-            click.echo(f"{'':<15}{r['status'].get('error') or r['status'].get('hint') or ''}")
+            click.echo(f"{'':<15}why N/A: {r['status']['reason']}")
     for name, err in reg.load_errors.items():
         click.echo(f"{name:<9} [ERR] plugin failed to load: {err}")
 
