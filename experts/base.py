@@ -1,5 +1,9 @@
 """The expert interface: a name, aliases, typed arguments (whose JSON schema is also the tool
-definition), a lazy thread-safe engine load, and ``analyze(image, args) -> ExpertResult``."""
+definition), a lazy thread-safe engine load, and ``analyze(image, args) -> ExpertResult``.
+
+Experts that do not need full resolution declare ``max_side``: they are handed a downscaled view of
+big images (see :meth:`experts.images.DecodedImage.view`) and their boxes are mapped back to the
+original image's pixels."""
 
 from __future__ import annotations
 
@@ -13,11 +17,15 @@ from experts.errors import ExpertError
 from experts.images import DecodedImage
 from experts.schema import ExpertResult
 
+ARG_MAX_CHARS = 2000
+"""Longest string any expert argument accepts: a query, a question or a label list, never a document."""
+
 
 class ExpertArgs(BaseModel):
-    """Base for an expert's arguments. Unknown keys are refused so typos surface as errors."""
+    """Base for an expert's arguments. Unknown keys are refused so typos surface as errors; strings are
+    bounded (:data:`ARG_MAX_CHARS`) so a runaway argument is a short error, not work or an echo."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", str_max_length=ARG_MAX_CHARS)
 
 
 class Expert:
@@ -35,6 +43,9 @@ class Expert:
     positional: ClassVar[str | None] = None
     # Extra(s) that bring the engine: shown by `doctor` and in "not installed" errors.
     extra: ClassVar[str | None] = None
+    # Longest image side the expert needs; bigger images arrive downscaled (None: full resolution).
+    # Experts whose results carry pixel measures beyond boxes override rescale_result.
+    max_side: ClassVar[int | None] = None
 
     def __init__(self, **config: Any) -> None:
         self.config: dict[str, Any] = dict(config)
@@ -56,6 +67,8 @@ class Expert:
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first.get("loc", ())) or "args"
+            if len(loc) > 60:  # an unknown key is named back: never echo a huge one
+                loc = loc[:57] + "..."
             allowed = ", ".join(self.Args.model_fields) or "none"
             raise ExpertError(
                 f"{self.name}: bad argument {loc!r}: {first.get('msg')} (arguments: {allowed})"
@@ -99,7 +112,10 @@ class Expert:
         parsed = self.parse_args(args)
         self.load()
         t0 = time.perf_counter()
-        result = self._analyze(image, parsed)
+        view = image.view(self.max_side)
+        result = self._analyze(view, parsed)
+        if view is not image:
+            self.rescale_result(result, view.scale)
         result.timing_ms = (time.perf_counter() - t0) * 1000.0
         result.image_id = image.image_id
         result.expert = self.name
@@ -108,6 +124,18 @@ class Expert:
 
     def _analyze(self, image: DecodedImage, args: Any) -> ExpertResult:
         raise NotImplementedError
+
+    def rescale_result(self, result: ExpertResult, scale: tuple[float, float]) -> None:
+        """Map a result found on a downscaled view (``scale`` = view size / original size per axis) back
+        to original pixels: boxes and text boxes. Override to also rescale expert-specific measures."""
+        fx, fy = 1.0 / scale[0], 1.0 / scale[1]
+        for b in result.bbox:
+            b.x1, b.x2, b.y1, b.y2 = b.x1 * fx, b.x2 * fx, b.y1 * fy, b.y2 * fy
+        for line in result.text:
+            line.box = [[x * fx, y * fy] for x, y in line.box]
+            if len(line.bbox) == 4:
+                x1, y1, x2, y2 = line.bbox
+                line.bbox = [x1 * fx, y1 * fy, x2 * fx, y2 * fy]
 
     def new_result(self, image: DecodedImage, **fields: Any) -> ExpertResult:
         """Convenience for subclasses."""
@@ -122,6 +150,8 @@ def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
             if "$ref" in node and node["$ref"].startswith("#/$defs/"):
                 return walk(dict(defs[node["$ref"].split("/")[-1]]))
             out = {k: walk(v) for k, v in node.items() if k != "title"}
+            if out.get("maxLength") == ARG_MAX_CHARS:  # the blanket cap: noise in every tool definition
+                out.pop("maxLength")
             # Optional[X] appears as anyOf [X, null]: tools and small models want the plain type.
             any_of = out.get("anyOf")
             if isinstance(any_of, list):
