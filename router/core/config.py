@@ -21,16 +21,26 @@ Example ``config.toml``::
     port = 11435
     route = ["qwen3*"]                # only these models get vision (default: every model without it)
     max_body_mib = 64
+
+Every mistake in the file is reported at start as one line naming the key and what was expected
+(``config.toml: experts.detect.url: expected an http(s) URL string, got 5``); unknown keys and
+unknown ``[experts.NAME]`` sections are errors, not silently ignored.
 """
 
 from __future__ import annotations
 
+import codecs
+import difflib
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, with_config
+from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict  # pydantic needs this one for TypedDicts before Python 3.12
 
 from experts.errors import VisionRouterError
 from experts.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
@@ -42,6 +52,38 @@ else:  # pragma: no cover
 
 DEFAULT_MODEL = "qwen3-vision"
 BASE_MODEL = "qwen3:4b-instruct-2507-q4_K_M"
+
+
+class ConfigError(VisionRouterError):
+    """The configuration, or a file it names, cannot be used: one line naming the file and the key."""
+
+
+def _url(value: Any) -> Any:
+    if isinstance(value, str):
+        parts = urlsplit(value.strip())
+        if parts.scheme in ("http", "https") and parts.netloc and not any(c.isspace() for c in value.strip()):
+            return value.strip()
+    raise PydanticCustomError("url", "expected an http(s) URL string")
+
+
+Url = Annotated[str, BeforeValidator(_url)]
+# strict: TOML's `true` is not 1 second.
+Seconds = Annotated[float, Field(gt=0, strict=True)]
+
+
+@with_config(ConfigDict(extra="allow"))
+class ExpertTable(TypedDict, total=False):
+    """One ``[experts.NAME]`` table. The keys every expert shares are checked here; the rest is the
+    expert's own configuration (checked against its ``config_keys`` when it declares them)."""
+
+    url: Url  # a `vision-router expert serve NAME` service
+    timeout: Seconds  # the router's per-expert run timeout
+    connect_timeout: Seconds  # for `url`
+    engine: str
+
+
+# Keys any expert table may hold whatever the expert declares: the router's and the remote client's.
+ROUTER_EXPERT_KEYS = ("url", "timeout", "connect_timeout")
 
 
 def default_cache_dir() -> str:
@@ -92,28 +134,62 @@ class Settings(BaseModel):
         "auto", description="send the tag protocol as a system message (auto: unless the model's SYSTEM has it)"
     )
     protocol: Literal["tags", "tools", "auto"] = Field("tags", description="how the model asks for experts")
-    experts: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-expert settings")
+    experts: dict[str, ExpertTable] = Field(default_factory=dict, description="per-expert settings")
     serve: ServeSettings = Field(default_factory=ServeSettings, description="proxy defaults")
+
+    _source: str = PrivateAttr("settings")  # the file the values came from, for error lines
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> Settings:
-        """Defaults < config file < overrides (None values in overrides are ignored)."""
+        """Defaults < config file < overrides (None values in overrides are ignored).
+
+        Raises :class:`ConfigError` (one line: the file, every bad key, what was expected) for a file
+        that cannot be read or does not fit the schema, and for a ``cache_dir`` or ``keywords_file``
+        that cannot be what it says."""
         data: dict[str, Any] = {}
         p = Path(path).expanduser() if path else default_config_path()
         if path or p.exists():
-            try:
-                data = tomllib.loads(p.read_text("utf-8"))
-            except FileNotFoundError:
-                raise VisionRouterError(f"config file not found: {p}") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise VisionRouterError(f"config file {p}: invalid TOML: {exc}") from None
+            data = read_toml(p, "config file")
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:
-            return cls.model_validate(data)
+            settings = cls.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            raise VisionRouterError(f"config {p}: {loc}: {first['msg']}") from None
+            problems = [_problem(e) for e in exc.errors()]
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise ConfigError(f"{p}: {'; '.join(problems[:3])}{more}") from None
+        settings._source = str(p)
+        settings._check_files()
+        return settings
+
+    def _check_files(self) -> None:
+        if self.cache_dir:
+            d = Path(self.cache_dir).expanduser()
+            existing = next((q for q in (d, *d.parents) if q.exists()), None)
+            if existing is not None and not existing.is_dir():
+                raise ConfigError(f"{self._source}: cache_dir: expected a folder, got a file: {existing}")
+        if self.keywords_file:
+            try:
+                read_toml(Path(self.keywords_file).expanduser(), "keyword table")
+            except ConfigError as exc:
+                raise ConfigError(f"{self._source}: keywords_file: {exc}") from None
+
+    def check_experts(self, registry: Any) -> None:
+        """Every ``[experts.NAME]`` table names an installed expert (by name or alias), and holds only
+        the expert's ``config_keys`` (plus :data:`ROUTER_EXPERT_KEYS`) when the expert declares them."""
+        for name, table in self.experts.items():
+            canonical = registry.resolve(name)
+            if canonical is None:
+                if _left_out_here(registry, name):
+                    continue
+                installed = ", ".join(registry.names()) or "none"
+                raise ConfigError(f"{self._source}: experts.{name}: no expert named {name!r} (installed: {installed})")
+            known = getattr(registry.expert_class(canonical), "config_keys", None)
+            if known is None:
+                continue
+            allowed = sorted({*known, *ROUTER_EXPERT_KEYS})
+            for key in table:
+                if key not in allowed:
+                    raise ConfigError(f"{self._source}: experts.{name}.{key}: {_unknown_key(key, allowed)}")
 
     def resolved_cache_dir(self) -> str | None:
         if self.cache_dir is None:
@@ -128,7 +204,9 @@ class Settings(BaseModel):
         return {n: {k: v for k, v in c.items() if k != "timeout"} for n, c in self.experts.items()}
 
     def configure(self, registry: Any) -> Any:
-        """Apply the per-expert settings to an :class:`experts.registry.Registry`; returns it."""
+        """Apply the per-expert settings to an :class:`experts.registry.Registry`; returns it.
+        Raises :class:`ConfigError` for a table naming no installed expert (see :meth:`check_experts`)."""
+        self.check_experts(registry)
         for name, cfg in self.expert_configs().items():
             if cfg:
                 registry.configure(name, **cfg)
@@ -136,3 +214,103 @@ class Settings(BaseModel):
 
     def image_limits(self) -> dict[str, int]:
         return {"max_bytes": self.max_image_bytes, "max_pixels": self.max_image_pixels}
+
+
+# --- reading files and describing problems ------------------------------------------------------
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file as data. Every problem (missing, a folder, not UTF-8, UTF-16, invalid TOML) is one
+    :class:`ConfigError` line starting with ``what`` and the path."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a folder, not a file") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read it: {exc.strerror or exc}") from None
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (
+        len(raw) >= 4 and (raw[1] == raw[3] == 0 or raw[0] == raw[2] == 0) and raw[:4].count(0) == 2
+    ):
+        raise ConfigError(f"{what} {path} is UTF-16 text: TOML files are UTF-8 (save it again as UTF-8)")
+    try:
+        text = raw.decode("utf-8-sig")  # a UTF-8 BOM (Notepad) is harmless
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): "
+            "TOML files are UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path}: invalid TOML: {exc}") from None
+
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+    "url": "an http(s) URL string",
+}
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}
+
+
+def _problem(err: Any) -> str:
+    """One pydantic error as ``key: expected X, got Y``."""
+    loc = tuple(str(x) for x in err["loc"])
+    where = ".".join(loc)
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return f"{where}: {_unknown_key(loc[-1], _known_keys(loc[:-1]))}"
+    if kind in _BOUNDS:
+        bound = ctx.get(_BOUNDS[kind][0])
+        what = f"a number {_BOUNDS[kind][1]} {bound:g}" if isinstance(bound, (int, float)) else None
+    elif kind == "literal_error":
+        what = "one of " + str(ctx.get("expected", "")).replace(" or ", ", ")
+    else:
+        what = _EXPECTED.get(kind)
+    if what is None:
+        return f"{where}: {err['msg']}, got {_show(err.get('input'))}"
+    return f"{where}: expected {what}, got {_show(err.get('input'))}"
+
+
+def _known_keys(table: tuple[str, ...]) -> list[str]:
+    model: type[BaseModel] = ServeSettings if table == ("serve",) else Settings
+    return sorted(model.model_fields)
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"unknown key ({hint}known: {', '.join(known)})"
+
+
+def _show(value: Any) -> str:
+    """A value as it would look in TOML, cut short."""
+    if isinstance(value, dict):
+        return "a table"
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _left_out_here(registry: Any, name: str) -> bool:
+    """An expert that is installed but not loaded in this process (a plugin that failed to load, or
+    one left out by VISION_ROUTER_EXPERTS): its table is kept for when it is, not an error."""
+    if name.lower() in {n.lower() for n in getattr(registry, "load_errors", {})}:
+        return True
+    if not os.environ.get("VISION_ROUTER_EXPERTS"):
+        return False
+    from importlib.metadata import entry_points
+
+    from experts.registry import ENTRY_POINT_GROUP
+
+    return any(ep.name.lower() == name.lower() for ep in entry_points(group=ENTRY_POINT_GROUP))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from experts.errors import VisionRouterError
+from router.core.config import read_toml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -79,18 +80,13 @@ class KeywordRouter:
     @classmethod
     def from_toml(cls, path: str | Path | None = None) -> KeywordRouter:
         """Load a table; ``None`` loads the shipped default."""
-        try:
-            if path is None:
-                text = resources.files("router").joinpath("data/keywords.toml").read_text("utf-8")
-                src = "built-in keywords.toml"
-            else:
-                text = Path(path).expanduser().read_text("utf-8")
-                src = str(path)
-            data = tomllib.loads(text)
-        except FileNotFoundError:
-            raise VisionRouterError(f"keyword table not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise VisionRouterError(f"keyword table {path}: invalid TOML: {exc}") from None
+        if path is None:
+            data = tomllib.loads(resources.files("router").joinpath("data/keywords.toml").read_text("utf-8"))
+            src = "built-in keywords.toml"
+        else:
+            # Missing, a folder, binary or UTF-16, invalid TOML: one line each.
+            data = read_toml(Path(path).expanduser(), "keyword table")
+            src = str(path)
         rules = data.get("rule")
         if not isinstance(rules, list):
             raise VisionRouterError(f"{src}: no [[rule]] entries")
