@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 
 import click
 
+from experts.access import AccessError, check_bind_host, is_loopback_host
 from router.commands import common
 from router.commands.common import settings_from
-
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @click.command("serve")
@@ -45,17 +36,18 @@ def serve_command(ctx, host, port, upstream, allow_remote, token, route, skip, p
     import uvicorn
 
     from router import __version__
-    from router.serve.proxy import ProxyConfig, VisionProxy, create_app
-
+    from router.serve.proxy import ProxyConfig, VisionProxy, create_app, server_options
 
     settings = settings_from(ctx, ollama_host=upstream, protocol=protocol, max_rounds=max_rounds,
                          cache_dir="" if no_cache else None)
     conf = settings.serve  # config.toml's [serve] table; flags win
     port = port or conf.port
     token = token or conf.token
-    if not _is_loopback(host) and not allow_remote:
-        raise click.UsageError(f"--host {host} is not a loopback address: add --allow-remote (and a --token)")
-    if not _is_loopback(host) and not token:
+    try:
+        check_bind_host(host, allow_remote)  # resolved as the socket will be: "" and 0.0.0.0 are not loopback
+    except AccessError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not token and not is_loopback_host(host):
         click.echo("warning: listening beyond loopback without --token: anyone who can reach it can use it",
                    err=True)
     cfg = ProxyConfig(route=list(route) or list(conf.route), skip=list(skip) or list(conf.skip), token=token or None,
@@ -68,4 +60,4 @@ def serve_command(ctx, host, port, upstream, allow_remote, token, route, skip, p
                err=True)
     click.echo(f"use it: OLLAMA_HOST={host}:{port} ollama run {settings.model}", err=True)
     uvicorn.run(app, host=host, port=port, log_level=os.environ.get("VISION_ROUTER_LOG", "warning"),
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, **server_options(cfg))

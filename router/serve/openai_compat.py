@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from experts.errors import VisionRouterError
+from router.serve.wire import BadRequest, GoStruct, validate
 
 
 class OpenAIRequestError(VisionRouterError):
@@ -54,112 +55,171 @@ _OPTION_MAP = {
 }
 
 
-def to_native(body: dict[str, Any]) -> NativeChat:
+class OAFunctionCall(GoStruct):
+    name: str | None = None
+    arguments: str | dict[str, Any] | None = None
+
+
+class OAToolCall(GoStruct):
+    id: str | None = None
+    type: str | None = None
+    function: OAFunctionCall | None = None
+
+
+class OAMessage(GoStruct):
+    """openai.Message: ``content`` is a string or a list of parts (checked by hand: their keys are exact)."""
+
+    role: str | None = None
+    content: str | list[Any] | None = None
+    reasoning: str | None = None
+    tool_calls: list[OAToolCall] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+
+
+class OAStreamOptions(GoStruct):
+    include_usage: bool | None = None
+
+
+class OAReasoning(GoStruct):
+    effort: str | None = None
+
+
+class OARequest(GoStruct):
+    """openai.ChatCompletionRequest: the fields this route reads."""
+
+    model: str | None = None
+    messages: list[OAMessage] | None = None
+    stream: bool | None = None
+    stream_options: OAStreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    temperature: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    top_p: float | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    reasoning: OAReasoning | None = None
+    reasoning_effort: str | None = None
+
+
+def to_native(body: Any) -> NativeChat:
     """Convert a ``/v1/chat/completions`` body. Image parts stay base64 strings (decoded later)."""
-    model = body.get("model")
-    if not model or not isinstance(model, str):
+    try:
+        req = validate(OARequest, body)
+    except BadRequest as exc:
+        raise OpenAIRequestError(str(exc), exc.param) from None
+    if not req.model:
         raise OpenAIRequestError("model is required", "model")
-    raw_messages = body.get("messages")
-    if not isinstance(raw_messages, list) or not raw_messages:
+    if not req.messages:
         raise OpenAIRequestError("messages is required and must be a non-empty list", "messages")
     call_names: dict[str, str] = {}
-    messages = [_message(m, i, call_names) for i, m in enumerate(raw_messages)]
+    messages = [_message(m, i, call_names) for i, m in enumerate(req.messages)]
 
     options: dict[str, Any] = {}
     for key, opt in _OPTION_MAP.items():
-        if body.get(key) is not None:
-            options[opt] = body[key]
-    stop = body.get("stop")
-    if stop is not None:
-        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+        value = getattr(req, key)
+        if value is not None:
+            options[opt] = value
+    if req.stop is not None:
+        options["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
 
     fmt: Any = None
-    rf = body.get("response_format")
-    if isinstance(rf, dict):
+    rf = req.response_format
+    if rf is not None:
         kind = rf.get("type")
         if kind == "json_object":
             fmt = "json"
         elif kind == "json_schema":
-            schema = (rf.get("json_schema") or {}).get("schema")
+            js = rf.get("json_schema")
+            schema = js.get("schema") if isinstance(js, dict) else None
             fmt = schema if schema is not None else "json"
 
     think: Any = None
-    effort = body.get("reasoning_effort")
-    if effort is None and isinstance(body.get("reasoning"), dict):
-        effort = body["reasoning"].get("effort")
+    effort = req.reasoning_effort
+    if effort is None and req.reasoning is not None:
+        effort = req.reasoning.effort
     if effort is not None:
         if effort not in ("high", "medium", "low", "max", "none"):
             raise OpenAIRequestError(f"invalid reasoning value: {effort!r}", "reasoning_effort")
         think = False if effort == "none" else effort
 
-    stream = body.get("stream") is True
-    so = body.get("stream_options")
-    include_usage = bool(stream and isinstance(so, dict) and so.get("include_usage"))
-    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
-    return NativeChat(model, messages, stream, include_usage, options, fmt, think, tools)
+    stream = req.stream is True
+    include_usage = bool(stream and req.stream_options is not None and req.stream_options.include_usage)
+    return NativeChat(req.model, messages, stream, include_usage, options, fmt, think, list(req.tools or []))
 
 
-def _message(m: Any, i: int, call_names: dict[str, str]) -> dict[str, Any]:
-    if not isinstance(m, dict):
-        raise OpenAIRequestError(f"messages[{i}] must be an object", f"messages[{i}]")
-    role = str(m.get("role") or "user").lower()
+def _parts(content: Any, i: int) -> tuple[list[str], list[str]]:
+    """The texts and base64 images of one message's ``content``."""
+    if isinstance(content, str):
+        return [content], []
+    texts: list[str] = []
+    images: list[str] = []
+    for j, part in enumerate(content or ()):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise OpenAIRequestError(f"messages[{i}].content[{j}] must be an object", f"messages[{i}].content")
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if text is not None and not isinstance(text, str):
+                raise OpenAIRequestError(f"messages[{i}].content[{j}].text must be a string", f"messages[{i}].content")
+            texts.append(text or "")
+        elif kind == "image_url":
+            url = part.get("image_url")
+            if isinstance(url, dict):
+                url = url.get("url")
+            images.append(data_url_to_base64(url, f"messages[{i}].content[{j}].image_url"))
+        else:
+            raise OpenAIRequestError(
+                f"messages[{i}].content[{j}]: unsupported content part type {kind!r} (text and "
+                "image_url are supported)", f"messages[{i}].content"
+            )
+    return texts, images
+
+
+def _message(m: OAMessage, i: int, call_names: dict[str, str]) -> dict[str, Any]:
+    role = (m.role or "user").lower()
     if role == "developer":
         role = "system"
     out: dict[str, Any] = {"role": role}
-    content = m.get("content")
-    texts: list[str] = []
-    images: list[str] = []
-    if isinstance(content, str):
-        texts.append(content)
-    elif isinstance(content, list):
-        for j, part in enumerate(content):
-            if isinstance(part, str):
-                texts.append(part)
-                continue
-            if not isinstance(part, dict):
-                raise OpenAIRequestError(f"messages[{i}].content[{j}] must be an object", f"messages[{i}].content")
-            kind = part.get("type")
-            if kind == "text":
-                texts.append(str(part.get("text") or ""))
-            elif kind == "image_url":
-                url = part.get("image_url")
-                if isinstance(url, dict):
-                    url = url.get("url")
-                images.append(data_url_to_base64(url, f"messages[{i}].content[{j}].image_url"))
-            else:
-                raise OpenAIRequestError(
-                    f"messages[{i}].content[{j}]: unsupported content part type {kind!r} (text and "
-                    "image_url are supported)", f"messages[{i}].content"
-                )
-    elif content is not None:
-        raise OpenAIRequestError(f"messages[{i}].content must be a string or a list of parts", f"messages[{i}]")
+    texts, images = _parts(m.content, i)
     out["content"] = "\n".join(t for t in texts if t)
     if images:
         out["images"] = images
-    if m.get("reasoning"):
-        out["thinking"] = str(m["reasoning"])
-    if role == "assistant" and m.get("tool_calls"):
-        calls = []
-        for tc in m["tool_calls"]:
-            fn = (tc or {}).get("function") or {}
-            args = fn.get("arguments")
-            if isinstance(args, str):
-                try:
-                    args = json.loads(args) if args.strip() else {}
-                except json.JSONDecodeError:
-                    raise OpenAIRequestError(
-                        f"messages[{i}].tool_calls: arguments are not valid JSON", f"messages[{i}].tool_calls"
-                    ) from None
-            name = str(fn.get("name") or "")
-            if tc.get("id"):
-                call_names[str(tc["id"])] = name
-            calls.append({"function": {"name": name, "arguments": args or {}}})
-        out["tool_calls"] = calls
+    if m.reasoning:
+        out["thinking"] = m.reasoning
+    if role == "assistant" and m.tool_calls:
+        out["tool_calls"] = [_tool_call(tc, i, call_names) for tc in m.tool_calls]
     if role == "tool":
-        name = m.get("name") or call_names.get(str(m.get("tool_call_id") or ""))
+        name = m.name or call_names.get(m.tool_call_id or "")
         if name:
             out["tool_name"] = name
     return out
+
+
+def _tool_call(tc: OAToolCall, i: int, call_names: dict[str, str]) -> dict[str, Any]:
+    fn = tc.function or OAFunctionCall()
+    args: Any = fn.arguments
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except (json.JSONDecodeError, RecursionError):
+            raise OpenAIRequestError(
+                f"messages[{i}].tool_calls: arguments are not valid JSON", f"messages[{i}].tool_calls"
+            ) from None
+    if args is not None and not isinstance(args, dict):
+        raise OpenAIRequestError(f"messages[{i}].tool_calls: arguments must be a JSON object",
+                                 f"messages[{i}].tool_calls")
+    name = fn.name or ""
+    if tc.id:
+        call_names[tc.id] = name
+    return {"function": {"name": name, "arguments": args or {}}}
 
 
 def data_url_to_base64(url: Any, where: str) -> str:

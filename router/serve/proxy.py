@@ -32,10 +32,12 @@ from typing import Any
 import httpx
 import ollama
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from experts.access import LIVENESS, UNAUTHORIZED, is_authorized
 from experts.errors import ImageError, VisionRouterError
 from experts.images import DecodedImage, decode_base64_image
 from experts.registry import Registry, default_registry
@@ -45,7 +47,9 @@ from router.core.errors import UpstreamError
 from router.core.ollama_host import resolve_host
 from router.core.orchestrator import Final, Orchestrator, TextDelta, ThinkingDelta, ToolCalls
 from router.serve import openai_compat as oai
+from router.serve.guard import guarded_protocol
 from router.serve.local_server import LocalServer
+from router.serve.wire import BadRequest, NativeRequest, load_json, may_hold, validate
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,8 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
     "transfer-encoding", "upgrade", "host", "content-length",
 })
+_MAY_HOLD_IMAGES = may_hold("image")  # "images" in any case or spelling Ollama accepts (wire.py)
+_MAY_HOLD_IMAGE_URL = may_hold("image_url")
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 STAT_FIELDS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
                "eval_duration")
@@ -80,9 +86,28 @@ class ProxyConfig:
     show_ttl_s: float = 30.0
     upstream_pools: int = 8
     recent_traces: int = 20
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this (slowloris)
+    body_timeout_s: float = 120.0  # ... and its body within this
+    keep_alive_s: float = 5.0  # idle keep-alive connections close after this
+    max_connections: int = 1024  # open client connections
+    max_header_bytes: int = 64 * 1024
+    max_concurrent: int = 512  # requests in flight; more get Ollama's 503 "server busy" (OLLAMA_MAX_QUEUE)
+
+
+def server_options(cfg: ProxyConfig) -> dict[str, Any]:
+    """uvicorn settings that enforce ``cfg``'s connection limits (pass to ``uvicorn.run``/``Config``)."""
+    return {
+        "http": guarded_protocol(cfg.header_timeout_s, cfg.max_connections, cfg.max_header_bytes),
+        "timeout_keep_alive": cfg.keep_alive_s,
+        "h11_max_incomplete_event_size": cfg.max_header_bytes,
+    }
 
 
 class BodyTooLarge(VisionRouterError):
+    pass
+
+
+class SlowBody(VisionRouterError):
     pass
 
 
@@ -279,6 +304,7 @@ class VisionProxy:
         self.metrics = Metrics(cfg.recent_traces)
         self.app = Starlette(
             routes=[Route("/{path:path}", self.handle, methods=ALL_METHODS)],
+            middleware=[Middleware(_Inflight, metrics=self.metrics, cap=cfg.max_concurrent)],
             exception_handlers={Exception: self._crash},
             lifespan=self._lifespan,
         )
@@ -302,21 +328,20 @@ class VisionProxy:
     async def handle(self, request: Request) -> Response:
         path = request.url.path
         method = request.method
-        if self.cfg.token and not (path == "/_vision/health" and method == "GET"):
-            auth = request.headers.get("authorization", "")
-            if auth != f"Bearer {self.cfg.token}":
-                self.metrics.status(401)
-                return _error(401, "unauthorized: this vision-router needs `Authorization: Bearer <token>`")
-        self.metrics.inflight += 1
+        if not is_authorized(request.headers.get("authorization"), self.cfg.token):
+            if path == "/_vision/health" and method == "GET":
+                return JSONResponse(LIVENESS)  # a liveness probe learns that the process is up, nothing more
+            self.metrics.status(401)
+            return _error(401, UNAUTHORIZED)
         try:
             response = await self._route(request, method, path)
         except BodyTooLarge as exc:
             response = _error(413, str(exc))
+        except SlowBody as exc:
+            response = _error(408, str(exc))
         except ClientGone:
             self.metrics.client_disconnects += 1
             response = Response(status_code=499)
-        finally:
-            self.metrics.inflight -= 1
         self.metrics.status(response.status_code)
         return response
 
@@ -351,12 +376,19 @@ class VisionProxy:
         if declared and declared.isdigit() and int(declared) > limit:
             raise BodyTooLarge(f"request body is {_mib(int(declared))}, over the {_mib(limit)} limit")
         chunks: list[bytes] = []
-        total = 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise BodyTooLarge(f"request body is over the {_mib(limit)} limit")
-            chunks.append(chunk)
+
+        async def read() -> None:
+            total = 0
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise BodyTooLarge(f"request body is over the {_mib(limit)} limit")
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(read(), self.cfg.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise SlowBody(f"request body not received within {self.cfg.body_timeout_s:g} s") from None
         return b"".join(chunks)
 
     def _upstream_headers(self, request: Request) -> list[tuple[str, str]]:
@@ -370,7 +402,7 @@ class VisionProxy:
 
     async def forward(self, request: Request, body: bytes | None, path: str | None = None) -> Response:
         """Send the request on to Ollama unchanged and stream its answer back unchanged."""
-        url = httpx.URL(path or request.url.path, query=request.url.query.encode())
+        url = _upstream_url(path or request.url.path, request)
         http = self._client()
         req = http.build_request(request.method, url, headers=self._upstream_headers(request), content=body or None)
         try:
@@ -494,7 +526,7 @@ class VisionProxy:
 
     async def _fetch(self, request: Request, body: bytes | None) -> httpx.Response | Response:
         """A buffered upstream call for the routes whose answer the proxy edits."""
-        req = self.http.build_request(request.method, httpx.URL(request.url.path, query=request.url.query.encode()),
+        req = self.http.build_request(request.method, _upstream_url(request.url.path, request),
                                       headers=self._upstream_headers(request), content=body or None)
         try:
             return await self.http.send(req)
@@ -529,51 +561,45 @@ class VisionProxy:
     async def native(self, request: Request, chat: bool) -> Response:
         kind = "chat" if chat else "generate"
         body = await self._body(request)
-        if b'"images"' not in body:  # no image anywhere: pure pass-through, nothing parsed
+        if not _MAY_HOLD_IMAGES.search(body):  # no image anywhere: pure pass-through, nothing parsed
             self.metrics.count(f"{kind}_passthrough")
             return await self.forward(request, body)
         try:
-            req = json.loads(body)
-        except ValueError as exc:
-            return _error(400, f"invalid JSON body: {exc}")
-        if not isinstance(req, dict):
-            return await self.forward(request, body)
-        if chat:
-            messages = req.get("messages")
-            if not isinstance(messages, list) or not any(isinstance(m, dict) and m.get("images") for m in messages):
-                self.metrics.count(f"{kind}_passthrough")
-                return await self.forward(request, body)
-        elif not req.get("images"):
+            parsed = validate(NativeRequest, load_json(body))
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        if not parsed.image_count():
             self.metrics.count(f"{kind}_passthrough")
             return await self.forward(request, body)
         try:
-            routed = await self._is_routed(req.get("model"))
+            routed = await self._is_routed(parsed.model)
         except UpstreamError as exc:
             return _error(exc.status, str(exc))
         if not routed:
             self.metrics.count(f"{kind}_passthrough")
             return await self.forward(request, body)
-        if not chat and not req.get("prompt"):
+        if not chat and not parsed.prompt:
             # A load request: no image reaches the text model, even one nobody will look at.
             self.metrics.count(f"{kind}_passthrough")
-            return await self._forward_json(request, {k: v for k, v in req.items() if k != "images"})
+            return await self._forward_json(request, parsed.without_images())
 
         self.metrics.count(f"{kind}_routed")
+        req = parsed.model_dump(exclude_none=True)
         if chat:
-            messages = [m for m in req["messages"] if isinstance(m, dict)]
+            messages = [dict(m.as_dict(), images=m.images or []) for m in parsed.messages or []]
         else:
             messages = []
-            if req.get("system"):
-                messages.append({"role": "system", "content": str(req["system"])})
-            messages.append({"role": "user", "content": str(req.get("prompt") or ""), "images": req["images"]})
+            if parsed.system:
+                messages.append({"role": "system", "content": parsed.system})
+            messages.append({"role": "user", "content": parsed.prompt or "", "images": parsed.images or []})
         raw_images = [img for m in messages for img in (m.get("images") or [])]
         try:
             decoded = await self._decode(raw_images)
         except ImageError as exc:
             return _error(400, str(exc))
         run = self._start_run(request, kind, messages, decoded, req)
-        model = str(req.get("model"))
-        stream = req.get("stream", True) is not False
+        model = str(parsed.model)
+        stream = parsed.stream is not False
         try:
             first = await run.first()
         except VisionRouterError as exc:
@@ -616,17 +642,13 @@ class VisionProxy:
     # --- OpenAI ---------------------------------------------------------------------------------
     async def openai_chat(self, request: Request) -> Response:
         body = await self._body(request)
-        if b"image_url" not in body:
+        if not _MAY_HOLD_IMAGE_URL.search(body):
             self.metrics.count("openai_passthrough")
             return await self.forward(request, body)
         try:
-            req = json.loads(body)
-        except ValueError as exc:
-            return _oai_error(400, f"invalid JSON body: {exc}")
-        if not isinstance(req, dict):
-            return await self.forward(request, body)
-        try:
-            native = oai.to_native(req)
+            native = oai.to_native(load_json(body))
+        except BadRequest as exc:
+            return _oai_error(400, str(exc), exc.param)
         except oai.OpenAIRequestError as exc:
             return _oai_error(400, str(exc), exc.param)
         if not native.image_count:
@@ -689,6 +711,32 @@ class VisionProxy:
             yield oai.sse(oai.error_body(str(exc), getattr(exc, "status", 500)))
         finally:
             run.cancel()
+
+
+class _Inflight:
+    """Counts requests from their first byte to their response's last (streams included) and answers
+    Ollama's own 503 beyond ``cap`` (its OLLAMA_MAX_QUEUE); the health probe is always answered."""
+
+    def __init__(self, app: Any, metrics: Metrics, cap: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.cap = cap
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        m = self.metrics
+        if m.inflight >= self.cap and scope["path"] != "/_vision/health":
+            m.status(503)
+            busy = _error(503, "server busy, please try again.  maximum pending requests exceeded")
+            await busy(scope, receive, send)
+            return
+        m.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            m.inflight -= 1
 
 
 # --- one orchestrated request, as a task ---------------------------------------------------------------
@@ -871,7 +919,15 @@ def _copy(r: httpx.Response) -> Response:
 
 
 def _passable(headers: httpx.Headers) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "content-encoding"}
+    # uvicorn writes its own date and server: Ollama's would make two of each
+    return {k: v for k, v in headers.items()
+            if k.lower() not in HOP_BY_HOP and k.lower() not in ("content-encoding", "date", "server")}
+
+
+def _upstream_url(path: str, request: Request) -> httpx.URL:
+    """The upstream URL: the client's query only when it sent one (never a bare ``?``)."""
+    query = request.url.query
+    return httpx.URL(path, query=query.encode()) if query else httpx.URL(path)
 
 
 def _reason(exc: BaseException) -> str:
@@ -892,7 +948,9 @@ class ProxyServer(LocalServer):
     """
 
     def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(app, host, port, lifespan="on", backlog=4096)
+        proxy = getattr(app.state, "proxy", None)
+        limits = server_options(proxy.cfg) if proxy is not None else {}
+        super().__init__(app, host, port, lifespan="on", backlog=4096, **limits)
 
 
-__all__ = ["ProxyConfig", "ProxyServer", "VisionProxy", "create_app"]
+__all__ = ["ProxyConfig", "ProxyServer", "VisionProxy", "create_app", "server_options"]
