@@ -26,6 +26,7 @@ COMMANDS = {
     "search": "router.commands.index:search_command",
     "preset": "router.commands.preset:preset_command",
     "eval": "router.commands.eval:eval_command",
+    "mcp": "router.commands.mcp:mcp_command",
 }
 
 
