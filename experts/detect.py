@@ -19,6 +19,7 @@ import math
 import os
 import threading
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import cv2
@@ -28,7 +29,7 @@ from pydantic import Field
 from experts.base import Expert, ExpertArgs
 from experts.errors import EngineMissing, ExpertError
 from experts.images import DecodedImage
-from experts.schema import BBox, ExpertResult, TextLine
+from experts.schema import BBox, ExpertResult, TextLine, placement, ratios_between
 
 # --- labels --------------------------------------------------------------------------------------
 # Canonical label -> the detectors that find it.
@@ -264,7 +265,8 @@ class DetectExpert(Expert):
     def _contours(self, image: DecodedImage, mode: str, max_objects: int) -> ExpertResult:
         bgr = image.bgr()
         h, w = bgr.shape[:2]
-        objects = find_objects(bgr, self.min_area_share)
+        found = analyse(bgr, self.min_area_share)
+        objects = found.objects
         total = len(objects)
         objects = objects[:max_objects]
         counts = Counter(o["shape"] for o in objects)
@@ -293,6 +295,11 @@ class DetectExpert(Expert):
             "image_size": f"{w}x{h}",
             "mode": mode,
         }
+        if found.marks:
+            # Letters and pen strokes are not shapes: said once, as what they look like.
+            labels.insert(0, f"{len(found.marks)} text-like marks")
+            attributes["content"] = "text-like marks"
+            measurements["text_like_marks"] = {"count": len(found.marks), "region": found.marks_box}
         if image.dpi:
             attributes["dpi"] = "x".join(f"{round(d, 1):g}" for d in image.dpi)
         if objects:
@@ -506,44 +513,98 @@ class DetectExpert(Expert):
 
 
 # --- contour analysis ----------------------------------------------------------------------------
-def foreground_mask(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels that differ from the (possibly unevenly lit) background.
+def _quadratic_design(h: int, w: int) -> np.ndarray:
+    """Columns 1, x, y, x², xy, y² over an h x w grid (coordinates scaled to 0..1)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    xn, yn = xx / max(w - 1, 1), yy / max(h - 1, 1)
+    return np.stack([np.ones_like(xn), xn, yn, xn * xn, xn * yn, yn * yn], axis=-1)
 
-    The background is modelled per Lab channel as a smooth quadratic surface, fitted robustly (objects
-    are outliers and are dropped between fits), so a light gradient or vignette is not an object. The
-    distance from that surface is thresholded with Otsu, with a floor so a plain image has no objects.
-    Returns the mask and the distance image (Lab units)."""
+
+def _robust_keep(resid: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Background pixels: residual within 3 robust sigmas of those now taken for background (at least 6 Lab)."""
+    mad = float(np.median(resid[keep])) + 1e-3 if keep.any() else 6.0
+    return resid < max(3.0 * 1.4826 * mad, 6.0)
+
+
+def _lab_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distance between two Lab images (or pixel lists), channel last, as float32."""
+    d = (a - b).astype(np.float32)
+    return np.sqrt(np.einsum("...c,...c->...", d, d))
+
+
+def background_model(lab: np.ndarray) -> np.ndarray:
+    """The background's Lab colour at every pixel, for lit scenes, product shots and dark tables alike.
+
+    First a smooth quadratic surface per channel, fitted robustly from the picture's border inwards: the
+    border is the one place a subject rarely fills, so a subject covering most of the frame stays an
+    outlier instead of becoming the background. Then a local correction (normalised convolution of the
+    pixels taken for background, about an eighth of the image wide) follows what a quadratic cannot:
+    the patchy light of a photographed table. Where no background is near (inside a large object) the
+    quadratic surface stands."""
+    small, _ = _downscale(lab, 200)
+    sh, sw = small.shape[:2]
+    design = _quadratic_design(sh, sw)
+    flat_d, values = design.reshape(-1, 6), small.reshape(-1, 3)
+    band = max(2, int(round(min(sh, sw) * 0.04)))
+    keep = np.zeros((sh, sw), bool)
+    keep[:band], keep[-band:], keep[:, :band], keep[:, -band:] = True, True, True, True
+    keep = keep.reshape(-1)
+    coef = np.zeros((6, 3), np.float32)
+    every = np.zeros(len(values), bool)
+    every[::3] = True  # a third of the pixels pins six coefficients down as well as all of them
+    for _ in range(5):
+        a, b = flat_d[keep & every], values[keep & every]
+        # Normal equations: a 6x6 solve, where lstsq's SVD costs ten times more.
+        coef = np.linalg.solve(a.T @ a + 1e-6 * np.eye(6, dtype=np.float32), a.T @ b)
+        keep = _robust_keep(_lab_distance(values, flat_d @ coef), keep)
+    quad = (flat_d @ coef).reshape(sh, sw, 3).astype(np.float32)
+    keep2 = keep.reshape(sh, sw)
+    # stackBlur (a fast near-Gaussian) about an eighth of the image wide.
+    k = int(max(sh, sw) / 8.0 * 2.5) | 1
+    bg = quad
+    for _ in range(2):
+        # Pixels next to an object carry its blurred edge: leave them out of the local estimate.
+        weight = cv2.erode(keep2.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
+        num = cv2.stackBlur(small * weight[..., None], (k, k))
+        den = cv2.stackBlur(weight, (k, k))[..., None]
+        bg = (num + 0.02 * quad) / (den + 0.02)
+        resid = _lab_distance(small, bg)
+        keep2 = _robust_keep(resid, keep2)
+    h, w = lab.shape[:2]
+    if (sh, sw) == (h, w):
+        return bg
+    return cv2.resize(bg, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def foreground_mask(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels that differ from the (possibly unevenly lit) background: the mask and the distance image."""
+    mask, dist, _ink = _foreground(bgr)
+    return mask, dist
+
+
+def _foreground(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The object mask, the distance from the background (Lab units) and the unsmoothed ink mask.
+
+    The distance from :func:`background_model` is thresholded with Otsu, with a floor so a plain image
+    has no objects; a local background makes this an adaptive threshold. The ink mask is the same
+    threshold on the unblurred image, without morphology: letters keep their counters and thin strokes."""
     h, w = bgr.shape[:2]
     lab = cv2.cvtColor(cv2.GaussianBlur(bgr, (5, 5), 0), cv2.COLOR_BGR2LAB).astype(np.float32)
-    small, _ = _downscale(lab, 160)
-    sh, sw = small.shape[:2]
-    yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32)
-    xn, yn = xx / max(sw - 1, 1), yy / max(sh - 1, 1)
-    design = np.stack([np.ones_like(xn), xn, yn, xn * xn, xn * yn, yn * yn], axis=-1).reshape(-1, 6)
-    values = small.reshape(-1, 3)
-    keep = np.ones(len(values), bool)
-    coef = np.zeros((6, 3), np.float32)
-    for _ in range(4):
-        coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
-        resid = np.linalg.norm(values - design @ coef, axis=1)
-        mad = float(np.median(resid[keep])) + 1e-3
-        keep = resid < max(3.0 * 1.4826 * mad, 6.0)
-    # Evaluate the surface at full resolution.
-    fy, fx = np.mgrid[0:h, 0:w].astype(np.float32)
-    fxn, fyn = fx / max(w - 1, 1), fy / max(h - 1, 1)
-    bg = np.stack([np.ones_like(fxn), fxn, fyn, fxn * fxn, fxn * fyn, fyn * fyn], axis=-1) @ coef
-    dist = np.linalg.norm(lab - bg, axis=-1)
+    bg = background_model(lab)
+    dist = _lab_distance(lab, bg)
     dist8 = np.clip(dist * 2.0, 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(dist8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     # Floor: noise of a few Lab units must never count (about 12 Lab units).
     thresh = max(float(otsu), 24.0)
     mask = (dist8 > thresh).astype(np.uint8) * 255
+    sharp = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB).astype(np.float32)
+    ink = (_lab_distance(sharp, bg) > thresh / 2.0).astype(np.uint8) * 255
     # Opening detaches specks and thin noise from objects; closing heals small gaps in them.
     k = max(3 if min(h, w) < 300 else 5, int(round(min(h, w) / 150)) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel, iterations=2)
-    return mask, dist
+    return mask, dist, ink
 
 
 def classify_shape(contour: np.ndarray) -> tuple[str, int]:
@@ -604,60 +665,228 @@ def colour_name(rgb: tuple[float, float, float]) -> str:
     return name
 
 
+@dataclass
+class Findings:
+    """What the contour analysis saw: shape objects (largest first) and text-like marks."""
+
+    objects: list[dict[str, Any]]
+    marks: list[list[int]] = field(default_factory=list)  # boxes of text-like marks, when the image reads as text
+
+    @property
+    def marks_box(self) -> list[int] | None:
+        """The box around every text-like mark."""
+        if not self.marks:
+            return None
+        a = np.asarray(self.marks)
+        return [int(a[:, 0].min()), int(a[:, 1].min()), int(a[:, 2].max()), int(a[:, 3].max())]
+
+
+# Text reads as marks, not shapes. Ink covers a small part of a word's or a pen stroke's convex hull (median
+# 0.51 on skimage's page, 0.62 on its handwriting) but most of a coin's, a cup's or a drawn shape's (0.9-1.0).
+# An image reads as text when it has at least 8 small parts and their median ink share is below 0.67; then
+# every small part (< 5% of the image) and every sparse one is a mark.
+TEXT_INK_SHARE = 0.67
+MARK_INK_SHARE = 0.85
+MIN_MARKS_FOR_TEXT = 8
+SMALL_PART_SHARE = 0.05
+
+
 def find_objects(bgr: np.ndarray, min_area_share: float = 0.0005) -> list[dict[str, Any]]:
-    """Every significant object in the image, largest first, with its measurements."""
+    """Every significant shape object in the image, largest first, with its measurements."""
+    return analyse(bgr, min_area_share).objects
+
+
+def analyse(bgr: np.ndarray, min_area_share: float = 0.0005) -> Findings:
+    """Objects and text-like marks: foreground against the local background, text told apart by its
+    sparse ink, touching objects split apart (watershed on the distance transform), parts nested in a
+    larger object merged into it."""
     h, w = bgr.shape[:2]
     image_area = float(h * w)
-    mask, dist = foreground_mask(bgr)
+    mask, dist, ink = _foreground(bgr)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     min_area = max(min_area_share * image_area, 16.0)
-    rgb = bgr[:, :, ::-1]
-    found = []
-    for c in contours:
-        if cv2.contourArea(c) < min_area:
-            continue
+    parts = [c for c in contours if cv2.contourArea(c) >= min_area]
+    marks = text_marks(parts, ink, image_area)
+    pieces: list[np.ndarray] = []
+    for i, c in enumerate(parts):
+        if i not in marks:
+            pieces.extend(split_touching(c, min_area))
+    outlines = []
+    for c in pieces:
         c = _refine(c, dist, h, w)
         if c is None or cv2.contourArea(c) < min_area:
             continue
         x, y, bw, bh = cv2.boundingRect(c)
         if bw * bh >= 0.98 * image_area:  # the frame of the picture itself
             continue
-        shape, vertices = classify_shape(c)
-        obj_mask = np.zeros((bh, bw), np.uint8)
-        cv2.drawContours(obj_mask, [c - [x, y]], -1, 255, thickness=cv2.FILLED)
-        area = float(cv2.countNonZero(obj_mask))  # pixels covered, not the polygon's smaller area
-        # Erode so anti-aliased edges do not tint the colour.
-        inner = cv2.erode(obj_mask, np.ones((5, 5), np.uint8)) if min(bw, bh) > 12 else obj_mask
-        pixels = rgb[y : y + bh, x : x + bw][inner > 0]
-        mean = np.median(pixels, axis=0) if len(pixels) else np.zeros(3)
-        m = cv2.moments(c)
-        cx = m["m10"] / m["m00"] if m["m00"] else x + bw / 2
-        cy = m["m01"] / m["m00"] if m["m00"] else y + bh / 2
-        found.append(
-            {
-                "shape": shape,
-                "vertices": vertices,
-                "bbox": [x, y, x + bw, y + bh],
-                "width": bw,
-                "height": bh,
-                "area": round(area, 1),
-                "share": round(area / image_area, 5),
-                "aspect_ratio": round(bw / bh, 3) if bh else None,
-                "colour": colour_name(tuple(mean)),
-                "rgb": [int(v) for v in mean],
-                "centre": [round(cx, 1), round(cy, 1)],
-            }
-        )
+        outlines.append(c)
+    rgb = bgr[:, :, ::-1]
+    found = [_measure(c, rgb, image_area) for c in merge_nested(outlines, h, w)]
     found.sort(key=lambda o: -o["area"])
     for i, o in enumerate(found, 1):
         o["id"] = i
-    return found
+    mark_boxes = []
+    for i in sorted(marks):
+        x, y, bw, bh = cv2.boundingRect(parts[i])
+        mark_boxes.append([x, y, x + bw, y + bh])
+    return Findings(found, mark_boxes)
+
+
+def text_marks(parts: list[np.ndarray], ink: np.ndarray, image_area: float) -> set[int]:
+    """Indexes of the parts that are text-like marks (none unless the image reads as text)."""
+    small, share = [], {}
+    for i, c in enumerate(parts):
+        x, y, bw, bh = cv2.boundingRect(c)
+        hull = np.zeros((bh, bw), np.uint8)
+        cv2.drawContours(hull, [cv2.convexHull(c) - [x, y]], -1, 255, thickness=cv2.FILLED)
+        share[i] = cv2.countNonZero(hull & ink[y : y + bh, x : x + bw]) / max(cv2.countNonZero(hull), 1)
+        if cv2.contourArea(c) < SMALL_PART_SHARE * image_area:
+            small.append(i)
+    if len(small) < MIN_MARKS_FOR_TEXT or float(np.median([share[i] for i in small])) >= TEXT_INK_SHARE:
+        return set()
+    return set(small) | {i for i, s in share.items() if s < MARK_INK_SHARE}
+
+
+def _measure(c: np.ndarray, rgb: np.ndarray, image_area: float) -> dict[str, Any]:
+    """One object's box, pixel area, share, aspect, shape, colour and centre."""
+    x, y, bw, bh = cv2.boundingRect(c)
+    shape, vertices = classify_shape(c)
+    obj_mask = np.zeros((bh, bw), np.uint8)
+    cv2.drawContours(obj_mask, [c - [x, y]], -1, 255, thickness=cv2.FILLED)
+    area = float(cv2.countNonZero(obj_mask))  # pixels covered, not the polygon's smaller area
+    # Erode so anti-aliased edges do not tint the colour.
+    inner = cv2.erode(obj_mask, np.ones((5, 5), np.uint8)) if min(bw, bh) > 12 else obj_mask
+    pixels = rgb[y : y + bh, x : x + bw][inner > 0]
+    mean = np.median(pixels, axis=0) if len(pixels) else np.zeros(3)
+    m = cv2.moments(c)
+    cx = m["m10"] / m["m00"] if m["m00"] else x + bw / 2
+    cy = m["m01"] / m["m00"] if m["m00"] else y + bh / 2
+    return {
+        "shape": shape,
+        "vertices": vertices,
+        "bbox": [x, y, x + bw, y + bh],
+        "width": bw,
+        "height": bh,
+        "area": round(area, 1),
+        "share": round(area / image_area, 5),
+        "aspect_ratio": round(bw / bh, 3) if bh else None,
+        "colour": colour_name(tuple(mean)),
+        "rgb": [int(v) for v in mean],
+        "centre": [round(cx, 1), round(cy, 1)],
+    }
+
+
+# Watershed splits a component only where it is two or more round-ish bodies joined by a neck: every part
+# must be this convex (coins, cups, pebbles); a horse's legs or a hand's fingers stay one object.
+SPLIT_MIN_SOLIDITY = 0.85
+SPLIT_PEAK = 0.6  # markers: where the distance to the edge is above this share of the component's peak
+
+
+def split_touching(contour: np.ndarray, min_area: float) -> list[np.ndarray]:
+    """Touching objects apart: watershed on the distance transform from one marker per thick core.
+
+    A convex component is one object; a split stands only when every part is convex and large enough."""
+    area = cv2.contourArea(contour)
+    hull = cv2.contourArea(cv2.convexHull(contour))
+    if not hull or area / hull > 0.92:
+        return [contour]
+    x, y, bw, bh = cv2.boundingRect(contour)
+    comp = np.zeros((bh + 2, bw + 2), np.uint8)
+    cv2.drawContours(comp, [contour - [x - 1, y - 1]], -1, 255, thickness=cv2.FILLED)
+    dt = cv2.distanceTransform(comp, cv2.DIST_L2, 5)
+    peaks = (dt >= SPLIT_PEAK * dt.max()).astype(np.uint8)
+    n, markers = cv2.connectedComponents(peaks)
+    if n <= 2:
+        return [contour]
+    markers = markers + 1  # 1 = outside, 2.. = cores, 0 = to be decided
+    markers[(comp > 0) & (peaks == 0)] = 0
+    relief = cv2.cvtColor(255 - cv2.normalize(dt, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    labels = cv2.watershed(relief, markers.astype(np.int32))
+    parts = []
+    for k in range(2, n + 1):
+        part = ((labels == k) & (comp > 0)).astype(np.uint8) * 255
+        cs, _ = cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        if not cs:
+            return [contour]
+        c = max(cs, key=cv2.contourArea)
+        a = cv2.contourArea(c)
+        h_area = cv2.contourArea(cv2.convexHull(c))
+        if a < min_area or not h_area or a / h_area < SPLIT_MIN_SOLIDITY:
+            return [contour]
+        parts.append(c + [x - 1, y - 1])
+    return parts
+
+
+NESTED_SHARE = 0.5  # a part at least half inside a larger object's convex hull belongs to it
+# A small part (under a quarter of the object) this close to it (share of the object's longer side) is a
+# piece of it cut off by a background-coloured band, like a white cup rim on a white page.
+NEAR_GAP = 0.05
+NEAR_AREA = 0.25
+
+
+def merge_nested(outlines: list[np.ndarray], h: int, w: int) -> list[np.ndarray]:
+    """Parts lying mostly inside a larger object's convex hull, or small and right next to it, join it (a
+    white cup's inside and rim on a saucer, a label on a bottle): one thing, measured once."""
+    groups: list[list[np.ndarray]] = []
+    for c in sorted(outlines, key=cv2.contourArea, reverse=True):
+        for g in groups:
+            if _belongs(c, g):
+                g.append(c)
+                break
+        else:
+            groups.append([c])
+    return [g[0] if len(g) == 1 else _join(g, h, w) for g in groups]
+
+
+def _belongs(part: np.ndarray, group: list[np.ndarray]) -> bool:
+    """Whether ``part`` is inside the group's hull (by half its pixels) or a small piece next to it."""
+    pts = np.vstack(group + [part])
+    x, y, bw, bh = cv2.boundingRect(pts)
+    own = np.zeros((bh, bw), np.uint8)
+    cv2.drawContours(own, [part - [x, y]], -1, 255, thickness=cv2.FILLED)
+    hull = np.zeros_like(own)
+    cv2.drawContours(hull, [cv2.convexHull(np.vstack(group)) - [x, y]], -1, 255, thickness=cv2.FILLED)
+    total = max(cv2.countNonZero(own), 1)
+    if cv2.countNonZero(hull & own) >= NESTED_SHARE * total:
+        return True
+    gx, gy, gw, gh = cv2.boundingRect(np.vstack(group))
+    if cv2.contourArea(part) > NEAR_AREA * sum(cv2.contourArea(c) for c in group):
+        return False
+    body = np.zeros_like(own)
+    cv2.drawContours(body, [c - [x, y] for c in group], -1, 255, thickness=cv2.FILLED)
+    gap = cv2.distanceTransform(255 - body, cv2.DIST_L2, 3)[own > 0].min()
+    return float(gap) <= NEAR_GAP * max(gw, gh)
+
+
+def _join(parts: list[np.ndarray], h: int, w: int) -> np.ndarray:
+    """One outline around several parts: filled, closed over the gaps between them, holes filled."""
+    x, y, bw, bh = cv2.boundingRect(np.vstack(parts))
+    pad = max(3, int(NEAR_GAP * max(bw, bh))) + 2
+    canvas = np.zeros((bh + 2 * pad, bw + 2 * pad), np.uint8)
+    cv2.drawContours(canvas, [parts[0] - [x - pad, y - pad]], -1, 255, thickness=cv2.FILLED)
+    for p in parts[1:]:
+        part = np.zeros_like(canvas)
+        cv2.drawContours(part, [p - [x - pad, y - pad]], -1, 255, thickness=cv2.FILLED)
+        # Close exactly the band between this part and what is joined so far, no wider.
+        gap = int(np.ceil(cv2.distanceTransform(255 - canvas, cv2.DIST_L2, 3)[part > 0].min()))
+        canvas |= part
+        if gap > 0:
+            k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 3, 2 * gap + 3))
+            canvas = cv2.morphologyEx(canvas, cv2.MORPH_CLOSE, k)
+    cs, _ = cv2.findContours(canvas, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    best = max(cs, key=cv2.contourArea) + [x - pad, y - pad]
+    best[:, :, 0] = np.clip(best[:, :, 0], 0, w - 1)
+    best[:, :, 1] = np.clip(best[:, :, 1], 0, h - 1)
+    return best
 
 
 MIN_OBJECT_CONTRAST = 12.0  # Lab units: faint smudges stay below, drawn or printed things above
 # Share of an object's contrast its outline must climb per pixel: drawn shapes measure 0.18-0.25, a soft
 # stain on a noisy background 0.065.
 EDGE_SLOPE = 0.12
+# Only faint objects face that test (stains measure 12-16 Lab units): a motion-blurred clock (67) or a cup's
+# shaded inside (104) has a soft edge and is still a thing.
+STAIN_LEVEL = 30.0
 
 
 def _refine(contour: np.ndarray, dist: np.ndarray, h: int, w: int) -> np.ndarray | None:
@@ -682,7 +911,8 @@ def _refine(contour: np.ndarray, dist: np.ndarray, h: int, w: int) -> np.ndarray
     near = cv2.dilate(comp, np.ones((3, 3), np.uint8))
     refined = ((region > 0.5 * level) & (near > 0)).astype(np.uint8) * 255
     refined = cv2.morphologyEx(refined, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    cs, _ = cv2.findContours(refined, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    # Every outline point (not just a rectangle's four corners) is needed for the edge test below.
+    cs, _ = cv2.findContours(refined, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     if not cs:
         return None
     best = max(cs, key=cv2.contourArea)
@@ -695,46 +925,11 @@ def _refine(contour: np.ndarray, dist: np.ndarray, h: int, w: int) -> np.ndarray
     # Points on the picture's border have no outside to compare with.
     gx_abs, gy_abs = pts[:, 0] + x0, pts[:, 1] + y0
     pts = pts[(gx_abs > 0) & (gy_abs > 0) & (gx_abs < w - 1) & (gy_abs < h - 1)]
-    if len(pts):
+    if len(pts) and level < STAIN_LEVEL:
         slope = float(np.median(np.hypot(gx[pts[:, 1], pts[:, 0]], gy[pts[:, 1], pts[:, 0]])))
         if slope < EDGE_SLOPE * level:
             return None
     return best + [x0, y0]
-
-
-def ratios_between(objects: list[dict[str, Any]], top: int = 3) -> list[dict[str, Any]]:
-    """Area, width and height ratios between each pair of the ``top`` largest objects."""
-    out = []
-    big = objects[:top]
-    for i in range(len(big)):
-        for j in range(i + 1, len(big)):
-            a, b = big[i], big[j]
-            out.append(
-                {
-                    "a": a["id"],
-                    "b": b["id"],
-                    "area_ratio": round(a["area"] / b["area"], 3) if b["area"] else None,
-                    "width_ratio": round(a["width"] / b["width"], 3) if b["width"] else None,
-                    "height_ratio": round(a["height"] / b["height"], 3) if b["height"] else None,
-                }
-            )
-    return out
-
-
-def placement(obj: dict[str, Any], w: int, h: int) -> dict[str, Any]:
-    """Where an object sits: its rule-of-thirds cell, a name for it, offset from the centre."""
-    cx, cy = obj["centre"]
-    col, row = min(int(cx / w * 3), 2), min(int(cy / h * 3), 2)
-    names_r, names_c = ("top", "middle", "bottom"), ("left", "centre", "right")
-    name = "centre" if (row, col) == (1, 1) else f"{names_r[row]} {names_c[col]}".replace("middle ", "")
-    return {
-        "object": obj["id"],
-        "centre": [cx, cy],
-        "thirds_cell": [row, col],
-        "placement": name,
-        "offset_from_centre": [round(cx / w - 0.5, 3), round(cy / h - 0.5, 3)],
-        "share": obj["share"],
-    }
 
 
 def image_facts(image: DecodedImage) -> dict[str, Any]:

@@ -6,6 +6,7 @@ All models are plain pydantic: JSON in and out, the same over HTTP.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -87,7 +88,11 @@ class ImageAnalysis(Findings):
         """Merge several experts' results on one image; later experts add to, never erase, earlier ones."""
         merged = cls(image_id=image_id, index=index, width=width, height=height, results=list(results))
         full_texts: list[str] = []
+        text_boxes = [_line_box(t) for r in results if not r.error and not _is_contours(r) for t in r.text]
         for r in results:
+            if text_boxes and _is_contours(r) and not r.error:
+                # Letters found by OCR are not shapes: the contours inside its text boxes are left out.
+                r = without_shapes_in(r, [b for b in text_boxes if b])
             key = r.expert if not r.args else f"{r.expert}({_args_label(r.args)})"
             merged.timing_ms[key] = round(r.timing_ms, 1)
             if r.error:
@@ -108,6 +113,106 @@ class ImageAnalysis(Findings):
         if full_texts:
             merged.full_text = "\n".join(full_texts)
         return merged
+
+
+# A contour whose box lies this much inside OCR text boxes is a letter or a word, not a shape.
+INSIDE_TEXT_SHARE = 0.6
+
+
+def _is_contours(r: ExpertResult) -> bool:
+    """A ``detect`` result in contours or measure mode (labelled detections such as faces or QR codes are not)."""
+    return r.expert == "detect" and r.attributes.get("mode") in ("contours", "measure")
+
+
+def _line_box(t: TextLine) -> list[float] | None:
+    if len(t.bbox) == 4:
+        return list(t.bbox)
+    if t.box:
+        xs, ys = [p[0] for p in t.box], [p[1] for p in t.box]
+        return [min(xs), min(ys), max(xs), max(ys)]
+    return None
+
+
+def _inside_share(box: list[float], text_boxes: list[list[float]]) -> float:
+    """How much of ``box`` the text boxes cover (their overlaps with it summed, capped at 1)."""
+    area = max(box[2] - box[0], 0) * max(box[3] - box[1], 0)
+    if not area:
+        return 0.0
+    covered = 0.0
+    for t in text_boxes:
+        iw = min(box[2], t[2]) - max(box[0], t[0])
+        ih = min(box[3], t[3]) - max(box[1], t[1])
+        if iw > 0 and ih > 0:
+            covered += iw * ih
+    return min(covered / area, 1.0)
+
+
+def without_shapes_in(r: ExpertResult, text_boxes: list[list[float]]) -> ExpertResult:
+    """A contours/measure ``detect`` result without the objects lying inside OCR text boxes, its counts,
+    labels, boxes, ratios and subject recomputed from what remains."""
+    m = r.measurements
+    objs = m.get("objects", [])
+    dropped = [o for o in objs if _inside_share(o["bbox"], text_boxes) >= INSIDE_TEXT_SHARE]
+    if not dropped:
+        return r
+    gone = {tuple(o["bbox"]) for o in dropped}
+    kept = [o for o in objs if tuple(o["bbox"]) not in gone]
+    counts = Counter(o["shape"] for o in kept)
+    total = int(m.get("count", len(objs))) - len(dropped)
+    size = m.get("image") or {}
+    new_m = {**m, "count": total, "counts": dict(counts), "objects": kept, "ratios": ratios_between(kept)}
+    new_m["inside_text"] = len(dropped)
+    new_m.pop("subject", None)
+    attrs = {**r.attributes, "object_count": total}
+    attrs.pop("subject_placement", None)
+    if kept and size.get("width") and size.get("height"):
+        new_m["subject"] = placement(kept[0], size["width"], size["height"])
+        attrs["subject_placement"] = new_m["subject"]["placement"]
+    marks = [x for x in r.objects if "text-like marks" in x]
+    if r.attributes.get("mode") == "measure":
+        # One label per listed object, in the objects' order.
+        shape_labels = [x for x in r.objects if x not in marks]
+        labels = [x for x, o in zip(shape_labels, objs, strict=False) if tuple(o["bbox"]) not in gone]
+    else:
+        labels = [f"{n} {shape}{'' if n == 1 else 's'}" for shape, n in counts.most_common()]
+    labels = marks + labels
+    bbox = [b for b in r.bbox if (b.x1, b.y1, b.x2, b.y2) not in gone]
+    return r.model_copy(update={"objects": labels, "bbox": bbox, "measurements": new_m, "attributes": attrs})
+
+
+def ratios_between(objects: list[dict[str, Any]], top: int = 3) -> list[dict[str, Any]]:
+    """Area, width and height ratios between each pair of the ``top`` largest objects."""
+    out = []
+    big = objects[:top]
+    for i in range(len(big)):
+        for j in range(i + 1, len(big)):
+            a, b = big[i], big[j]
+            out.append(
+                {
+                    "a": a["id"],
+                    "b": b["id"],
+                    "area_ratio": round(a["area"] / b["area"], 3) if b["area"] else None,
+                    "width_ratio": round(a["width"] / b["width"], 3) if b["width"] else None,
+                    "height_ratio": round(a["height"] / b["height"], 3) if b["height"] else None,
+                }
+            )
+    return out
+
+
+def placement(obj: dict[str, Any], w: int, h: int) -> dict[str, Any]:
+    """Where an object sits: its rule-of-thirds cell, a name for it, offset from the centre."""
+    cx, cy = obj["centre"]
+    col, row = min(int(cx / w * 3), 2), min(int(cy / h * 3), 2)
+    names_r, names_c = ("top", "middle", "bottom"), ("left", "centre", "right")
+    name = "centre" if (row, col) == (1, 1) else f"{names_r[row]} {names_c[col]}".replace("middle ", "")
+    return {
+        "object": obj["id"],
+        "centre": [cx, cy],
+        "thirds_cell": [row, col],
+        "placement": name,
+        "offset_from_centre": [round(cx / w - 0.5, 3), round(cy / h - 0.5, 3)],
+        "share": obj["share"],
+    }
 
 
 def _args_label(args: dict[str, Any]) -> str:

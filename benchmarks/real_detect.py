@@ -1,0 +1,308 @@
+"""The ``detect`` expert on real images, next to OpenCV's plain contour recipe, in one run.
+
+The set (tests/data/real/detect/truth.json) is built in memory from photos and scans that ship inside
+scikit-image (no download): coins, a horse silhouette, a clock, a coffee cup, the cameraman, a book
+page and handwriting, plus real objects cut out of those photos and placed on white e-commerce canvases
+(with shadow, uneven light, vignette and JPEG variants). Truth: counted by eye, boxes by eye or by
+construction; truth.json says which for each image.
+
+The raw engine is OpenCV at its defaults: grey image, one global Otsu threshold (``cv2.threshold`` with
+``THRESH_OTSU``; inverted when the picture's border comes out white, i.e. objects darker than the
+background), ``cv2.findContours`` with ``RETR_EXTERNAL``, and the expert's own minimum area (0.05% of the
+image) so that both count the same things.
+
+Per image: objects found (expert / raw / truth), count error, mean best-match box IoU over the true boxes,
+the largest object's share of the image where the truth has one, and ms per image (each timed on the
+same decoded image, interleaved, best of ``--repeats``).
+
+    .venv/bin/python benchmarks/real_detect.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experts.detect import DetectExpert  # noqa: E402
+from experts.images import DecodedImage, decode_image  # noqa: E402
+
+TRUTH = Path(__file__).resolve().parents[1] / "tests" / "data" / "real" / "detect" / "truth.json"
+MIN_AREA_SHARE = 0.0005  # the expert's default: what counts as an object for both sides
+
+
+@dataclass
+class RealImage:
+    """One real image with its truth: ``count`` objects, their ``boxes`` and, for products, ``share``."""
+
+    name: str
+    kind: str  # photo | text | product
+    data: bytes
+    count: int
+    boxes: list[list[float]] = field(default_factory=list)
+    share: float | None = None
+    source: str = ""
+
+
+# --- the set ---------------------------------------------------------------------------------------
+def build_set() -> list[RealImage]:
+    """Every image of truth.json, built from ``skimage.data`` (raises ImportError without scikit-image)."""
+    from skimage import data as sk
+
+    truth = json.loads(TRUTH.read_text(encoding="utf-8"))
+    out: list[RealImage] = []
+    for p in truth["photos"]:
+        rgb = getattr(sk, p["name"])()
+        if rgb.dtype == bool:
+            rgb = rgb.astype(np.uint8) * 255
+        if rgb.ndim == 2:
+            rgb = np.stack([rgb] * 3, axis=-1)
+        kind = "text" if p.get("text") else "photo"
+        out.append(RealImage(p["name"], kind, _png(rgb), p["count"], p.get("boxes", []), None, p["source"]))
+    for p in truth["products"]:
+        rgb, masks = _product(sk, p)
+        boxes, area = [], 0
+        for m in masks:
+            ys, xs = np.nonzero(m)
+            boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+            area = max(area, int(m.sum()))
+        looks = p.get("look", [])
+        blob = _jpeg(rgb, 75) if "jpeg" in looks else _png(rgb)
+        share = round(area / float(rgb.shape[0] * rgb.shape[1]), 4)
+        out.append(RealImage(p["name"], "product", blob, len(masks), boxes, share, p["source"]))
+    return out
+
+
+def _ellipse_mask(shape: tuple[int, int], ellipses: list[tuple[tuple[int, int], tuple[int, int]]]) -> np.ndarray:
+    m = np.zeros(shape, np.uint8)
+    for centre, axes in ellipses:
+        cv2.ellipse(m, centre, axes, 0, 0, 360, 255, -1)
+    return m
+
+
+def _cutout(rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    return rgb[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+
+
+def _product(sk: Any, p: dict[str, Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A white canvas with real cut-out objects on it; the truth masks of the pasted objects."""
+    cw, ch = p["canvas"]
+    canvas = np.full((ch, cw, 3), 255.0, np.float32)
+    coins = np.stack([sk.coins()] * 3, axis=-1)
+    cut = p["cutout"]
+    # (object RGB, its mask, scale or None for "scale to the share", top-left or None for centred)
+    pieces: list[tuple[np.ndarray, np.ndarray, float | None, tuple[int, int] | None]] = []
+    if cut == "coffee":
+        rgb = sk.coffee()
+        mask = _ellipse_mask(rgb.shape[:2], [((278, 229), (203, 161)), ((291, 110), (119, 93))])
+        pieces.append((*_cutout(rgb, mask), None, None))
+    elif cut == "coffee-print":
+        w, h = p["size"]
+        rgb = cv2.resize(np.rot90(sk.coffee()), (w, h), interpolation=cv2.INTER_AREA)
+        pieces.append((rgb, np.full((h, w), 255, np.uint8), 1.0, None))
+    elif cut == "horse":
+        mask = (~sk.horse()).astype(np.uint8) * 255
+        rgb = np.zeros((*mask.shape, 3), np.uint8) + np.array([70, 50, 35], np.uint8)
+        pieces.append((*_cutout(rgb, mask), None, None))
+    elif cut == "coin":
+        pieces.append((*_cutout(coins, _ellipse_mask(coins.shape[:2], [((347, 187), (32, 32))])), None, None))
+    elif cut == "three-coins":
+        for (cx, cy, r), scale, at in (
+            ((347, 187, 32), 5.0, (80, 150)),
+            ((335, 44, 29), 3.5, (560, 120)),
+            ((46, 260, 28), 2.5, (820, 480)),
+        ):
+            pieces.append((*_cutout(coins, _ellipse_mask(coins.shape[:2], [((cx, cy), (r, r))])), scale, at))
+    else:
+        raise ValueError(f"unknown cutout {cut!r}")
+    looks = p.get("look", [])
+    masks = []
+    for rgb, mask, scale, at in pieces:
+        if scale is None:
+            scale = float(np.sqrt(p["share"] * cw * ch / float((mask > 127).sum())))
+        size = (int(round(mask.shape[1] * scale)), int(round(mask.shape[0] * scale)))
+        obj = cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        alpha = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+        x0, y0 = at if at else ((cw - size[0]) // 2, (ch - size[1]) // 2)
+        full = np.zeros((ch, cw), np.float32)
+        full[y0 : y0 + size[1], x0 : x0 + size[0]] = alpha
+        if "shadow" in looks:
+            shift = np.roll(np.roll(full, 25, axis=0), 25, axis=1)
+            shade = cv2.GaussianBlur(shift, (31, 31), 0) * 0.35
+            canvas *= (1.0 - shade)[..., None]
+        region = canvas[y0 : y0 + size[1], x0 : x0 + size[0]]
+        a = alpha[..., None]
+        canvas[y0 : y0 + size[1], x0 : x0 + size[0]] = a * np.clip(obj, 0, 255) + (1 - a) * region
+        masks.append(full > 0.5)
+    if "uneven" in looks:
+        canvas *= np.linspace(1.0, 0.85, cw, dtype=np.float32)[None, :, None]
+    if "vignette" in looks:
+        yy, xx = np.mgrid[0:ch, 0:cw].astype(np.float32)
+        r2 = ((xx - cw / 2) / (cw / 2)) ** 2 + ((yy - ch / 2) / (ch / 2)) ** 2
+        canvas *= (1.0 - 0.1 * r2)[..., None]
+    return np.clip(canvas, 0, 255).astype(np.uint8), masks
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    assert ok
+    return buf.tobytes()
+
+
+def _jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
+# --- the two sides ---------------------------------------------------------------------------------
+def raw_engine(bgr: np.ndarray) -> list[list[float]]:
+    """OpenCV's plain recipe: Otsu on grey, external contours, boxes of those above the minimum area."""
+    h, w = bgr.shape[:2]
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    _, mask = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+    if border.mean() > 127:  # the background came out white: the objects are the dark side
+        mask = 255 - mask
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    min_area = MIN_AREA_SHARE * h * w
+    boxes = []
+    for c in contours:
+        if cv2.contourArea(c) >= min_area:
+            x, y, bw, bh = cv2.boundingRect(c)
+            boxes.append([x, y, x + bw, y + bh])
+    return boxes
+
+
+def expert_boxes(expert: DetectExpert, image: DecodedImage, mode: str = "contours") -> tuple[list[list[float]], Any]:
+    """The expert's object boxes (labelled shapes only) and its whole result."""
+    r = expert.analyze(image, {"mode": mode})
+    return [[b.x1, b.y1, b.x2, b.y2] for b in r.bbox], r
+
+
+# --- scoring ---------------------------------------------------------------------------------------
+def iou(a: list[float], b: list[float]) -> float:
+    """Intersection over union of two [x1, y1, x2, y2] boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def mean_best_iou(truth: list[list[float]], found: list[list[float]]) -> float | None:
+    """For each true box the best IoU with any found box, averaged (None when there is no true box)."""
+    if not truth:
+        return None
+    return float(np.mean([max((iou(t, f) for f in found), default=0.0) for t in truth]))
+
+
+@dataclass
+class Row:
+    """One image's figures for both sides."""
+
+    name: str
+    kind: str
+    truth: int
+    expert_n: int
+    raw_n: int
+    expert_iou: float | None
+    raw_iou: float | None
+    expert_ms: float
+    raw_ms: float
+    truth_share: float | None = None
+    expert_share: float | None = None
+    text_marks: bool = False
+
+
+def measure(images: list[RealImage] | None = None, repeats: int = 3) -> list[Row]:
+    """Run both sides on every image (interleaved, best of ``repeats`` for time)."""
+    images = build_set() if images is None else images
+    expert = DetectExpert()
+    rows = []
+    for im in images:
+        decoded = decode_image(im.data)
+        bgr = decoded.bgr()
+        mode = "measure" if im.kind == "product" else "contours"
+        e_ms, r_ms = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            e_boxes, result = expert_boxes(expert, decoded, mode)
+            t1 = time.perf_counter()
+            r_boxes = raw_engine(bgr)
+            t2 = time.perf_counter()
+            e_ms.append((t1 - t0) * 1000)
+            r_ms.append((t2 - t1) * 1000)
+        objs = result.measurements.get("objects", [])
+        rows.append(
+            Row(
+                name=im.name,
+                kind=im.kind,
+                truth=im.count,
+                expert_n=int(result.measurements["count"]),
+                raw_n=len(r_boxes),
+                expert_iou=mean_best_iou(im.boxes, e_boxes),
+                raw_iou=mean_best_iou(im.boxes, r_boxes),
+                expert_ms=min(e_ms),
+                raw_ms=min(r_ms),
+                truth_share=im.share,
+                expert_share=objs[0]["share"] if objs and im.share is not None else None,
+                text_marks=result.attributes.get("content") == "text-like marks",
+            )
+        )
+    return rows
+
+
+def table(rows: list[Row]) -> list[str]:
+    """The markdown table: per image and overall."""
+
+    def f(v: float | None, fmt: str = "{:.2f}") -> str:
+        return "-" if v is None else fmt.format(v)
+
+    lines = [
+        "| image | kind | truth | expert n | raw n | expert IoU | raw IoU | share truth / expert "
+        "| expert ms | raw ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        n_e = f"{r.expert_n}" + (" + text-like marks" if r.text_marks else "")
+        share = f"{f(r.truth_share, '{:.1%}')} / {f(r.expert_share, '{:.1%}')}" if r.truth_share else "-"
+        lines.append(
+            f"| {r.name} | {r.kind} | {r.truth} | {n_e} | {r.raw_n} | {f(r.expert_iou)} | {f(r.raw_iou)} "
+            f"| {share} | {r.expert_ms:.0f} | {r.raw_ms:.1f} |"
+        )
+    e_err = np.mean([abs(r.expert_n - r.truth) for r in rows])
+    r_err = np.mean([abs(r.raw_n - r.truth) for r in rows])
+    e_hit = sum(r.expert_n == r.truth for r in rows)
+    r_hit = sum(r.raw_n == r.truth for r in rows)
+    e_iou = [r.expert_iou for r in rows if r.expert_iou is not None]
+    r_iou = [r.raw_iou for r in rows if r.raw_iou is not None]
+    lines.append(
+        f"| **overall** ({len(rows)} images) | | | exact {e_hit}/{len(rows)}, mean error {e_err:.2f} "
+        f"| exact {r_hit}/{len(rows)}, mean error {r_err:.2f} | {np.mean(e_iou):.2f} | {np.mean(r_iou):.2f} "
+        f"| | {np.mean([r.expert_ms for r in rows]):.0f} | {np.mean([r.raw_ms for r in rows]):.1f} |"
+    )
+    return lines
+
+
+def run(argv: list[str] | None = None) -> list[str]:
+    """Build the set, measure both sides and return the table lines."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3, help="timing repeats per image (best is kept)")
+    args = ap.parse_args(argv)
+    return table(measure(repeats=max(1, args.repeats)))
+
+
+if __name__ == "__main__":
+    print("\n".join(run()))
