@@ -120,6 +120,8 @@ class Settings(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="Ollama model that answers")
     ollama_host: str | None = Field(None, description="Ollama address; default OLLAMA_HOST, else 127.0.0.1:11434")
     max_rounds: int = Field(2, ge=0, le=8, description="expert rounds per message (LLM turns <= rounds + 1)")
+    max_tags_per_reply: int = Field(8, ge=1, description="expert requests (tags, tool calls) run per model reply")
+    max_expert_runs: int = Field(8, ge=1, description="expert runs per message; the rest are skipped and reported")
     fallback: list[str] = Field(
         default_factory=lambda: ["ocr", "detect"],
         description="experts run when images are attached but neither keywords nor the model asked; [] = none",
