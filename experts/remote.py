@@ -5,6 +5,9 @@ Configure it with a ``url`` setting on any expert (``registry.configure("caption
 url="http://gpu-box:8790")``), or register a service whose expert is not installed locally with
 ``registry.add_remote("caption", "http://gpu-box:8790")``.
 
+A service started with ``--token`` needs the same ``token`` setting here (sent as
+``Authorization: Bearer <token>``).
+
 Timeouts are bounded (``connect_timeout``, default 3 s; ``timeout`` for the answer, default 120 s).
 Only failures to connect are retried (``retries``, default 2, with a short backoff): a request the
 service may have started is never sent twice. Every failure becomes an
@@ -51,9 +54,12 @@ class RemoteExpert(Expert):
     """
 
     Args = AnyArgs
+    # max_side stays None: the original bytes go to the service, which downscales on its side and
+    # answers in original pixels.
     # Set on the classes :func:`remote_expert_class` makes for remote-only experts.
     service_url: ClassVar[str | None] = None
     service_info: ClassVar[dict[str, Any] | None] = None
+    service_token: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -64,9 +70,11 @@ class RemoteExpert(Expert):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        token: str | None = None,
         **config: Any,
     ) -> None:
         super().__init__(**config)
+        self.token = token or type(self).service_token
         self.name = name or type(self).name  # type: ignore[misc]
         base_url = url or type(self).service_url
         if not self.name or not base_url:
@@ -168,6 +176,7 @@ class RemoteExpert(Expert):
                 self._client = httpx.Client(
                     base_url=self.url,
                     timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+                    headers={"Authorization": f"Bearer {self.token}"} if self.token else None,
                     trust_env=False,  # a service URL is explicit: no proxies from the environment
                 )
             return self._client
@@ -199,6 +208,9 @@ class RemoteExpert(Expert):
                 raise ExpertError(f"{where} failed: {_reason(exc)}") from None
         if resp.status_code < 400:
             return resp
+        if resp.status_code == 401:
+            raise ExpertError(f"{where} refused the request: "
+                              + ("wrong token" if self.token else "it needs a token (set token= for this expert)"))
         try:
             body = resp.json()
             message, kind = str(body["error"]), str(body.get("type") or "ExpertError")
@@ -217,11 +229,12 @@ def remote_expert_class(
     *,
     aliases: tuple[str, ...] = (),
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    token: str | None = None,
 ) -> type[RemoteExpert]:
     """A :class:`RemoteExpert` subclass for an expert known only as a service, so it can be
     registered like any expert class. Its info is fetched now if the service answers, else on
     first use."""
-    probe = RemoteExpert(name, url, connect_timeout=connect_timeout, retries=0)
+    probe = RemoteExpert(name, url, connect_timeout=connect_timeout, retries=0, token=token)
     probe.close()
     info = probe._info
     found = tuple(info.get("aliases") or ()) if info else ()
@@ -232,13 +245,15 @@ def remote_expert_class(
         "positional": (info or {}).get("positional"),
         "service_url": url,
         "service_info": info,
+        "service_token": token,
     }
     cls = type(f"Remote{name.title().replace('-', '')}Expert", (RemoteExpert,), ns)
 
     def args_schema(klass: type[RemoteExpert]) -> dict[str, Any]:
         if klass.service_info is None:
             try:
-                klass.service_info = RemoteExpert(name, url, connect_timeout=connect_timeout, retries=0)._info
+                klass.service_info = RemoteExpert(name, url, connect_timeout=connect_timeout, retries=0,
+                                                  token=token)._info
             except ExpertError:
                 pass
         schema = (klass.service_info or {}).get("args_schema")

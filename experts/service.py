@@ -6,12 +6,16 @@ Routes:
 - ``POST /v1/analyze``: JSON ``{"image": "<base64>", "args": {...}}``, or a multipart form with an
   ``image`` file and an optional ``args`` JSON field (needs ``python-multipart``) → the
   :class:`~experts.schema.ExpertResult` as JSON. Errors are ``{"error": "<one line>", "type": ...}``:
-  400 for a bad image or bad arguments, 500 when the expert fails.
+  400 for a bad image or bad arguments, 401 without the token, 413 for a body over the limit, 500
+  when the expert fails.
 - ``GET /v1/info``: name, aliases, description, args schema, engine, model, device.
-- ``GET /healthz``: ``{"status": "ok"}`` once the model is loaded (it loads before the port opens).
+- ``GET /healthz``: ``{"status": "ok", "expert": NAME}`` once the model is loaded (it loads before the
+  port opens); with a token set, a caller without it learns only ``{"status": "ok"}``.
 
-Run it with ``vision-router expert serve NAME`` or ``python -m experts.service NAME``; it binds
-127.0.0.1 unless told otherwise. Stateless: run replicas behind any load balancer.
+Run it with ``vision-router expert serve NAME`` or ``python -m experts.service NAME``. It binds
+127.0.0.1; another address needs ``--allow-remote`` (and should get a ``--token``, sent by clients as
+``Authorization: Bearer <token>``). Bodies are counted while they stream in and cut at
+``--max-body-mib``; arguments are bounded. Stateless: run replicas behind any load balancer.
 """
 
 from __future__ import annotations
@@ -29,20 +33,50 @@ from typing import Any
 
 import click
 
+from experts.access import LIVENESS, UNAUTHORIZED, check_bind_host, is_authorized, is_loopback_host
 from experts.base import Expert
 from experts.errors import ExpertError, ImageError, VisionRouterError
-from experts.images import DecodedImage, decode_base64_image, decode_image
+from experts.images import base64_bytes, decoded
 from experts.registry import Registry, default_registry
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8790
+DEFAULT_MAX_BODY_MIB = 64
+MAX_ARGS_BYTES = 16 * 1024  # JSON of an expert's arguments: a few short strings and numbers
+MAX_ERROR_CHARS = 1000  # an error line never carries a whole argument or document back
+SERVE_EXTRA_HINT = "pip install 'ollama-vision-router[serve]'"
 
 
-def create_app(expert: Expert, *, max_concurrency: int = 1) -> Any:
+class BodyTooLarge(VisionRouterError):
+    """The request body is over the limit (answered with 413)."""
+
+
+class Unauthorized(VisionRouterError):
+    """The request lacks the token (answered with 401)."""
+
+
+def require_serve_extra() -> None:
+    """Raise one line naming the extra when Starlette or uvicorn is missing."""
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise VisionRouterError(
+            f"expert serve needs {' and '.join(missing)} (the [serve] extra): {SERVE_EXTRA_HINT}"
+        )
+
+
+def create_app(
+    expert: Expert,
+    *,
+    max_concurrency: int = 1,
+    token: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_MIB * 1024 * 1024,
+) -> Any:
     """A Starlette app serving ``expert``. ``max_concurrency`` bounds simultaneous analyses (one
-    model on one device rarely gains from more; requests queue instead)."""
+    model on one device rarely gains from more; requests queue instead). With ``token``, /v1/* need
+    ``Authorization: Bearer <token>``. Bodies over ``max_body_bytes`` get 413 without being read."""
+    require_serve_extra()
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -51,37 +85,42 @@ def create_app(expert: Expert, *, max_concurrency: int = 1) -> Any:
 
     gate = asyncio.Semaphore(max(1, max_concurrency))
 
-    def error(status: int, exc: BaseException | str) -> JSONResponse:
-        if isinstance(exc, str):
-            return JSONResponse({"error": exc, "type": "ExpertError"}, status_code=status)
-        return JSONResponse({"error": _one_line(exc), "type": type(exc).__name__}, status_code=status)
+    def authorized(request: Request) -> bool:
+        return is_authorized(request.headers.get("authorization"), token)
 
     async def analyze(request: Request) -> JSONResponse:
+        if not authorized(request):
+            return error_response(401, UNAUTHORIZED, "Unauthorized")
         try:
-            image, args = await _read_request(request)
-        except (ImageError, ExpertError) as exc:
-            return error(400, exc)
-        try:
+            raw, args = await _read_request(request, max_body_bytes)
             expert.parse_args(args)
-        except ExpertError as exc:
-            return error(400, exc)
+        except BodyTooLarge as exc:
+            return error_response(413, exc)
+        except (ImageError, ExpertError) as exc:
+            return error_response(400, exc)
         async with gate:
             try:
-                result = await run_in_threadpool(expert.analyze, image, args)
+                result = await run_in_threadpool(_analyze_bytes, expert, raw, args)
+            except ImageError as exc:
+                return error_response(400, exc)
             except VisionRouterError as exc:
-                return error(500, exc)
+                return error_response(500, exc)
             except Exception as exc:  # an expert bug: one line to the caller, the traceback to our log
                 log.exception("%s failed", expert.name)
-                return error(500, f"{type(exc).__name__}: {_one_line(exc)}")
+                return error_response(500, f"{type(exc).__name__}: {_one_line(exc)}")
         return JSONResponse(result.model_dump(mode="json"))
 
     async def info(request: Request) -> JSONResponse:
+        if not authorized(request):
+            return error_response(401, UNAUTHORIZED, "Unauthorized")
         return JSONResponse(service_info(expert))
 
     async def healthz(request: Request) -> JSONResponse:
         ok = expert.loaded
-        return JSONResponse({"status": "ok" if ok else "loading", "expert": expert.name},
-                            status_code=200 if ok else 503)
+        status = 200 if ok else 503
+        if not authorized(request):  # a liveness probe without the token learns only that it is up
+            return JSONResponse(LIVENESS if ok else {"status": "loading"}, status_code=status)
+        return JSONResponse({"status": "ok" if ok else "loading", "expert": expert.name}, status_code=status)
 
     return Starlette(
         routes=[
@@ -90,6 +129,24 @@ def create_app(expert: Expert, *, max_concurrency: int = 1) -> Any:
             Route("/healthz", healthz, methods=["GET"]),
         ]
     )
+
+
+def error_response(status: int, exc: BaseException | str, kind: str | None = None) -> Any:
+    """The JSON error answer: ``{"error": "<one line, bounded>", "type": ...}``."""
+    from starlette.responses import JSONResponse
+
+    message = _one_line(exc)
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 3] + "..."
+    name = kind or (type(exc).__name__ if isinstance(exc, BaseException) else "ExpertError")
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": message, "type": name}, status_code=status, headers=headers)
+
+
+def _analyze_bytes(expert: Expert, raw: bytes, args: dict[str, Any]) -> Any:
+    # Decode and analysis both hold the image's pixels in the process budget, and free them after.
+    with decoded(raw, source="image") as image:
+        return expert.analyze(image, args)
 
 
 def service_info(expert: Expert) -> dict[str, Any]:
@@ -109,31 +166,81 @@ def service_info(expert: Expert) -> dict[str, Any]:
     return out
 
 
-async def _read_request(request: Any) -> tuple[DecodedImage, dict[str, Any]]:
-    from starlette.concurrency import run_in_threadpool
+async def _read_body(request: Any, limit: int) -> bytes:
+    """The request body, counted while it streams in: past ``limit`` bytes reading stops with
+    :class:`BodyTooLarge` (a declared Content-Length over the limit is refused before reading)."""
+    too_big = BodyTooLarge(f"request body is over the {limit / (1024 * 1024):g} MiB limit (--max-body-mib)")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
 
+
+async def _read_request(request: Any, limit: int) -> tuple[bytes, dict[str, Any]]:
+    """The image bytes and the arguments of one analyze request."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+
+    body = await _read_body(request, limit)
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
+        replayed = Request(request.scope, _replay(body))
+        del body
         try:
-            form = await request.form()
+            form = await replayed.form()
         except AssertionError:  # Starlette's way of saying python-multipart is missing
             raise ExpertError("multipart uploads need python-multipart on the service; send JSON") from None
         upload = form.get("image")
         if upload is None or isinstance(upload, str):
             raise ImageError("multipart form has no 'image' file")
         data = await upload.read()
-        args = _json_object(form.get("args") or "{}", "args")
-        return await run_in_threadpool(decode_image, data, source="image"), args
+        args = _bounded_args(_json_object(form.get("args") or "{}", "args"))
+        await form.close()
+        return data, args
+    return await run_in_threadpool(_parse_json_request, body)
+
+
+def _parse_json_request(body: bytes) -> tuple[bytes, dict[str, Any]]:
     try:
-        body = await request.json()
-    except Exception:
+        parsed = json.loads(body)
+    except ValueError:
         raise ExpertError("request body is not JSON: send {\"image\": \"<base64>\", \"args\": {...}}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("image"), str):
+    del body
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("image"), str):
         raise ImageError("request needs \"image\": a base64 string")
-    args = body.get("args") or {}
+    args = parsed.get("args") or {}
     if not isinstance(args, dict):
         raise ExpertError("\"args\" must be a JSON object")
-    return await run_in_threadpool(decode_base64_image, body["image"]), args
+    return base64_bytes(parsed.pop("image")), _bounded_args(args)
+
+
+def _bounded_args(args: dict[str, Any]) -> dict[str, Any]:
+    """Refuse oversized arguments by their size alone, without naming or echoing them."""
+    size = len(json.dumps(args, ensure_ascii=False).encode("utf-8"))
+    if size > MAX_ARGS_BYTES:
+        raise ExpertError(f"\"args\" are {size / 1024:.0f} KiB of JSON, over the {MAX_ARGS_BYTES // 1024} KiB limit")
+    return args
+
+
+def _replay(body: bytes) -> Any:
+    """An ASGI ``receive`` that hands over an already read body once."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
 def _json_object(text: Any, what: str) -> dict[str, Any]:
@@ -191,9 +298,17 @@ def serve_expert(
     max_concurrency: int = 1,
     log_level: str = "warning",
     registry: Registry | None = None,
+    allow_remote: bool = False,
+    token: str | None = None,
+    max_body_mib: int = DEFAULT_MAX_BODY_MIB,
 ) -> None:
-    """Load expert ``name`` (progress on stderr), then serve it until interrupted. Raises
-    :class:`~experts.errors.VisionRouterError` (one line) when it cannot load."""
+    """Check the address, load expert ``name`` (progress on stderr), then serve it until interrupted.
+    Raises :class:`~experts.errors.VisionRouterError` (one line) when it cannot: the [serve] extra
+    missing, a non-loopback ``host`` without ``allow_remote``, an expert that cannot load."""
+    require_serve_extra()
+    check_bind_host(host, allow_remote)
+    if not token and not is_loopback_host(host):
+        _say("warning: listening beyond loopback without --token: anyone who can reach it can use it")
     import uvicorn
 
     reg = registry or default_registry()
@@ -206,8 +321,10 @@ def serve_expert(
     expert.load()
     device = expert.status().get("device")
     _say(f"loaded {expert.name} in {time.perf_counter() - t0:.1f} s" + (f" on {device}" if device else ""))
-    _say(f"serving {expert.name} on http://{host}:{port} (POST /v1/analyze, GET /v1/info, GET /healthz)")
-    app = create_app(expert, max_concurrency=max_concurrency)
+    _say(f"serving {expert.name} on http://{host}:{port} (POST /v1/analyze, GET /v1/info, GET /healthz)"
+         + (", token required" if token else ""))
+    app = create_app(expert, max_concurrency=max_concurrency, token=token or None,
+                     max_body_bytes=max_body_mib * 1024 * 1024)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
@@ -231,8 +348,14 @@ def _parse_config(items: Iterable[str]) -> dict[str, Any]:
 
 @click.command("serve")
 @click.argument("name")
-@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to bind.")
+@click.option("--host", default=DEFAULT_HOST, show_default=True,
+              help="Address to bind (loopback unless --allow-remote).")
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port to listen on.")
+@click.option("--allow-remote", is_flag=True, help="Allow listening on a non-loopback address.")
+@click.option("--token", envvar="VISION_ROUTER_TOKEN",
+              help="Require `Authorization: Bearer TOKEN` on /v1/* (env VISION_ROUTER_TOKEN).")
+@click.option("--max-body-mib", type=click.IntRange(1, 4096), default=DEFAULT_MAX_BODY_MIB, show_default=True,
+              help="Largest request body accepted (base64 makes an image a third bigger).")
 @click.option("-c", "--config", "config_items", multiple=True, metavar="KEY=VALUE",
               help="Expert setting, e.g. -c model=ViT-B-16 -c device=cuda (repeatable).")
 @click.option("--import", "imports", multiple=True, metavar="MODULE",
@@ -241,11 +364,13 @@ def _parse_config(items: Iterable[str]) -> dict[str, Any]:
               help="Analyses run at once; more requests wait.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve_command(name, host, port, config_items, imports, max_concurrency, log_level):
+def serve_command(name, host, port, allow_remote, token, max_body_mib, config_items, imports, max_concurrency,
+                  log_level):
     """Serve expert NAME over HTTP (POST /v1/analyze, GET /v1/info, GET /healthz)."""
     try:
         serve_expert(name, host, port, _parse_config(config_items), imports=imports,
-                     max_concurrency=max_concurrency, log_level=log_level)
+                     max_concurrency=max_concurrency, log_level=log_level, allow_remote=allow_remote,
+                     token=token, max_body_mib=max_body_mib)
     except VisionRouterError as exc:
         raise click.ClickException(str(exc)) from None
 

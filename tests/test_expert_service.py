@@ -295,3 +295,128 @@ def test_tiny_caption_service(tmp_path):
         assert res.attributes["question"] == "what is the colour of the car ?"
         assert res.caption and len(res.caption.split()) <= 4
         assert httpx.get(f"{svc.url}/v1/info").json()["engine"] == "transformers BLIP-2"
+
+
+# --- hardening: body cap, bounded arguments, tokens, bind address, missing extra -----------------
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    """An echo service with a token and a 1 MiB body limit."""
+    with service("echo", "--import", "tests.service_experts", "--token", "s3cret", "--max-body-mib", "1",
+                 tmp_path=tmp_path_factory.mktemp("guarded")) as svc:
+        yield svc
+
+
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the service's RSS from /proc (Linux)")
+def test_body_over_the_limit_is_413_without_being_read(guarded):
+    before = _rss_kib(guarded.proc.pid)
+    # Declares 300 MB: refused from the header, before any of it is read.
+    with socket.create_connection(("127.0.0.1", int(guarded.url.rsplit(":", 1)[1])), timeout=10) as sock:
+        sock.sendall(b"POST /v1/analyze HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 314572800\r\n\r\n" + b"{" * 65536)
+        got = b""
+        while b"}" not in got.partition(b"\r\n\r\n")[2]:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    head, _, payload = got.decode("latin-1").partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 413"), head
+    assert json.loads(payload)["error"] == "request body is over the 1 MiB limit (--max-body-mib)"
+
+    # No Content-Length (chunked): counted while it streams, cut just past the limit.
+    def chunks():
+        for _ in range(300):  # 300 x 64 KiB = 19 MiB offered
+            yield b"x" * 65536
+
+    try:
+        r = httpx.post(f"{guarded.url}/v1/analyze", content=chunks(), headers=AUTH, timeout=30)
+    except httpx.HTTPError:  # the server may close while the client is still sending: also fine
+        pass
+    else:
+        assert r.status_code == 413 and "over the 1 MiB limit" in r.json()["error"]
+    assert _rss_kib(guarded.proc.pid) - before < 30_000
+    # A body within the limit still works.
+    ok = httpx.post(f"{guarded.url}/v1/analyze", headers=AUTH,
+                    json={"image": base64.b64encode(_png()).decode(), "args": {"query": "small"}})
+    assert ok.status_code == 200 and ok.json()["caption"] == "echo: small"
+
+
+def test_huge_argument_is_a_short_400_that_does_not_echo_it(echo):
+    body = {"image": base64.b64encode(_png()).decode(), "args": {"query": "Q" * 5_000_000}}
+    r = httpx.post(f"{echo.url}/v1/analyze", json=body, timeout=30)
+    assert r.status_code == 400 and len(r.content) < 300 and "QQQQ" not in r.text
+    assert "over the 16 KiB limit" in r.json()["error"]
+    # Within the JSON limit, each string is still capped (and a huge unknown key is not named back).
+    r = httpx.post(f"{echo.url}/v1/analyze", json={**body, "args": {"query": "Q" * 3000}})
+    assert r.status_code == 400 and r.json()["error"].startswith(
+        "echo: bad argument 'query': String should have at most 2000 characters")
+    r = httpx.post(f"{echo.url}/v1/analyze", json={**body, "args": {"K" * 5000: 1}})
+    assert r.status_code == 400 and len(r.text) < 300
+
+
+def test_arguments_are_bounded_in_process_too():
+    with pytest.raises(ExpertError, match=r"^echo: bad argument 'query': String should have at most 2000 char"):
+        EchoExpert().parse_args({"query": "x" * 2001})
+    assert "maxLength" not in json.dumps(EchoExpert.args_schema())  # the blanket cap stays out of tool schemas
+
+
+def test_token_guards_analyze_and_info_but_not_liveness(guarded):
+    body = {"image": base64.b64encode(_png()).decode(), "args": {"query": "t"}}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+        r = httpx.post(f"{guarded.url}/v1/analyze", json=body, headers=headers)
+        assert r.status_code == 401 and r.json()["error"].startswith("unauthorized")
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert httpx.get(f"{guarded.url}/v1/info", headers=headers).status_code == 401
+        assert httpx.get(f"{guarded.url}/healthz", headers=headers).json() == {"status": "ok"}
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        r = httpx.post(f"{guarded.url}/v1/analyze", json=body, headers={"Authorization": f"{scheme} s3cret"})
+        assert r.status_code == 200 and r.json()["caption"] == "echo: t"
+    assert httpx.get(f"{guarded.url}/healthz", headers=AUTH).json() == {"status": "ok", "expert": "echo"}
+    assert httpx.get(f"{guarded.url}/v1/info", headers=AUTH).json()["name"] == "echo"
+    assert "token required" in guarded.stderr()
+
+
+def test_remote_expert_sends_its_token(guarded):
+    img = decode_image(_png())
+    assert RemoteExpert("echo", guarded.url, token="s3cret").analyze(img, {"query": "r"}).caption == "echo: r"
+    with pytest.raises(ExpertError, match=r"refused the request: it needs a token \(set token= for this expert\)$"):
+        RemoteExpert("echo", guarded.url, local_class=EchoExpert).analyze(img, {})
+    with pytest.raises(ExpertError, match="refused the request: wrong token$"):
+        RemoteExpert("echo", guarded.url, local_class=EchoExpert, token="nope").analyze(img, {})
+    reg = Registry()
+    reg.register(EchoExpert)
+    reg.configure("echo", url=guarded.url, token="s3cret")
+    assert reg.get("echo").analyze(img, {"query": "reg"}).caption == "echo: reg"
+
+
+def _start(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "VISION_ROUTER_EXPERTS": "none"}
+    return subprocess.run([sys.executable, "-m", "experts.service", "echo", "--import", "tests.service_experts",
+                           "--port", str(free_port()), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("host", ["", "0.0.0.0", "::"])
+def test_non_loopback_host_needs_allow_remote(host):
+    r = _start("--host", host)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "listens beyond this machine" in r.stderr and "--allow-remote" in r.stderr
+    assert "loading expert" not in r.stderr  # refused before any model loads
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_missing_serve_extra_is_one_line():
+    code = ("import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None\n"
+            "from experts.service import serve_command; serve_command(['echo'])")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == ("Error: expert serve needs starlette and uvicorn (the [serve] extra): "
+                                "pip install 'ollama-vision-router[serve]'")
