@@ -840,8 +840,12 @@ def merge_nested(outlines: list[np.ndarray], h: int, w: int) -> list[np.ndarray]
 
 def _belongs(part: np.ndarray, group: list[np.ndarray]) -> bool:
     """Whether ``part`` is inside the group's hull (by half its pixels) or a small piece next to it."""
-    pts = np.vstack(group + [part])
-    x, y, bw, bh = cv2.boundingRect(pts)
+    gx, gy, gw, gh = cv2.boundingRect(np.vstack(group))
+    px, py, pw, ph = cv2.boundingRect(part)
+    reach = NEAR_GAP * max(gw, gh)
+    if px > gx + gw + reach or gx > px + pw + reach or py > gy + gh + reach or gy > py + ph + reach:
+        return False  # far apart: neither inside nor next to it
+    x, y, bw, bh = cv2.boundingRect(np.vstack(group + [part]))
     own = np.zeros((bh, bw), np.uint8)
     cv2.drawContours(own, [part - [x, y]], -1, 255, thickness=cv2.FILLED)
     hull = np.zeros_like(own)
@@ -849,13 +853,12 @@ def _belongs(part: np.ndarray, group: list[np.ndarray]) -> bool:
     total = max(cv2.countNonZero(own), 1)
     if cv2.countNonZero(hull & own) >= NESTED_SHARE * total:
         return True
-    gx, gy, gw, gh = cv2.boundingRect(np.vstack(group))
     if cv2.contourArea(part) > NEAR_AREA * sum(cv2.contourArea(c) for c in group):
         return False
     body = np.zeros_like(own)
     cv2.drawContours(body, [c - [x, y] for c in group], -1, 255, thickness=cv2.FILLED)
     gap = cv2.distanceTransform(255 - body, cv2.DIST_L2, 3)[own > 0].min()
-    return float(gap) <= NEAR_GAP * max(gw, gh)
+    return float(gap) <= reach
 
 
 def _join(parts: list[np.ndarray], h: int, w: int) -> np.ndarray:
@@ -871,8 +874,9 @@ def _join(parts: list[np.ndarray], h: int, w: int) -> np.ndarray:
         gap = int(np.ceil(cv2.distanceTransform(255 - canvas, cv2.DIST_L2, 3)[part > 0].min()))
         canvas |= part
         if gap > 0:
-            k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 3, 2 * gap + 3))
-            canvas = cv2.morphologyEx(canvas, cv2.MORPH_CLOSE, k)
+            # A closing by a disc of radius gap + 1, from two distance transforms (any radius, same cost).
+            grown = (cv2.distanceTransform(255 - canvas, cv2.DIST_L2, 3) <= gap + 1).astype(np.uint8) * 255
+            canvas = (cv2.distanceTransform(grown, cv2.DIST_L2, 3) > gap + 1).astype(np.uint8) * 255
     cs, _ = cv2.findContours(canvas, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     best = max(cs, key=cv2.contourArea) + [x - pad, y - pad]
     best[:, :, 0] = np.clip(best[:, :, 0], 0, w - 1)

@@ -88,11 +88,12 @@ class ImageAnalysis(Findings):
         """Merge several experts' results on one image; later experts add to, never erase, earlier ones."""
         merged = cls(image_id=image_id, index=index, width=width, height=height, results=list(results))
         full_texts: list[str] = []
-        text_boxes = [_line_box(t) for r in results if not r.error and not _is_contours(r) for t in r.text]
+        line_boxes = [_line_box(t) for r in results if not r.error and not _is_contours(r) for t in r.text]
+        text_boxes = [b for b in line_boxes if b]
         for r in results:
             if text_boxes and _is_contours(r) and not r.error:
                 # Letters found by OCR are not shapes: the contours inside its text boxes are left out.
-                r = without_shapes_in(r, [b for b in text_boxes if b])
+                r = without_shapes_in(r, text_boxes)
             key = r.expert if not r.args else f"{r.expert}({_args_label(r.args)})"
             merged.timing_ms[key] = round(r.timing_ms, 1)
             if r.error:
@@ -133,7 +134,7 @@ def _line_box(t: TextLine) -> list[float] | None:
     return None
 
 
-def _inside_share(box: list[float], text_boxes: list[list[float]]) -> float:
+def inside_share(box: list[float], text_boxes: list[list[float]]) -> float:
     """How much of ``box`` the text boxes cover (their overlaps with it summed, capped at 1)."""
     area = max(box[2] - box[0], 0) * max(box[3] - box[1], 0)
     if not area:
@@ -152,7 +153,7 @@ def without_shapes_in(r: ExpertResult, text_boxes: list[list[float]]) -> ExpertR
     labels, boxes, ratios and subject recomputed from what remains."""
     m = r.measurements
     objs = m.get("objects", [])
-    dropped = [o for o in objs if _inside_share(o["bbox"], text_boxes) >= INSIDE_TEXT_SHARE]
+    dropped = [o for o in objs if inside_share(o["bbox"], text_boxes) >= INSIDE_TEXT_SHARE]
     if not dropped:
         return r
     gone = {tuple(o["bbox"]) for o in dropped}

@@ -9,13 +9,13 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from experts.detect import DetectExpert, canonical_label, colour_name, nms
 from experts.errors import ExpertError
 from experts.images import decode_image
 from experts.registry import default_registry
-from experts.schema import BBox
+from experts.schema import BBox, ExpertResult, ImageAnalysis, TextLine, inside_share
 from tests import scenes
 
 SCENE_AREA = 800 * 600
@@ -297,3 +297,73 @@ def test_result_is_json_round_trippable(expert):
     r = expert.analyze(_decode(scenes.standard_shapes().image), {})
     again = type(r).model_validate_json(r.model_dump_json())
     assert again.measurements["count"] == 7 and np.isclose(again.timing_ms, r.timing_ms)
+
+
+# --- per-image merge with OCR --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def letters_and_a_disc():
+    """Big letters "HI" (two contours: a polygon and a rectangle) and a blue disc, on white."""
+    img = Image.new("RGB", (800, 400), "white")
+    d = ImageDraw.Draw(img)
+    font = scenes.font("sans-bold", 160)
+    d.text((60, 100), "HI", font=font, fill=(20, 20, 20))
+    d.ellipse([520, 120, 680, 280], fill=(40, 70, 200))
+    return decode_image(scenes.png_bytes(img)), list(d.textbbox((60, 100), "HI", font=font))
+
+
+def _ocr(image_id: str, box: list[float]) -> ExpertResult:
+    x1, y1, x2, y2 = box
+    line = TextLine(text="HI", score=0.99, bbox=box, box=[[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
+    return ExpertResult(image_id=image_id, expert="ocr", text=[line], full_text="HI")
+
+
+@pytest.mark.parametrize("mode", ["contours", "measure"])
+def test_merge_leaves_out_contours_inside_ocr_text(expert, letters_and_a_disc, mode):
+    img, text_box = letters_and_a_disc
+    det = expert.analyze(img, {"mode": mode})
+    assert det.measurements["count"] == 3  # alone, detect sees the letters as shapes
+    ocr = _ocr(img.image_id, text_box)
+    for order in ([det, ocr], [ocr, det]):
+        merged = ImageAnalysis.merge(img.image_id, 1, order, img.width, img.height)
+        m = merged.measurements
+        assert m["count"] == 1 and m["counts"] == {"circle": 1} and m["inside_text"] == 2
+        assert [o["colour"] for o in m["objects"]] == ["blue"]
+        assert [b.label for b in merged.bbox] == ["circle"]
+        assert m["ratios"] == [] and m["subject"]["object"] == m["objects"][0]["id"]
+        assert merged.attributes["object_count"] == 1 and merged.attributes["subject_placement"] == "right"
+        shapes = [o for o in merged.objects if "circle" in o or "polygon" in o or "rectangle" in o]
+        assert shapes == (["1 circle"] if mode == "contours" else [shapes[0]])
+        assert mode == "contours" or shapes[0].startswith("blue circle 161x161 px")
+        assert merged.full_text == "HI"
+        # The raw results stay as the experts returned them.
+        assert merged.results[order.index(det)].measurements["count"] == 3
+
+
+def test_merge_keeps_contours_without_ocr_and_labelled_boxes_with_it(expert, letters_and_a_disc):
+    img, text_box = letters_and_a_disc
+    det = expert.analyze(img, {})
+    alone = ImageAnalysis.merge(img.image_id, 1, [det], img.width, img.height)
+    assert alone.measurements["count"] == 3 and len(alone.bbox) == 3
+    # A labelled detection (here a face box over the text) is not a contour: OCR does not remove it.
+    face = ExpertResult(
+        image_id=img.image_id,
+        expert="detect",
+        args={"query": "face"},
+        objects=["1 face"],
+        bbox=[BBox(label="face", x1=70, y1=140, x2=170, y2=240, score=0.9)],
+        attributes={"query": "face", "face_count": 1},
+        measurements={"count": 1},
+    )
+    merged = ImageAnalysis.merge(img.image_id, 1, [face, _ocr(img.image_id, text_box)], img.width, img.height)
+    assert [b.label for b in merged.bbox] == ["face"] and merged.objects == ["1 face"]
+    # A failed OCR run has no text boxes to go by.
+    failed = ExpertResult.failure(img.image_id, "ocr", {}, "ocr: engine missing")
+    merged = ImageAnalysis.merge(img.image_id, 1, [det, failed], img.width, img.height)
+    assert merged.measurements["count"] == 3
+
+
+def test_inside_share_of_a_box_under_text_boxes():
+    assert inside_share([0, 0, 10, 10], [[0, 0, 5, 10], [5, 0, 10, 10]]) == 1.0
+    assert inside_share([0, 0, 10, 10], [[0, 0, 10, 10], [0, 0, 10, 10]]) == 1.0  # capped
+    assert inside_share([0, 0, 10, 10], [[20, 20, 30, 30]]) == 0.0
+    assert inside_share([0, 0, 10, 10], [[0, 0, 10, 5]]) == pytest.approx(0.5)
