@@ -100,9 +100,13 @@ def test_tools_protocol_is_bounded(fake):
     fake.responder = lambda path, body: Reply(tool_calls=[call("vision_ocr", query=str(len(body["messages"])))])
     final = orch(fake, protocol="tools", max_rounds=2).ask("Tell me about it", [IMAGE])
     sent = fake.calls("/api/chat")
-    assert len(sent) == 3  # two rounds, then a last turn without our tools
-    assert not sent[-1].get("tools")
-    assert final.answer == "" and final.trace.ignored_tags
+    # two rounds, a last turn without our tools, then one turn told plainly to answer (issue 11)
+    assert len(sent) == 4
+    assert not sent[-2].get("tools") and not sent[-1].get("tools")
+    assert final.trace.ignored_tags
+    # no silent empty answer: the user is told, with what the experts found
+    assert not final.answered and final.answer.startswith("The model gave no answer")
+    assert OCR_TEXT in final.answer
 
 
 def test_tools_protocol_answers_a_bad_call_with_an_error(fake):

@@ -82,13 +82,15 @@ def ask(ctx, images, question, model, ollama_host, as_json, no_stream, trace, ma
             click.echo(f"annotated: {written}", err=True)
     if trace:
         click.echo(render_trace(final.trace), err=True)
-
-
+    if not final.answered:
+        # The findings were printed as the answer; the exit status tells scripts there was none.
+        raise click.ClickException("the model gave no answer; the experts' findings are above")
 
 
 def _final_json(final) -> dict[str, Any]:
     return {
         "answer": final.answer,
+        "answered": final.answered,
         "model": final.model,
         "done_reason": final.done_reason,
         "stats": final.stats,

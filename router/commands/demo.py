@@ -23,11 +23,11 @@ from router.core.trace import render_trace
 def demo(ctx, model, ollama_host, save):
     """The main job on its embedded default: a product shot, the experts on it, and the model's answer
     when Ollama is reachable."""
-    import ollama
-
     from router.apps.demo import DEMO_QUESTION, demo_image_bytes
-    from router.core.dispatch import ExpertCall
+    from router.core.dispatch import ExpertCall, run_coroutine
+    from router.core.errors import ModelNotFound, OllamaUnreachable, UpstreamError
     from router.core.orchestrator import Orchestrator
+    from router.core.upstream import Upstream
 
     settings = settings_from(ctx, model=model, ollama_host=ollama_host)
     data = demo_image_bytes()
@@ -46,15 +46,14 @@ def demo(ctx, model, ollama_host, save):
     click.echo("")
 
     try:
-        client = ollama.Client(host=orch.host, timeout=5)
-        client.show(settings.model)
-    except ollama.ResponseError as exc:
-        if exc.status_code == 404:
-            click.echo(f"Ollama is up at {orch.host}, but model '{settings.model}' is missing. Create it:")
-            _print_setup(settings.model, with_serve=False)
-            return
-        raise click.ClickException(f"Ollama at {orch.host}: {exc.error}") from None
-    except Exception:
+        run_coroutine(Upstream(orch.host, timeout=5).show(settings.model))
+    except ModelNotFound:
+        click.echo(f"Ollama is up at {orch.host}, but model '{settings.model}' is missing. Create it:")
+        _print_setup(settings.model, with_serve=False)
+        return
+    except UpstreamError as exc:
+        if not isinstance(exc, OllamaUnreachable) and exc.status != 504:
+            raise  # Ollama is there and answered with an error: that one line
         click.echo(f"Ollama is not reachable at {orch.host}, so the answer step is skipped. To bring the LLM in:")
         _print_setup(settings.model, with_serve=True)
         return
@@ -62,6 +61,9 @@ def demo(ctx, model, ollama_host, save):
     click.echo(f"Answer from {settings.model} (streamed):")
     final = orch.ask(DEMO_QUESTION, [img], on_text=lambda t: click.echo(t, nl=False))
     click.echo("")
+    if not final.answered:
+        click.echo(f"(no answer from {settings.model}: it kept asking for experts or replied with nothing; small "
+                   "models sometimes do. The experts' findings are above. Try again, or a larger base model.)")
     click.echo(render_trace(final.trace), err=True)
 
 

@@ -42,6 +42,18 @@ def render_context(analyses: list[ImageAnalysis], notes: list[str] | None = None
     return "\n".join(lines)
 
 
+def no_answer(analyses: list[ImageAnalysis], asked_again: bool) -> str:
+    """What the user gets when the model gave no answer: that, and what the experts found."""
+    why = "it kept asking for experts instead of answering" if asked_again else "its reply was empty"
+    head = f"The model gave no answer ({why})."
+    if not analyses:
+        return f"{head} No expert ran."
+    lines = [f"{head} What the experts found:"]
+    for a in analyses:
+        lines.extend(render_image(a))
+    return "\n".join(lines)
+
+
 def render_image(a: ImageAnalysis) -> list[str]:
     size = f"{a.width}x{a.height}, " if a.width and a.height else ""
     out = [f"Image {a.index} ({size}id {a.image_id[:12]}):"]

@@ -37,19 +37,6 @@ class ExpertCall:
     source: str = "tag"
 
 
-@dataclass
-class ExpertRun:
-    """What the trace records about one expert run."""
-
-    expert: str
-    image: int
-    args: dict[str, Any]
-    source: str
-    timing_ms: float
-    cached: bool
-    error: str | None
-
-
 class Dispatcher:
     """Resolve, validate, deduplicate, cache and run expert calls."""
 
@@ -116,7 +103,7 @@ class Dispatcher:
 
     def run_sync(self, calls: list[ExpertCall]) -> list[ExpertResult]:
         """Blocking variant for scripts."""
-        return _run_coroutine(self.run_all(calls))
+        return run_coroutine(self.run_all(calls))
 
     async def _run(self, expert: Any, image: DecodedImage, args: dict[str, Any], key: str) -> ExpertResult:
         name = expert.name
@@ -223,7 +210,7 @@ def _in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
     return fut
 
 
-def _run_coroutine(coro: Any) -> Any:
+def run_coroutine(coro: Any) -> Any:
     """Run a coroutine from sync code, also when the caller already runs an event loop (Jupyter)."""
     try:
         asyncio.get_running_loop()

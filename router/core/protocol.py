@@ -48,9 +48,26 @@ LAST_ROUND = (
     "不能再调用专家，请直接回答。"
 )
 
+NO_MORE_EXPERTS = (
+    "No expert can run any more for this message, so tags and tool calls do nothing now. Answer the user's "
+    "last message in plain words from the results you already have, or say that they do not contain the "
+    "answer. 不能再调用专家：请根据已有结果直接用文字回答。"
+)
+
 NO_IMAGES = "No image is attached to this conversation; ask the user to attach one if they want you to look at it."
 
 
 def image_note(index: int, width: int, height: int, fmt: str) -> str:
     """What the model sees in place of an attached image."""
     return f"[image {index} attached: {width}x{height} {fmt}; ask a vision expert with a tag to look at it]"
+
+
+def looked_at(done: str, last: bool) -> str:
+    """The line after results the router fetched before the model asked (keywords, presets, fallback):
+    what was already looked at, so the model does not ask for it again."""
+    if last:
+        return f"Already looked at: {done}; the results are above. {LAST_ROUND}"
+    return (
+        f"Already looked at: {done}; the results are above. Answer from them; ask for another expert only "
+        "if they cannot answer. 以上结果已经查看过，请直接回答。"
+    )

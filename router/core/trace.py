@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+MAX_SKIPPED_ROWS = 10  # a reply with thousands of tags must not make a thousand-line table
+
 
 class TraceExpert(BaseModel):
     expert: str
@@ -38,6 +40,7 @@ class Trace(BaseModel):
     tags: list[str] = Field(default_factory=list)
     ignored_tags: list[str] = Field(default_factory=list)
     malformed_tags: list[str] = Field(default_factory=list)
+    skipped: list[str] = Field(default_factory=list, description="expert requests over the caps, not run")
     experts: list[TraceExpert] = Field(default_factory=list)
     llm_calls: list[LLMCall] = Field(default_factory=list)
     rounds: int = 0
@@ -58,23 +61,7 @@ def render_trace(trace: Trace) -> str:
             + (f" ({images})" if images else "")
             + f" | {_n(trace.rounds, 'expert round')} | {_n(len(trace.llm_calls), 'LLM call')}"
             + f" ({tokens_in} prompt + {tokens_out} output tokens) | {trace.total_ms:.0f} ms")
-    rows: list[tuple[str, str]] = []
-    if trace.protocol_injected:
-        rows.append(("protocol", "tag protocol sent as a system message"))
-    for k in trace.keywords:
-        args = f" {_args(k.get('args') or {})}" if k.get("args") else ""
-        rows.append(("keyword", f"{k.get('keyword', '')!r} -> {k.get('expert', '')}{args}"))
-    for t in trace.tags:
-        rows.append(("tag", t))
-    for t in trace.ignored_tags:
-        rows.append(("ignored", f"{t} (no expert rounds left)"))
-    for t in trace.malformed_tags:
-        rows.append(("malformed", t))
-    if trace.fallback:
-        rows.append(("fallback", "nobody asked for an expert: the fallback experts ran"))
-    if not (trace.keywords or trace.tags or trace.fallback or trace.experts):
-        rows.append(("decision", "no expert was asked for"))
-    lines = [head] + [f"  {k:<10} {v}" for k, v in rows]
+    lines = [head] + [f"  {k:<10} {v}" for k, v in _decision_rows(trace)]
 
     if trace.experts:
         table = [("expert", "image", "asked by", "ms", "cache", "result")]
@@ -101,6 +88,31 @@ def render_trace(trace: Trace) -> str:
         lines.append(f"  cache      this request {hits}/{len(trace.experts)} hits; process "
                      f"{c.get('hits', 0)} hits / {c.get('misses', 0)} misses")
     return "\n".join(lines)
+
+
+def _decision_rows(trace: Trace) -> list[tuple[str, str]]:
+    """What matched, who asked for which expert, what was ignored or skipped."""
+    rows: list[tuple[str, str]] = []
+    if trace.protocol_injected:
+        rows.append(("protocol", "tag protocol sent as a system message"))
+    for k in trace.keywords:
+        args = f" {_args(k.get('args') or {})}" if k.get("args") else ""
+        rows.append(("keyword", f"{k.get('keyword', '')!r} -> {k.get('expert', '')}{args}"))
+    for t in trace.tags:
+        rows.append(("tag", t))
+    for t in trace.ignored_tags:
+        rows.append(("ignored", f"{t} (no expert rounds left)"))
+    for t in trace.malformed_tags:
+        rows.append(("malformed", t))
+    for t in trace.skipped[:MAX_SKIPPED_ROWS]:
+        rows.append(("skipped", t))
+    if len(trace.skipped) > MAX_SKIPPED_ROWS:
+        rows.append(("skipped", f"... {len(trace.skipped) - MAX_SKIPPED_ROWS} more"))
+    if trace.fallback:
+        rows.append(("fallback", "nobody asked for an expert: the fallback experts ran"))
+    if not (trace.keywords or trace.tags or trace.fallback or trace.experts):
+        rows.append(("decision", "no expert was asked for"))
+    return rows
 
 
 def trace_json(trace: Trace) -> dict[str, Any]:

@@ -1,0 +1,471 @@
+"""One request through the run loop, as a small state machine::
+
+    prepare  -> typed messages, images numbered and replaced by notes, protocol chosen and taught
+    first    -> keyword / preset experts start before the model says anything (context in front)
+    turn     -> stream one LLM turn: text out as it comes, each closed tag dispatched at once
+    next     -> hand back the client's calls | fall back to tags | a tool round | a tag round |
+                the fallback round | one recovery turn | done
+    finish   -> the Final event (an answer, or a clear "no answer" with the experts' findings)
+
+Events go through an :class:`asyncio.Queue`: the loop runs as one task that puts them, the caller's
+generator takes them, and closing that generator (the client left) cancels the task, which closes
+the upstream stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from experts.images import DecodedImage
+from router.core import protocol as tag_text
+from router.core.context import no_answer
+from router.core.dispatch import ExpertCall
+from router.core.events import Event, Final, TextDelta, ThinkingDelta, ToolCalls
+from router.core.expert_work import ExpertWork, Pending
+from router.core.messages import (
+    Conversation,
+    Message,
+    ToolCall,
+    assistant,
+    call_json,
+    call_name,
+    split_images,
+    user,
+    with_image_notes,
+)
+from router.core.protocols import (
+    TAGS,
+    TOOLS,
+    CallRules,
+    Protocol,
+    SortedCalls,
+    bad_call_notes,
+    protocol_needed,
+    tool_error,
+)
+from router.core.tags import Tag, TagParser
+from router.core.trace import LLMCall, Trace
+from router.core.upstream import STAT_FIELDS
+
+if TYPE_CHECKING:
+    from router.core.orchestrator import Orchestrator
+
+_END = object()
+
+
+@dataclass
+class Request:
+    """What the caller asked for, besides the messages."""
+
+    model: str
+    options: Any = None
+    format: Any = None
+    keep_alive: Any = None
+    think: Any = None
+    forced: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # experts run first (presets)
+    extra_context: str | None = None
+    client_tools: list[dict[str, Any]] = field(default_factory=list)
+    protocol: str = "tags"  # tags, tools or auto
+
+
+@dataclass(frozen=True)
+class Step:
+    """The state between turns."""
+
+    rounds: int = 0  # expert rounds done
+    buffer: bool = False  # hold this turn's words back: a fallback round may replace them
+    recovery: bool = False  # the one extra turn after a last round that only asked for experts
+
+
+@dataclass
+class Reply:
+    """What one turn brought."""
+
+    final: bool
+    text: str = ""  # raw, tags included
+    buffered: list[str] = field(default_factory=list)
+    tag_calls: list[Pending] = field(default_factory=list)
+    tags_seen: bool = False
+    asked_again: bool = False  # asked for experts when none could run
+    calls: SortedCalls = field(default_factory=SortedCalls)
+
+
+def first_turn(messages: Sequence[Message], prompt: str | None) -> list[Message]:
+    """Turn-1 messages as the run loop sends them: the (image-noted) messages, with ``prompt`` joined to
+    the client's system message or sent as one. ``eval`` builds its turns with this too."""
+    conv = Conversation(list(messages))
+    if prompt:
+        conv.add_system(prompt)
+    return conv.messages
+
+
+class Run:
+    """One request. Iterate :meth:`events`."""
+
+    def __init__(self, orch: Orchestrator, req: Request) -> None:
+        self.o = orch
+        self.req = req
+        self.max_rounds = orch.settings.max_rounds
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.trace = Trace(model=req.model)
+        self.work = ExpertWork(orch.registry, orch.dispatcher, self.trace, max_runs=orch.settings.max_expert_runs,
+                               max_per_reply=orch.settings.max_tags_per_reply)
+        self.stats = dict.fromkeys(STAT_FIELDS, 0)
+        self.done_reason = "stop"
+        self.answer: list[str] = []
+        self.thinking: list[str] = []
+        self.client_calls: list[dict[str, Any]] = []
+        self.protocol: Protocol = TAGS
+        self.conv = Conversation([])
+        self.user_text = ""
+        self.step = Step()
+        self.turns = 0
+
+    async def events(self, messages: Sequence[Any], decoded: list[DecodedImage] | None) -> AsyncIterator[Event]:
+        """The request's events, ending with one :class:`Final`; errors are raised here."""
+        driver = asyncio.ensure_future(self._drive(messages, decoded))
+        try:
+            while (ev := await self.queue.get()) is not _END:
+                yield ev
+            await driver  # its error, if it failed
+        finally:
+            if not driver.done():
+                driver.cancel()
+
+    async def _drive(self, messages: Sequence[Any], decoded: list[DecodedImage] | None) -> None:
+        try:
+            t0 = time.perf_counter()
+            await self._prepare(messages, decoded)
+            step: Step | None = await self._first()
+            while step is not None:
+                self.step = step
+                reply = await self._turn(step)
+                step = await self._next(step, reply)
+            self._finish(t0)
+        finally:
+            self.queue.put_nowait(_END)
+
+    # --- prepare ----------------------------------------------------------------------------------
+    async def _prepare(self, messages: Sequence[Any], decoded: list[DecodedImage] | None) -> None:
+        if decoded is None and any(_images_of(m) for m in messages):
+            # Decoding is CPU work (ms per megapixel): keep it off the event loop the proxy serves from.
+            self.conv = await asyncio.to_thread(self._typed, messages, decoded)
+        else:
+            self.conv = self._typed(messages, decoded)
+        if self.work.images:
+            self.protocol = await self._choose_protocol()
+            await self._teach_protocol()
+        if self.req.extra_context:
+            self.conv.before_question(self.req.extra_context)
+
+    def _typed(self, messages: Sequence[Any], decoded: list[DecodedImage] | None) -> Conversation:
+        """Typed messages without image bytes: images numbered across the conversation, a note where each was."""
+        pre = list(decoded) if decoded is not None else None
+        out: list[Message] = []
+        for i, raw in enumerate(messages, 1):
+            msg, images = split_images(raw, i)
+            if msg.role == "user":
+                self.user_text = msg.content or ""
+            if images:
+                idxs = [self.work.attach(pre.pop(0) if pre else self.o.decode(r, len(self.work.images) + 1))
+                        for r in images]
+                if msg.role == "user":
+                    self.work.latest = idxs
+                notes = [tag_text.image_note(x, self.work.img(x).width, self.work.img(x).height,
+                                             self.work.img(x).format) for x in idxs]
+                msg = msg.model_copy(update={"content": with_image_notes(msg.content, notes)})
+            out.append(msg)
+        if self.work.images and not self.work.latest:
+            self.work.latest = [len(self.work.images)]
+        self.trace.images = [dict(img.describe(), index=i + 1) for i, img in enumerate(self.work.images)]
+        return Conversation(out)
+
+    async def _choose_protocol(self) -> Protocol:
+        """``tools``, or ``auto`` when the model reports the ``tools`` capability: experts as native tools."""
+        if self.req.protocol == "tools":
+            return TOOLS
+        if self.req.protocol == "auto" and self.o.registry.names():
+            shown = await self.o.show(self.req.model)
+            return TOOLS if "tools" in (shown.capabilities or []) else TAGS
+        return TAGS
+
+    async def _teach_protocol(self) -> None:
+        mode = self.o.settings.inject_protocol
+        # The Python client keeps `modelfile` (which holds SYSTEM), not the `system` field.
+        modelfile = (await self.o.show(self.req.model)).modelfile if mode == "auto" else None
+        if protocol_needed(mode, modelfile, self.conv.has_system()):
+            self.trace.protocol_injected = True
+            self.conv.add_system(self.protocol.prompt)
+
+    # --- first: experts before the model speaks --------------------------------------------------
+    async def _first(self) -> Step:
+        fallback = self.o.settings.fallback
+        if not self.work.images or self.max_rounds <= 0:
+            return Step()
+        pending = [p for name, args in self.req.forced for p in self.work.on_latest(name, args, "preset")]
+        pending += self._keyword_calls()
+        # A forced output format leaves no room for a tag turn: the fallback experts decide instead.
+        if not pending and self.req.format:
+            pending = self.work.fallback(fallback)
+        if not pending:
+            return Step(buffer=bool(fallback))
+        await self._context_first(pending, rounds=1)
+        return Step(rounds=1)
+
+    def _keyword_calls(self) -> list[Pending]:
+        pending: list[Pending] = []
+        for m in self.o.keywords.route(self.user_text):
+            if self.o.registry.resolve(m.expert) is None:
+                continue  # the table names an expert that is not installed: let the model decide
+            self.trace.keywords.append({"expert": m.expert, "keyword": m.keyword, "args": m.args})
+            pending += self.work.on_latest(m.expert, dict(m.args), "keyword")
+        return pending
+
+    async def _context_first(self, pending: list[Pending], rounds: int) -> None:
+        """Results the router fetched itself go in front of the question, with what was looked at."""
+        context = await self.work.collect(pending)
+        done = self.work.looked_at(pending)
+        note = f"\n{tag_text.looked_at(done, rounds >= self.max_rounds)}" if done else ""
+        self.conv.before_question(context + note)
+
+    # --- turn -------------------------------------------------------------------------------------
+    async def _turn(self, step: Step) -> Reply:
+        final = step.recovery or step.rounds >= self.max_rounds
+        self.turns += 1
+        reader = _TurnReader(self, final, step.buffer)
+        t0 = time.perf_counter()
+        async for chunk in self.o.upstream.chat(self.req.model, self.conv.messages, **self._turn_args(final, step)):
+            reader.feed(chunk)
+        reader.close()
+        reply = reader.reply
+        reply.text = "".join(reader.raw)
+        rules = CallRules(self.o.registry, {_tool_name(t) for t in self.req.client_tools}, len(self.work.images),
+                          self.work.latest, max(0, self.work.max_per_reply - len(reader.keys)))
+        reply.calls = self.protocol.sort_calls(reader.tool_calls, reply.text, rules, final)
+        reply.asked_again = reply.asked_again or bool(reply.calls.ignored)
+        self.trace.ignored_tags.extend(reply.calls.ignored)
+        self.trace.malformed_tags.extend([m.raw for m in reader.parser.malformed] + bad_call_notes(reply.calls))
+        self.trace.skipped.extend(f"tool call {call_name(c)} ({why})" for c, why in reply.calls.skipped)
+        self.client_calls.extend(call_json(c) for c in reply.calls.client)
+        self._account(reader, t0)
+        return reply
+
+    def _turn_args(self, final: bool, step: Step) -> dict[str, Any]:
+        req = self.req
+        args = {k: v for k, v in (("options", req.options), ("keep_alive", req.keep_alive), ("think", req.think))
+                if v is not None}
+        if req.format is not None and (final or not self.work.images or not step.buffer):
+            args["format"] = req.format
+        tools = self.protocol.tools_for_turn(self.o.registry, req.client_tools, final)
+        if tools:
+            args["tools"] = tools
+        return args
+
+    def _account(self, reader: _TurnReader, t0: float) -> None:
+        last = reader.last
+        for f in STAT_FIELDS:
+            self.stats[f] += int(getattr(last, f, 0) or 0)
+        if last is not None:
+            self.done_reason = last.done_reason or "stop"
+        first = reader.first
+        self.trace.llm_calls.append(
+            LLMCall(
+                turn=self.turns,
+                prompt_eval_count=int(getattr(last, "prompt_eval_count", 0) or 0),
+                eval_count=int(getattr(last, "eval_count", 0) or 0),
+                total_ms=round((time.perf_counter() - t0) * 1000, 2),
+                first_token_ms=round((first - t0) * 1000, 2) if first else None,
+                tags=reader.tag_names,
+                tool_calls=[call_name(c) for c in reader.tool_calls],
+            )
+        )
+
+    # --- next: what the reply leads to ------------------------------------------------------------
+    async def _next(self, step: Step, r: Reply) -> Step | None:
+        calls = r.calls
+        if self.client_calls:  # the client's own tools: hand the calls back and stop here
+            self._flush(r)
+            self._put(ToolCalls(list(self.client_calls)))
+            return None
+        if calls.bad and self.req.protocol == "auto" and self.protocol.offers_tools:
+            self._fall_back_to_tags()  # a malformed native call: teach tags instead and ask again
+            return step
+        after = Step(rounds=step.rounds + 1)
+        if not r.final and (calls.ours or calls.bad or calls.skipped):
+            self._flush(r)
+            await self._tool_round(r, after)
+            return after
+        if not r.final and r.tags_seen and (r.tag_calls or self.work.has_notes()):
+            self._flush(r)  # the words before the tag belong to the answer, as when streamed
+            context = await self.work.collect(r.tag_calls)
+            self.conv.extend(self.protocol.follow_up(r.text, SortedCalls(), [], context, self._last(after)))
+            return after
+        if step.buffer and not r.tags_seen and await self._fallback_round():
+            return after  # the unseen-image guess of turn 1 is dropped
+        self._flush(r)
+        if r.asked_again and not step.recovery and self._blank():
+            self._recover(r)
+            return Step(rounds=step.rounds, recovery=True)
+        return None
+
+    def _last(self, step: Step) -> bool:
+        return step.rounds >= self.max_rounds
+
+    async def _tool_round(self, r: Reply, after: Step) -> None:
+        """Run our tool calls; the reply's calls and one ``tool`` message each follow it."""
+        calls = r.calls
+        started = [
+            self.work.start_all(ExpertCall(self.work.img(i), i, oc.expert, dict(oc.args), source="tool")
+                                for i in oc.images)
+            for oc in calls.ours
+        ]
+        answers = [await self.work.collect(p) for p in started]
+        answers += [tool_error(problem, self.o.registry) for _, problem in calls.bad]
+        answers += [f"error: {why}, at most {self.work.max_per_reply} per reply" for _, why in calls.skipped]
+        context = await self.work.collect(r.tag_calls) if r.tag_calls else None
+        self.conv.extend(self.protocol.follow_up(r.text, calls, answers, context, self._last(after)))
+
+    async def _fallback_round(self) -> bool:
+        """Images attached and nobody asked: the fallback experts look, and the model is asked again."""
+        pending = self.work.fallback(self.o.settings.fallback)
+        if not pending:
+            return False
+        self.trace.fallback = True
+        await self._context_first(pending, rounds=self.step.rounds + 1)
+        return True
+
+    def _fall_back_to_tags(self) -> None:
+        # The words of the malformed turn were buffered (turn 1) or are already out: nothing to undo.
+        self.conv.replace_in_system(self.protocol.prompt, TAGS.prompt)
+        self.protocol = TAGS
+
+    def _recover(self, r: Reply) -> None:
+        """The last round only asked for experts again: one more turn, told plainly to answer."""
+        if r.text.strip():
+            self.conv.extend([assistant(r.text)])
+        self.conv.extend([user(tag_text.NO_MORE_EXPERTS)])
+
+    # --- events -----------------------------------------------------------------------------------
+    def _put(self, ev: Event) -> None:
+        self.queue.put_nowait(ev)
+
+    def emit(self, text: str) -> None:
+        self.answer.append(text)
+        self._put(TextDelta(text))
+
+    def think(self, text: str) -> None:
+        self.thinking.append(text)
+        self._put(ThinkingDelta(text))
+
+    def _flush(self, r: Reply) -> None:
+        """Words held back while it was unclear whether a fallback round would replace them."""
+        if r.buffered:
+            self.emit("".join(r.buffered))
+            r.buffered.clear()
+
+    def _blank(self) -> bool:
+        return not "".join(self.answer).strip()
+
+    def _finish(self, t0: float) -> None:
+        answered = bool(self.client_calls) or not self._blank()
+        if not answered:
+            asked_again = bool(self.trace.ignored_tags) or self.step.recovery
+            self.emit(no_answer(self.work.analyses(), asked_again))
+        self.trace.rounds = self.step.rounds
+        self.trace.cache = self.o.dispatcher.cache.stats.as_dict()
+        self.trace.total_ms = round((time.perf_counter() - t0) * 1000, 2)
+        self._put(Final(
+            answer="".join(self.answer),
+            model=self.req.model,
+            done_reason=self.done_reason,
+            stats=dict(self.stats),
+            trace=self.trace,
+            analyses=self.work.analyses(),
+            thinking="".join(self.thinking),
+            tool_calls=list(self.client_calls),
+            answered=answered,
+        ))
+
+
+class _TurnReader:
+    """Reads one streamed turn: visible text out (or held back), tags dispatched the moment they close
+    (at most ``max_per_reply`` distinct ones), native tool calls and thinking collected."""
+
+    def __init__(self, run: Run, final: bool, buffer: bool) -> None:
+        self.run = run
+        self.final = final
+        self.buffer = buffer
+        self.parser = TagParser()
+        self.reply = Reply(final=final)
+        self.raw: list[str] = []
+        self.keys: set[tuple] = set()
+        self.tag_names: list[str] = []
+        self.tool_calls: list[ToolCall] = []
+        self.after_tag = False
+        self.first: float | None = None
+        self.last: Any = None
+
+    def feed(self, chunk: Any) -> None:
+        self.last = chunk
+        msg = chunk.message
+        if msg.thinking:
+            self.run.think(msg.thinking)
+        if msg.tool_calls:
+            self.tool_calls.extend(msg.tool_calls)
+        if msg.content:
+            if self.first is None:
+                self.first = time.perf_counter()
+            self.raw.append(msg.content)
+            self._items(self.parser.feed_items(msg.content))
+
+    def close(self) -> None:
+        self._items(self.parser.close_items())
+
+    def _items(self, items: list[str | Tag]) -> None:
+        for item in items:
+            if isinstance(item, str):
+                self._visible(item)
+            else:
+                self._tag(item)
+
+    def _visible(self, text: str) -> None:
+        if not text or (self.after_tag and not self.final):
+            return  # words after a tag are the model guessing at results it has not seen
+        if self.buffer:
+            self.reply.buffered.append(text)
+        else:
+            self.run.emit(text)
+
+    def _tag(self, tag: Tag) -> None:
+        trace = self.run.trace
+        self.tag_names.append(tag.raw)
+        self.reply.tags_seen = True
+        if self.final:
+            trace.ignored_tags.append(tag.raw)
+            self.reply.asked_again = True
+            return
+        trace.tags.append(tag.raw)
+        self.after_tag = True
+        key = tag.key()
+        if key in self.keys:
+            return
+        if len(self.keys) >= self.run.work.max_per_reply:
+            self.run.work.skip_request(tag.raw)
+            return
+        self.keys.add(key)
+        self.reply.tag_calls.extend(self.run.work.tag_calls(tag))
+
+
+def _images_of(m: Any) -> Any:
+    if isinstance(m, Message):
+        return m.images
+    return m.get("images") if isinstance(m, dict) else None
+
+
+def _tool_name(tool: dict[str, Any]) -> Any:
+    fn = tool.get("function")
+    return fn.get("name") if isinstance(fn, dict) else None
