@@ -13,6 +13,7 @@ from experts.errors import VisionRouterError
 from router.apps.evaluate import Case, evaluator_from_registry, load_suite, render_report, score
 from router.commands import cli
 from router.core import protocol, toolspec
+from router.core.config import BASE_MODEL
 from router.core.errors import ModelNotFound, OllamaUnreachable
 from router.core.keywords import KeywordRouter
 from tests.fake_ollama import FakeModel, Reply
@@ -282,7 +283,30 @@ def test_cli_eval_keywords_only_needs_no_ollama(cli_env, suite_file):
 def test_cli_eval_errors_are_one_line(fake_ollama, cli_env, suite_file, tmp_path):
     r = run("--config", cli_env, "eval", "--suite", suite_file, "--ollama-host", fake_ollama.url, "-m", "nope")
     assert r.exit_code == 1 and "Traceback" not in r.output
+    # the same line as `ask` and the proxy give (one gateway maps Ollama's errors)
     assert r.stderr.strip().splitlines() == [
-        f"Error: model 'nope' not found at {fake_ollama.url}: create it with `ollama create nope -f Modelfile`"]
+        f"Error: model 'nope' not found at {fake_ollama.url}: create it with "
+        f"`ollama pull {BASE_MODEL} && ollama create nope -f Modelfile`"]
     r = run("--config", cli_env, "eval", "--suite", tmp_path / "none.toml", "--keywords-only")
     assert r.exit_code == 1 and r.stderr.startswith("Error: suite not found")
+
+
+def test_turn_one_is_the_run_loops_own(fake_ollama, suite_file, evaluator):
+    """eval builds turn 1 with the run loop's functions: byte for byte what `ask` sends for the same
+    prompt and image, and, like the run loop, no protocol prompt when no image is attached."""
+    from router.core.config import Settings
+    from router.core.orchestrator import Orchestrator
+    from tests.conftest import png_bytes
+
+    fake_ollama.responder = responder
+    suite = load_suite(suite_file)
+    evaluator.run(suite, model="qwen3-vision", host=fake_ollama.url, limit=4)
+    from_eval = fake_ollama.calls("/api/chat")
+    fake_ollama.reset()
+    fake_ollama.script("Thanks.")
+    orch = Orchestrator(Settings(ollama_host=fake_ollama.url, cache_dir="", fallback=[]),
+                        registry=make_registry(), keywords=KeywordRouter([]))
+    orch.ask("What does the sign say?", [png_bytes(800, 600, fmt="JPEG")])
+    (from_ask,) = fake_ollama.calls("/api/chat")
+    assert from_eval[0]["messages"] == from_ask["messages"]
+    assert [m["role"] for m in from_eval[3]["messages"]] == ["user"]  # c4: no image, no protocol

@@ -5,10 +5,11 @@ For every prompt the benchmark records
 
 - what the keyword router decides (no LLM involved; the orchestrator runs it only when an image is
   attached, and so does the benchmark),
-- what the model asks for in turn 1: one chat call, exactly as the orchestrator sends it (the tag
-  protocol as a system message unless the model's own SYSTEM teaches it, one image note per
-  attached image before the user's words), parsed with the tag parser; with ``protocol="tools"`` the
-  experts are offered as native tools and the tool calls count,
+- what the model asks for in turn 1: one chat call, built by the run loop's own functions
+  (:func:`router.core.run.first_turn`: the protocol as a system message when images are attached,
+  unless the model's own SYSTEM teaches it; one image note per attached image before the user's
+  words) and sent through its gateway (:mod:`router.core.upstream`), parsed with the tag parser;
+  with ``protocol="tools"`` the experts are offered as native tools and the tool calls count,
 - what the router as a whole would run: the keyword decision when there is one, else the model's.
 
 Experts are never run: this measures routing, not vision. Scores are precision and recall per
@@ -30,9 +31,14 @@ from typing import Any
 
 from experts.errors import VisionRouterError
 from router.core import protocol, toolspec
+from router.core.dispatch import run_coroutine
 from router.core.errors import ModelNotFound, OllamaUnreachable, UpstreamError
 from router.core.keywords import KeywordRouter
+from router.core.messages import Message, user, with_image_notes
+from router.core.protocols import TAGS, TOOLS, protocol_needed
+from router.core.run import first_turn
 from router.core.tags import TagParser
+from router.core.upstream import Upstream
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -435,81 +441,80 @@ class Evaluator:
         t0 = time.perf_counter()
         cases = suite.cases[:limit] if limit else list(suite.cases)
         report = Report(suite, [], self.experts)
-        client = None
-        system: str | None = None
-        tools: list[dict[str, Any]] | None = None
-        if model is not None:
+        if model is None:
+            for case in cases:
+                self._record(report, CaseResult(case, *self.keyword_decision(case)), len(cases), on_progress)
+        else:
             if protocol_mode not in ("tags", "tools"):
                 raise VisionRouterError(f"unknown protocol {protocol_mode!r} (tags or tools)")
-            import ollama
-
-            from router.core.ollama_host import resolve_host
-
+            upstream = Upstream(host, timeout=timeout_s)
             report.model, report.protocol, report.max_tokens = model, protocol_mode, max_tokens
-            report.host = resolve_host(host)
-            client = ollama.Client(host=report.host, timeout=timeout_s)
-            if protocol_mode == "tools":
-                tools = self.tools
-            # The orchestrator's rule: the protocol prompt goes in a system message unless the model's
-            # own SYSTEM (the Modelfile) already teaches the tag protocol.
-            if _wants_protocol(client, model, report.host, inject_protocol):
-                system = toolspec.TOOLS_PROMPT if tools else protocol.PROTOCOL_PROMPT
-            report.protocol_injected = system is not None
-        for i, case in enumerate(cases, 1):
-            kw, hits = self.keyword_decision(case)
-            result = CaseResult(case, kw, hits)
-            if client is not None:
-                assert model is not None
-                messages = turn1_messages(suite, case, system)
-                result.turn = self._turn(client, model, messages, tools, max_tokens, report.host or "")
-            report.cases.append(result)
-            if on_progress is not None:
-                on_progress(i, len(cases), result)
+            report.host = upstream.host
+            run_coroutine(self._with_model(report, cases, upstream, inject_protocol, on_progress))
         report.wall_s = time.perf_counter() - t0
         return report
 
-    def _turn(self, client: Any, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-              max_tokens: int | None, host: str) -> Turn:
-        import httpx
-        import ollama
+    def _record(self, report: Report, result: CaseResult, total: int,
+                on_progress: Callable[[int, int, CaseResult], None] | None) -> None:
+        report.cases.append(result)
+        if on_progress is not None:
+            on_progress(len(report.cases), total, result)
 
+    async def _with_model(self, report: Report, cases: list[Case], upstream: Upstream, inject_protocol: str,
+                          on_progress: Callable[[int, int, CaseResult], None] | None) -> None:
+        """Turn 1 of every case, through the run loop's gateway and with its rules."""
+        assert report.model is not None and report.protocol is not None
+        strategy = TOOLS if report.protocol == "tools" else TAGS
+        # Also checks, once, that Ollama is up and the model exists (a 404 or no server ends the run).
+        shown = await upstream.show(report.model)
+        report.protocol_injected = protocol_needed(inject_protocol, shown.modelfile, has_system=False)
+        prompt = strategy.prompt if report.protocol_injected else None
+        tools = self.tools if strategy.offers_tools else None
+        for case in cases:
+            result = CaseResult(case, *self.keyword_decision(case))
+            messages = turn1_messages(report.suite, case, prompt)
+            result.turn = await self._turn(upstream, report.model, messages, tools, report.max_tokens)
+            self._record(report, result, len(cases), on_progress)
+
+    async def _turn(self, upstream: Upstream, model: str, messages: list[Message], tools: list[dict[str, Any]] | None,
+                    max_tokens: int | None) -> Turn:
         turn = Turn()
         parser = TagParser()
         raw: list[str] = []
-        kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+        names: list[str] = []
+        kwargs: dict[str, Any] = {}
         if tools:
             kwargs["tools"] = tools
         if max_tokens:
             kwargs["options"] = {"num_predict": max_tokens}
         t0 = time.perf_counter()
         last = None
-        names: list[str] = []
         try:
-            for chunk in client.chat(**kwargs):
+            async for chunk in upstream.chat(model, messages, **kwargs):
                 last = chunk
                 msg = chunk.message
-                got = bool(msg.content) or bool(msg.tool_calls)
-                if got and turn.first_token_ms is None:
+                if (msg.content or msg.tool_calls) and turn.first_token_ms is None:
                     turn.first_token_ms = round((time.perf_counter() - t0) * 1000, 2)
                 if msg.content:
                     raw.append(msg.content)
                     parser.feed(msg.content)
-                for call in msg.tool_calls or []:
-                    turn.tool_calls.append(call.function.name)
-                    names.append(call.function.name)
-        except ollama.ResponseError as exc:
-            if exc.status_code == 404:
-                raise ModelNotFound(f"model '{model}' not found at {host}: create it with "
-                                    f"`ollama create {model} -f Modelfile`") from None
-            turn.error = f"{exc.status_code}: {exc.error}"
-        except (httpx.ConnectError, ConnectionError):
-            raise OllamaUnreachable(f"cannot reach Ollama at {host}: start it with `ollama serve`, or set "
-                                    "OLLAMA_HOST / --ollama-host") from None
-        except httpx.HTTPError as exc:
-            turn.error = f"{type(exc).__name__}: {exc}"
+                names += [call.function.name for call in msg.tool_calls or []]
+        except (ModelNotFound, OllamaUnreachable):
+            raise
+        except UpstreamError as exc:  # one failing prompt is reported, not fatal
+            turn.error = f"{exc.status}: {exc.detail}"
         parser.close()
         turn.latency_ms = round((time.perf_counter() - t0) * 1000, 2)
         turn.reply = "".join(raw)
+        turn.tool_calls = list(names)
+        self._score_turn(turn, parser, names)
+        if last is not None:
+            turn.prompt_tokens = int(getattr(last, "prompt_eval_count", 0) or 0)
+            turn.output_tokens = int(getattr(last, "eval_count", 0) or 0)
+        return turn
+
+    def _score_turn(self, turn: Turn, parser: TagParser, names: list[str]) -> None:
+        """What the turn asked for: canonical experts, unknown names, malformed and unclosed tags."""
         turn.tags = [t.raw for t in parser.tags]
         turn.unclosed = sum(1 for t in parser.tags if t.unclosed)
         turn.malformed = [m.raw for m in parser.malformed]
@@ -520,44 +525,13 @@ class Evaluator:
                 canonical = f"?{n.lower()}"  # unknown names still count as asked (and wrong)
             if canonical not in turn.asked:
                 turn.asked.append(canonical)
-        if last is not None:
-            turn.prompt_tokens = int(getattr(last, "prompt_eval_count", 0) or 0)
-            turn.output_tokens = int(getattr(last, "eval_count", 0) or 0)
-        return turn
 
 
-def turn1_messages(suite: Suite, case: Case, system: str | None) -> list[dict[str, Any]]:
-    """The turn-1 messages, as the orchestrator sends them: image notes, then the user's words."""
-    notes = suite.image_notes(case.images)
-    content = "\n".join(notes) + ("\n" + case.prompt if notes else case.prompt)
-    msgs: list[dict[str, Any]] = []
-    if system:
-        msgs.append({"role": "system", "content": system})
-    msgs.append({"role": "user", "content": content})
-    return msgs
-
-
-def _wants_protocol(client: Any, model: str, host: str, mode: str) -> bool:
-    """Whether to send the tag protocol as a system message (the orchestrator's rule). The show call
-    also checks, once, that Ollama is up and the model exists."""
-    import httpx
-    import ollama
-
-    try:
-        shown = client.show(model)
-    except ollama.ResponseError as exc:
-        if exc.status_code == 404:
-            raise ModelNotFound(f"model '{model}' not found at {host}: create it with "
-                                f"`ollama create {model} -f Modelfile`") from None
-        raise UpstreamError(f"Ollama at {host}: {exc.error}", exc.status_code) from None
-    except (httpx.ConnectError, ConnectionError):
-        raise OllamaUnreachable(f"cannot reach Ollama at {host}: start it with `ollama serve`, or set "
-                                "OLLAMA_HOST / --ollama-host") from None
-    if mode == "always":
-        return True
-    if mode == "never":
-        return False
-    return protocol.PROTOCOL_MARKER not in (shown.modelfile or "")
+def turn1_messages(suite: Suite, case: Case, prompt: str | None) -> list[Message]:
+    """The turn-1 messages, built by the run loop's own functions: image notes before the user's words,
+    and the protocol ``prompt`` as a system message, which the run loop sends only with images attached."""
+    content = with_image_notes(case.prompt, suite.image_notes(case.images))
+    return first_turn([user(content)], prompt if case.images else None)
 
 
 def _minimal_tool(expert: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import click
 
 from router.commands import common
 from router.commands.common import settings_from
-from router.core.config import BASE_MODEL
+from router.core.errors import UpstreamError
 
 
 @click.command("doctor")
@@ -19,33 +19,12 @@ from router.core.config import BASE_MODEL
 @click.pass_context
 def doctor(ctx, model, ollama_host, as_json):
     """Check Ollama, the model, and every expert's engine and weights."""
-    import ollama
-
-    from router.core.ollama_host import resolve_host
-    from router.core.protocol import PROTOCOL_MARKER
+    from router.core.dispatch import run_coroutine
+    from router.core.upstream import Upstream
 
     settings = settings_from(ctx, model=model, ollama_host=ollama_host)
-    host = resolve_host(settings.ollama_host)
-    checks: list[dict[str, Any]] = []
-    client = ollama.Client(host=host, timeout=5)
-    try:
-        version = client._client.get("/api/version").json().get("version", "?")
-        checks.append({"check": "ollama", "ok": True, "detail": f"reachable at {host} (version {version})"})
-        try:
-            shown = client.show(settings.model)
-            has = PROTOCOL_MARKER in (shown.modelfile or "")
-            caps = ", ".join(shown.capabilities or []) or "unknown"
-            detail = f"'{settings.model}' present (capabilities: {caps}); " + (
-                "its SYSTEM teaches the tag protocol" if has
-                else "no tag protocol in its SYSTEM: the router will send it as a system message")
-            checks.append({"check": "model", "ok": True, "detail": detail})
-        except ollama.ResponseError as exc:
-            hint = (f"run `ollama pull {BASE_MODEL} && ollama create {settings.model} -f Modelfile`"
-                    if exc.status_code == 404 else exc.error)
-            checks.append({"check": "model", "ok": False, "detail": f"'{settings.model}' missing: {hint}"})
-    except Exception:
-        checks.append({"check": "ollama", "ok": False,
-                       "detail": f"not reachable at {host}: start `ollama serve` or set OLLAMA_HOST / --ollama-host"})
+    upstream = Upstream(settings.ollama_host, timeout=5)
+    checks = run_coroutine(_ollama_checks(upstream, settings.model))
     reg = common.configured_registry(settings)
     for name in reg.names():
         try:
@@ -65,3 +44,26 @@ def doctor(ctx, model, ollama_host, as_json):
             click.echo(f"[{'ok' if c['ok'] else '!!'}] {c['check']:<16} {c['detail']}")
     if not all(c["ok"] for c in checks if c["check"] in ("ollama", "model")):
         ctx.exit(1)
+
+
+async def _ollama_checks(upstream: Any, model: str) -> list[dict[str, Any]]:
+    """Is Ollama there, and is the model? (through the run loop's gateway: the same messages as `ask`)"""
+    from router.core.protocol import PROTOCOL_MARKER
+
+    try:
+        version = await upstream.version()
+    except UpstreamError as exc:
+        return [{"check": "ollama", "ok": False, "detail": str(exc)}]
+    checks = [{"check": "ollama", "ok": True, "detail": f"reachable at {upstream.host} (version {version})"}]
+    try:
+        shown = await upstream.show(model)
+    except UpstreamError as exc:
+        checks.append({"check": "model", "ok": False, "detail": str(exc)})
+        return checks
+    has = PROTOCOL_MARKER in (shown.modelfile or "")
+    caps = ", ".join(shown.capabilities or []) or "unknown"
+    detail = f"'{model}' present (capabilities: {caps}); " + (
+        "its SYSTEM teaches the tag protocol" if has
+        else "no tag protocol in its SYSTEM: the router will send it as a system message")
+    checks.append({"check": "model", "ok": True, "detail": detail})
+    return checks
