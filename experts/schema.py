@@ -88,7 +88,14 @@ class ImageAnalysis(Findings):
         """Merge several experts' results on one image; later experts add to, never erase, earlier ones."""
         merged = cls(image_id=image_id, index=index, width=width, height=height, results=list(results))
         full_texts: list[str] = []
-        line_boxes = [_line_box(t) for r in results if not r.error and not _is_contours(r) for t in r.text]
+        # Only lines with a letter or digit: OCR reading three discs as "…" has not found text there.
+        line_boxes = [
+            _line_box(t)
+            for r in results
+            if not r.error and not _is_contours(r)
+            for t in r.text
+            if any(ch.isalnum() for ch in t.text)
+        ]
         text_boxes = [b for b in line_boxes if b]
         for r in results:
             if text_boxes and _is_contours(r) and not r.error:
