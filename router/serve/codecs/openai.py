@@ -1,4 +1,4 @@
-"""The OpenAI Chat Completions boundary of the proxy: requests in, chunks and errors out.
+"""The OpenAI Chat Completions codec of the proxy: requests in, chunks and errors out.
 
 Converted once at the edge (ollama-contract.md A.7), so the orchestrator only ever sees Ollama's
 native messages: content-part arrays become text plus bare-base64 ``images``, ``data:`` URLs are
@@ -11,37 +11,17 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from experts.errors import VisionRouterError
-from router.serve.wire import BadRequest, GoStruct, validate
+from starlette.responses import JSONResponse, Response
+
+from router.core.orchestrator import Final, TextDelta, ThinkingDelta, ToolCalls
+from router.serve.codecs import ChatMessage, Routed
+from router.serve.wire import BadRequest, GoStruct, may_hold, validate
 
 
-class OpenAIRequestError(VisionRouterError):
+class OpenAIRequestError(BadRequest):
     """A request the OpenAI route refuses (400 ``invalid_request_error``)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-@dataclass
-class NativeChat:
-    """An OpenAI chat request in Ollama's terms."""
-
-    model: str
-    messages: list[dict[str, Any]]
-    stream: bool = False
-    include_usage: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
-    format: Any = None
-    think: Any = None
-    tools: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def image_count(self) -> int:
-        return sum(len(m.get("images") or ()) for m in self.messages)
 
 
 _OPTION_MAP = {
@@ -106,27 +86,16 @@ class OARequest(GoStruct):
     reasoning_effort: str | None = None
 
 
-def to_native(body: Any) -> NativeChat:
+def to_native(body: Any) -> Routed:
     """Convert a ``/v1/chat/completions`` body. Image parts stay base64 strings (decoded later)."""
-    try:
-        req = validate(OARequest, body)
-    except BadRequest as exc:
-        raise OpenAIRequestError(str(exc), exc.param) from None
+    req: OARequest = validate(OARequest, body)
     if not req.model:
         raise OpenAIRequestError("model is required", "model")
     if not req.messages:
         raise OpenAIRequestError("messages is required and must be a non-empty list", "messages")
     call_names: dict[str, str] = {}
     messages = [_message(m, i, call_names) for i, m in enumerate(req.messages)]
-
-    options: dict[str, Any] = {}
-    for key, opt in _OPTION_MAP.items():
-        value = getattr(req, key)
-        if value is not None:
-            options[opt] = value
-    if req.stop is not None:
-        options["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
-
+    options = _options(req)
     fmt: Any = None
     rf = req.response_format
     if rf is not None:
@@ -149,7 +118,20 @@ def to_native(body: Any) -> NativeChat:
 
     stream = req.stream is True
     include_usage = bool(stream and req.stream_options is not None and req.stream_options.include_usage)
-    return NativeChat(req.model, messages, stream, include_usage, options, fmt, think, list(req.tools or []))
+    return Routed(req.model, messages, stream=stream, options=options or None, format=fmt, think=think,
+                  tools=list(req.tools or []), include_usage=include_usage)
+
+
+def _options(req: OARequest) -> dict[str, Any]:
+    """Sampling parameters as Ollama ``options``."""
+    options: dict[str, Any] = {}
+    for key, opt in _OPTION_MAP.items():
+        value = getattr(req, key)
+        if value is not None:
+            options[opt] = value
+    if req.stop is not None:
+        options["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+    return options
 
 
 def _parts(content: Any, i: int) -> tuple[list[str], list[str]]:
@@ -183,23 +165,20 @@ def _parts(content: Any, i: int) -> tuple[list[str], list[str]]:
     return texts, images
 
 
-def _message(m: OAMessage, i: int, call_names: dict[str, str]) -> dict[str, Any]:
+def _message(m: OAMessage, i: int, call_names: dict[str, str]) -> ChatMessage:
     role = (m.role or "user").lower()
     if role == "developer":
         role = "system"
-    out: dict[str, Any] = {"role": role}
     texts, images = _parts(m.content, i)
-    out["content"] = "\n".join(t for t in texts if t)
-    if images:
-        out["images"] = images
+    out = ChatMessage(role, "\n".join(t for t in texts if t), images)
     if m.reasoning:
-        out["thinking"] = m.reasoning
+        out.extra["thinking"] = m.reasoning
     if role == "assistant" and m.tool_calls:
-        out["tool_calls"] = [_tool_call(tc, i, call_names) for tc in m.tool_calls]
+        out.extra["tool_calls"] = [_tool_call(tc, i, call_names) for tc in m.tool_calls]
     if role == "tool":
         name = m.name or call_names.get(m.tool_call_id or "")
         if name:
-            out["tool_name"] = name
+            out.extra["tool_name"] = name
     return out
 
 
@@ -338,3 +317,56 @@ def sse(obj: Any) -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
+
+
+# --- the codec --------------------------------------------------------------------------------------
+class OpenAICodec:
+    """``/v1/chat/completions``."""
+
+    kind = "openai"
+    media_type = "text/event-stream"
+    may_route = may_hold("image_url")
+
+    def parse(self, doc: Any) -> Routed:
+        return to_native(doc)
+
+    def error(self, status: int, message: str, param: str | None = None) -> Response:
+        return JSONResponse(error_body(message, status, param), status_code=status)
+
+    def writer(self, req: Routed) -> OpenAIWriter:
+        return OpenAIWriter(req.model, req.include_usage)
+
+
+class OpenAIWriter:
+    """The SSE chunks, or the one ``chat.completion`` object, of one answer."""
+
+    content_type = "application/json"
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.w = ChunkWriter(model)
+        self.model = model
+        self.include_usage = include_usage
+        self.had_calls = False
+
+    def chunk(self, ev: Any) -> bytes | None:
+        if isinstance(ev, TextDelta):
+            return self.w.content(ev.text)
+        if isinstance(ev, ThinkingDelta):
+            return self.w.reasoning(ev.text)
+        if isinstance(ev, ToolCalls):
+            self.had_calls = True
+            return self.w.tool_calls(ev.calls)
+        if isinstance(ev, Final):
+            out = self.w.finish(finish_reason(ev.done_reason, self.had_calls or bool(ev.tool_calls)))
+            if self.include_usage:
+                out += self.w.usage(ev.stats)
+            return out + DONE
+        return None
+
+    def whole(self, events: list[Any]) -> dict[str, Any]:
+        final = events[-1]
+        assert isinstance(final, Final)
+        return completion(self.model, final.answer, final.thinking, final.tool_calls, final.done_reason, final.stats)
+
+    def stream_error(self, message: str, status: int) -> bytes:
+        return sse(error_body(message, status))

@@ -1,0 +1,58 @@
+"""Which models the proxy gives vision: every model without native ``vision`` that can answer, narrowed
+by the ``route`` and ``skip`` glob lists. Capabilities come from the orchestrator's ``/api/show`` cache
+(one cache for the proxy and the run loop: asked once per model, concurrent asks shared)."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import TYPE_CHECKING
+
+from router.core.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from router.core.orchestrator import Orchestrator
+
+
+def norm_model(name: str) -> str:
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def _match(name: str, patterns: list[str]) -> bool:
+    full = norm_model(name)
+    return any(fnmatch.fnmatchcase(full, norm_model(p)) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+class ModelRoutes:
+    """The routing rule, and the lookup that applies it to a model by name."""
+
+    def __init__(self, orch: Orchestrator, route: list[str], skip: list[str]) -> None:
+        self.orch = orch
+        self.route = route
+        self.skip = skip
+
+    def routed_by_caps(self, name: str, caps: list[str] | None) -> bool:
+        """Whether a model with these capabilities gets vision from the proxy."""
+        if not name or caps is None:
+            return False
+        if self.skip and _match(name, self.skip):
+            return False
+        if self.route and not _match(name, self.route):
+            return False
+        # Embedding-only models cannot answer; models that already see need no help.
+        return "vision" not in caps and ("completion" in caps or not caps)
+
+    async def is_routed(self, model: str) -> bool:
+        """Whether requests for ``model`` go through the experts. A model Ollama does not know (or will
+        not show) is answered with Ollama's own error and status, so no image is handed on for it."""
+        if not model:
+            raise UpstreamError("model is required", 400)
+        try:
+            shown = await self.orch.show(model)
+        except UpstreamError as exc:
+            if exc.status < 500 and exc.detail:
+                raise UpstreamError(exc.detail, exc.status) from None  # Ollama's words, as without the proxy
+            raise
+        return self.routed_by_caps(model, list(shown.capabilities or []))
+
+
+__all__ = ["ModelRoutes", "norm_model"]
