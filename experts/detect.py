@@ -3,8 +3,11 @@
 Three modes:
 
 - contours (no query): every significant object with its box, area, share of the image, aspect
-  ratio, shape class and colour, and the count. Uneven lighting is flattened first, and objects smaller
-  than a fraction of the image do not count, so noise is not an object.
+  ratio, shape class and colour, and the count. The background is modelled from the picture's border
+  inwards with a local correction (uneven light, dark tables, a large product on white), touching round
+  objects are split by a watershed, pieces of one object cut apart by a background-coloured band are
+  joined, and objects smaller than a fraction of the image do not count, so noise is not an object.
+  Letters and pen strokes are reported as "text-like marks", never as shapes.
 - measure (query ``measure`` / ``尺寸`` / ``比例`` / ``像素``, or ``mode="measure"``): the same, said as
   sizes: pixels and share of the image, ratios between the largest objects, where the subject sits
   (centre, rule-of-thirds cell), resolution and DPI.
