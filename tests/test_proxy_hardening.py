@@ -98,6 +98,27 @@ def test_slow_headers_are_cut_off_and_real_clients_still_served():
         stop_stack(s)
 
 
+def test_oversized_headers_and_too_many_connections_are_refused():
+    s = start_stack(config=ProxyConfig(max_connections=4, max_header_bytes=8 * 1024))
+    socks: list[socket.socket] = []
+    try:
+        big = _connect(s.url)
+        big.sendall(b"GET /api/tags HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 16 * 1024 + b"\r\n")
+        big.settimeout(5)
+        assert big.recv(65536).split(b"\r\n")[0] in (b"HTTP/1.1 431 Request Header Fields Too Large",
+                                                      b"HTTP/1.1 400 Bad Request")
+        big.close()
+        for _ in range(6):
+            socks.append(_connect(s.url))
+        time.sleep(0.3)
+        refused = [got for c in socks if (got := _closed_by_server(c)) is not None]
+        assert len(refused) == 2 and all(r.startswith(b"HTTP/1.1 503") for r in refused)
+    finally:
+        for c in socks:
+            c.close()
+        stop_stack(s)
+
+
 def test_slow_body_gets_408_in_ollamas_shape():
     s = start_stack(config=ProxyConfig(body_timeout_s=0.5))
     try:
