@@ -531,7 +531,7 @@ def _robust_keep(resid: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def _lab_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Euclidean distance between two Lab images (or pixel lists), channel last, as float32."""
-    d = (a - b).astype(np.float32)
+    d = np.subtract(a, b, dtype=np.float32)
     return np.sqrt(np.einsum("...c,...c->...", d, d))
 
 
@@ -669,7 +669,7 @@ def colour_name(rgb: tuple[float, float, float]) -> str:
 
 
 @dataclass
-class Findings:
+class ContourFindings:
     """What the contour analysis saw: shape objects (largest first) and text-like marks."""
 
     objects: list[dict[str, Any]]
@@ -699,7 +699,7 @@ def find_objects(bgr: np.ndarray, min_area_share: float = 0.0005) -> list[dict[s
     return analyse(bgr, min_area_share).objects
 
 
-def analyse(bgr: np.ndarray, min_area_share: float = 0.0005) -> Findings:
+def analyse(bgr: np.ndarray, min_area_share: float = 0.0005) -> ContourFindings:
     """Objects and text-like marks: foreground against the local background, text told apart by its
     sparse ink, touching objects split apart (watershed on the distance transform), parts nested in a
     larger object merged into it."""
@@ -732,7 +732,7 @@ def analyse(bgr: np.ndarray, min_area_share: float = 0.0005) -> Findings:
     for i in sorted(marks):
         x, y, bw, bh = cv2.boundingRect(parts[i])
         mark_boxes.append([x, y, x + bw, y + bh])
-    return Findings(found, mark_boxes)
+    return ContourFindings(found, mark_boxes)
 
 
 def text_marks(parts: list[np.ndarray], ink: np.ndarray, image_area: float) -> set[int]:
