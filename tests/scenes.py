@@ -10,38 +10,65 @@ with what a correct expert must find in it, so tests compare against known truth
 - codes: :func:`qr_code` (OpenCV's QR encoder) and :func:`ean13_barcode` (drawn from the EAN-13 tables).
 - helpers: :func:`png_bytes` / :func:`jpeg_bytes` to feed ``experts.images.decode_image``.
 
-Fonts: DejaVu (Debian fonts-dejavu-core) for Latin, WenQuanYi Zen Hei (fonts-wqy-zenhei) for Chinese.
+Fonts ship with the tests (``tests/data/fonts``: subsets of DejaVu for Latin and Noto Sans CJK SC for
+Chinese, with their licences), so scenes look the same on every machine and need no system font. A
+character the subsets lack is an error naming it; ``tests/data/fonts/make_fonts.py`` adds it.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-_DEJAVU = "/usr/share/fonts/truetype/dejavu"
+FONT_DIR = Path(__file__).resolve().parent / "data" / "fonts"
 FONTS: dict[str, str] = {
-    "sans": f"{_DEJAVU}/DejaVuSans.ttf",
-    "sans-bold": f"{_DEJAVU}/DejaVuSans-Bold.ttf",
-    "serif": f"{_DEJAVU}/DejaVuSerif.ttf",
-    "mono": f"{_DEJAVU}/DejaVuSansMono.ttf",
-    "cjk": "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "sans": str(FONT_DIR / "DejaVuSans-subset.ttf"),
+    "sans-bold": str(FONT_DIR / "DejaVuSans-Bold-subset.ttf"),
+    "serif": str(FONT_DIR / "DejaVuSerif-subset.ttf"),
+    "mono": str(FONT_DIR / "DejaVuSansMono-subset.ttf"),
+    "cond": str(FONT_DIR / "DejaVuSansCondensed-subset.ttf"),
+    "cjk": str(FONT_DIR / "NotoSansCJKsc-Regular-subset.otf"),
 }
-"""Font name -> file. ``cjk`` covers Chinese and Latin; the others are Latin only."""
+"""Font name -> file, all shipped in ``tests/data/fonts``. ``cjk`` covers Chinese and Latin; the others
+are Latin (and Latin-1) only."""
 
 
 def font_available(name: str) -> bool:
-    """Whether the font file for ``name`` (a key of :data:`FONTS`) is installed."""
+    """Whether the font file for ``name`` (a key of :data:`FONTS`) is there."""
     return os.path.exists(FONTS[name])
 
 
 def font(name: str, size: int) -> ImageFont.FreeTypeFont:
     """Load a font from :data:`FONTS` at a pixel size."""
     return ImageFont.truetype(FONTS[name], size)
+
+
+@cache
+def _coverage() -> dict[str, frozenset[str]]:
+    raw = json.loads((FONT_DIR / "coverage.json").read_text(encoding="utf-8"))
+    return {name: frozenset(chars) for name, chars in raw.items()}
+
+
+def check_coverage(font_name: str, text: str) -> None:
+    """Raise :class:`ValueError` naming any character of ``text`` the font cannot draw (a subset draws
+    an empty box for it, which would silently change what OCR tests see)."""
+    covered = _coverage().get(Path(FONTS[font_name]).name)
+    if covered is None:  # a font a test put in FONTS itself
+        return
+    missing = sorted({c for c in text if c not in covered and not c.isspace()})
+    if missing:
+        raise ValueError(
+            f"font {font_name!r} ({Path(FONTS[font_name]).name}) lacks {''.join(missing)!r}: "
+            "run tests/data/fonts/make_fonts.py to add them"
+        )
 
 
 # --- backgrounds ---------------------------------------------------------------------------------
@@ -121,6 +148,7 @@ def text_block(
     seed: int = 0,
 ) -> Image.Image:
     """Several left-aligned lines (``line_gap`` is the blank space between lines, in font sizes)."""
+    check_coverage(font_name, "".join(lines))
     f = font(font_name, size)
     pad = pad if pad is not None else max(16, size)
     widths = [int(f.getlength(t)) for t in lines]
