@@ -82,6 +82,8 @@ class CaptionExpert(Expert):
     Args = CaptionArgs
     positional = "query"
     extra = "caption"
+    # The model sees 224-448 px: a 1024 px view moves its input by ~0.3% and spares resizing 50 MP on every call.
+    max_side = 1024
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
