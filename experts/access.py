@@ -73,7 +73,8 @@ def check_bind_host(host: str, allow_remote: bool) -> None:
     if outside or not addresses:
         shown = host if host.strip() else '""'
         raise AccessError(
-            f"--host {shown} listens beyond this machine ({', '.join(outside) or 'no address'} is not loopback): "
+            f"--host {shown} listens beyond this machine ({', '.join(outside) or 'no address'} "
+            f"{'are' if len(outside) > 1 else 'is'} not loopback): "
             "add --allow-remote (and a --token) to serve other machines"
         )
 
