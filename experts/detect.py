@@ -298,6 +298,9 @@ class DetectExpert(Expert):
             "image_size": f"{w}x{h}",
             "mode": mode,
         }
+        if found.cluttered:
+            # No plain backdrop: the objects are the picture's main light/dark regions, said so.
+            attributes["background"] = "cluttered"
         if found.marks:
             # Letters and pen strokes are not shapes: said once, as what they look like.
             labels.insert(0, f"{len(found.marks)} text-like marks")
@@ -535,7 +538,7 @@ def _lab_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("...c,...c->...", d, d))
 
 
-def background_model(lab: np.ndarray) -> np.ndarray:
+def background_model(lab: np.ndarray) -> tuple[np.ndarray, float]:
     """The background's Lab colour at every pixel, for lit scenes, product shots and dark tables alike.
 
     First a smooth quadratic surface per channel, fitted robustly from the picture's border inwards: the
@@ -543,7 +546,8 @@ def background_model(lab: np.ndarray) -> np.ndarray:
     outlier instead of becoming the background. Then a local correction (normalised convolution of the
     pixels taken for background, about an eighth of the image wide) follows what a quadratic cannot:
     the patchy light of a photographed table. Where no background is near (inside a large object) the
-    quadratic surface stands."""
+    quadratic surface stands. Also returns the border's median distance from the surface (Lab units):
+    small for a table, a wall or a page, large where the picture's edge is a busy scene."""
     small, _ = _downscale(lab, 200)
     sh, sw = small.shape[:2]
     design = _quadratic_design(sh, sw)
@@ -551,7 +555,7 @@ def background_model(lab: np.ndarray) -> np.ndarray:
     band = max(2, int(round(min(sh, sw) * 0.04)))
     keep = np.zeros((sh, sw), bool)
     keep[:band], keep[-band:], keep[:, :band], keep[:, -band:] = True, True, True, True
-    keep = keep.reshape(-1)
+    keep = ring = keep.reshape(-1)
     coef = np.zeros((6, 3), np.float32)
     every = np.zeros(len(values), bool)
     every[::3] = True  # a third of the pixels pins six coefficients down as well as all of them
@@ -561,6 +565,7 @@ def background_model(lab: np.ndarray) -> np.ndarray:
         coef = np.linalg.solve(a.T @ a + 1e-6 * np.eye(6, dtype=np.float32), a.T @ b)
         keep = _robust_keep(_lab_distance(values, flat_d @ coef), keep)
     quad = (flat_d @ coef).reshape(sh, sw, 3).astype(np.float32)
+    clutter = float(np.median(_lab_distance(values[ring], quad.reshape(-1, 3)[ring])))
     keep2 = keep.reshape(sh, sw)
     # stackBlur (a fast near-Gaussian) about an eighth of the image wide.
     k = int(max(sh, sw) / 8.0 * 2.5) | 1
@@ -574,26 +579,37 @@ def background_model(lab: np.ndarray) -> np.ndarray:
         resid = _lab_distance(small, bg)
         keep2 = _robust_keep(resid, keep2)
     h, w = lab.shape[:2]
-    if (sh, sw) == (h, w):
-        return bg
-    return cv2.resize(bg, (w, h), interpolation=cv2.INTER_LINEAR)
+    if (sh, sw) != (h, w):
+        bg = cv2.resize(bg, (w, h), interpolation=cv2.INTER_LINEAR)
+    return bg, clutter
 
 
 def foreground_mask(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pixels that differ from the (possibly unevenly lit) background: the mask and the distance image."""
-    mask, dist, _ink = _foreground(bgr)
+    mask, dist, _ink, _cluttered = _foreground(bgr)
     return mask, dist
 
 
-def _foreground(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The object mask, the distance from the background (Lab units) and the unsmoothed ink mask.
+# A border further than this (median, Lab units) from any smooth surface is a busy scene, not a backdrop:
+# skimage's cameraman measures 26, its cat 24, coffee table 36, astronaut 50; coins 9.8, pages and walls < 6.
+CLUTTERED_BORDER = 18.0
+
+
+def _foreground(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """The object mask, the distance from the background (Lab units), the unsmoothed ink mask, and
+    whether the scene is cluttered (no plain background to measure against).
 
     The distance from :func:`background_model` is thresholded with Otsu, with a floor so a plain image
     has no objects; a local background makes this an adaptive threshold. The ink mask is the same
-    threshold on the unblurred image, without morphology: letters keep their counters and thin strokes."""
+    threshold on the unblurred image, without morphology: letters keep their counters and thin strokes.
+    In a cluttered scene the local background would follow the subject itself; there the image is split
+    in two by Otsu on lightness, and the side that holds less of the border is the foreground."""
     h, w = bgr.shape[:2]
     lab = cv2.cvtColor(cv2.GaussianBlur(bgr, (5, 5), 0), cv2.COLOR_BGR2LAB).astype(np.float32)
-    bg = background_model(lab)
+    bg, clutter = background_model(lab)
+    if clutter > CLUTTERED_BORDER:
+        mask, dist, ink = _two_sided(lab, cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB))
+        return _clean(mask), dist, ink, True
     dist = _lab_distance(lab, bg)
     dist8 = np.clip(dist * 2.0, 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(dist8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
@@ -602,11 +618,30 @@ def _foreground(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mask = (dist8 > thresh).astype(np.uint8) * 255
     sharp = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB).astype(np.float32)
     ink = (_lab_distance(sharp, bg) > thresh / 2.0).astype(np.uint8) * 255
-    # Opening detaches specks and thin noise from objects; closing heals small gaps in them.
+    return _clean(mask), dist, ink, False
+
+
+def _clean(mask: np.ndarray) -> np.ndarray:
+    """Opening detaches specks and thin noise from objects; closing heals small gaps in them."""
+    h, w = mask.shape[:2]
     k = max(3 if min(h, w) < 300 else 5, int(round(min(h, w) / 150)) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel, iterations=2)
+    return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel, iterations=2)
+
+
+def _two_sided(lab: np.ndarray, sharp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Otsu on lightness: the side holding less of the picture's border is the foreground. The distance is
+    lightness away from the background side's median, so outlines are redrawn at half an object's contrast."""
+    light = np.clip(lab[:, :, 0], 0, 255).astype(np.uint8)
+    level, bright = cv2.threshold(light, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
+    fg_bright = float(border.mean()) < 127.5  # the border is mostly dark: the bright side is the subject
+    mask = bright if fg_bright else 255 - bright
+    bg_level = float(np.median(lab[:, :, 0][mask == 0])) if (mask == 0).any() else float(level)
+    dist = np.abs(lab[:, :, 0] - bg_level)
+    sharp_l = sharp[:, :, 0]
+    ink = ((sharp_l > level) if fg_bright else (sharp_l <= level)).astype(np.uint8) * 255
     return mask, dist, ink
 
 
@@ -674,6 +709,7 @@ class ContourFindings:
 
     objects: list[dict[str, Any]]
     marks: list[list[int]] = field(default_factory=list)  # boxes of text-like marks, when the image reads as text
+    cluttered: bool = False  # no plain background: the objects are the image's main light/dark regions
 
     @property
     def marks_box(self) -> list[int] | None:
@@ -691,6 +727,7 @@ class ContourFindings:
 TEXT_INK_SHARE = 0.67
 MARK_INK_SHARE = 0.85
 MIN_MARKS_FOR_TEXT = 8
+CLUTTERED_MIN_SHARE = 0.005  # smallest object in a busy scene (share of the image)
 SMALL_PART_SHARE = 0.05
 
 
@@ -705,9 +742,10 @@ def analyse(bgr: np.ndarray, min_area_share: float = 0.0005) -> ContourFindings:
     larger object merged into it."""
     h, w = bgr.shape[:2]
     image_area = float(h * w)
-    mask, dist, ink = _foreground(bgr)
+    mask, dist, ink, cluttered = _foreground(bgr)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    min_area = max(min_area_share * image_area, 16.0)
+    # In a busy scene small regions are texture (fur, wood grain, grass), not objects.
+    min_area = max((CLUTTERED_MIN_SHARE if cluttered else min_area_share) * image_area, 16.0)
     parts = [c for c in contours if cv2.contourArea(c) >= min_area]
     marks = text_marks(parts, ink, image_area)
     pieces: list[np.ndarray] = []
@@ -732,7 +770,7 @@ def analyse(bgr: np.ndarray, min_area_share: float = 0.0005) -> ContourFindings:
     for i in sorted(marks):
         x, y, bw, bh = cv2.boundingRect(parts[i])
         mark_boxes.append([x, y, x + bw, y + bh])
-    return ContourFindings(found, mark_boxes)
+    return ContourFindings(found, mark_boxes, cluttered)
 
 
 def text_marks(parts: list[np.ndarray], ink: np.ndarray, image_area: float) -> set[int]:
