@@ -73,7 +73,7 @@ class Protocol:
         """Ours (unless this is the last round) merged with the client's; ours win a name clash."""
         ours = toolspec.ollama_tools(registry) if self.offers_tools and not final else []
         names = {t["function"]["name"] for t in ours}
-        return ours + [t for t in client_tools if _tool_name(t) not in names]
+        return ours + [t for t in client_tools if tool_name_of(t) not in names]
 
     def sort_calls(self, calls: Sequence[ToolCall], reply: str, rules: CallRules, final: bool) -> SortedCalls:
         """Split one reply's native tool calls: ours to run, the client's to hand back, malformed ones
@@ -150,7 +150,8 @@ def tool_error(problem: str, registry: Registry) -> str:
     return f"error: {problem}. Available tools: " + ", ".join(toolspec.tool_name(n) for n in registry.names())
 
 
-def _tool_name(tool: Mapping[str, Any]) -> Any:
+def tool_name_of(tool: Mapping[str, Any]) -> Any:
+    """The function name of a tool definition (None when it has none)."""
     fn = tool.get("function")
     return fn.get("name") if isinstance(fn, Mapping) else None
 

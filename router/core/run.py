@@ -46,6 +46,7 @@ from router.core.protocols import (
     bad_call_notes,
     protocol_needed,
     tool_error,
+    tool_name_of,
 )
 from router.core.tags import Tag, TagParser
 from router.core.trace import LLMCall, Trace
@@ -243,7 +244,7 @@ class Run:
         reader.close()
         reply = reader.reply
         reply.text = "".join(reader.raw)
-        rules = CallRules(self.o.registry, {_tool_name(t) for t in self.req.client_tools}, len(self.work.images),
+        rules = CallRules(self.o.registry, {tool_name_of(t) for t in self.req.client_tools}, len(self.work.images),
                           self.work.latest, max(0, self.work.max_per_reply - len(reader.keys)))
         reply.calls = self.protocol.sort_calls(reader.tool_calls, reply.text, rules, final)
         reply.asked_again = reply.asked_again or bool(reply.calls.ignored)
@@ -464,8 +465,3 @@ def _images_of(m: Any) -> Any:
     if isinstance(m, Message):
         return m.images
     return m.get("images") if isinstance(m, dict) else None
-
-
-def _tool_name(tool: dict[str, Any]) -> Any:
-    fn = tool.get("function")
-    return fn.get("name") if isinstance(fn, dict) else None
