@@ -22,6 +22,7 @@ This module is a library (no click): ``router.commands.mcp`` is the command line
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import json
 import logging
@@ -346,8 +347,10 @@ class VisionMcp:
                     if allowed_hosts is not None else TransportSecuritySettings(enable_dns_rebinding_protection=False))
         # A base64 image is 4/3 of its bytes: let the largest accepted image through the body limit.
         body_limit = max(4 * 1024 * 1024, self.settings.max_image_bytes * 4 // 3 + 64 * 1024)
-        manager = StreamableHTTPSessionManager(app=self.server, security_settings=security,
-                                               max_request_body_size=body_limit)
+        options: dict[str, Any] = {"security_settings": security}
+        if "max_request_body_size" in inspect.signature(StreamableHTTPSessionManager).parameters:
+            options["max_request_body_size"] = body_limit  # the SDK caps bodies at 4 MiB by default (mcp 1.30)
+        manager = StreamableHTTPSessionManager(app=self.server, **options)
 
         @asynccontextmanager
         async def lifespan(_app: Any) -> Any:
