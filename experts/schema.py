@@ -6,6 +6,7 @@ All models are plain pydantic: JSON in and out, the same over HTTP.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Any
 
@@ -88,13 +89,8 @@ class ImageAnalysis(Findings):
         """Merge several experts' results on one image; later experts add to, never erase, earlier ones."""
         merged = cls(image_id=image_id, index=index, width=width, height=height, results=list(results))
         full_texts: list[str] = []
-        # Only lines with a letter or digit: OCR reading three discs as "…" has not found text there.
         line_boxes = [
-            _line_box(t)
-            for r in results
-            if not r.error and not _is_contours(r)
-            for t in r.text
-            if any(ch.isalnum() for ch in t.text)
+            _line_box(t) for r in results if not r.error and not _is_contours(r) for t in r.text if _reads_as_text(t)
         ]
         text_boxes = [b for b in line_boxes if b]
         for r in results:
@@ -130,6 +126,15 @@ INSIDE_TEXT_SHARE = 0.6
 def _is_contours(r: ExpertResult) -> bool:
     """A ``detect`` result in contours or measure mode (labelled detections such as faces or QR codes are not)."""
     return r.expert == "detect" and r.attributes.get("mode") in ("contours", "measure")
+
+
+_WORD = re.compile(r"[^\W_]{2,}")
+
+
+def _reads_as_text(t: TextLine) -> bool:
+    """A line with a word in it (two letters or digits in a row). OCR also "reads" rows of shapes, as
+    "● ● ●" for discs or "Λ A A V" for triangles: lone marks like these are left to the shapes."""
+    return bool(_WORD.search(t.text))
 
 
 def _line_box(t: TextLine) -> list[float] | None:

@@ -356,12 +356,13 @@ def test_merge_keeps_contours_without_ocr_and_labelled_boxes_with_it(expert, let
     )
     merged = ImageAnalysis.merge(img.image_id, 1, [face, _ocr(img.image_id, text_box)], img.width, img.height)
     assert [b.label for b in merged.bbox] == ["face"] and merged.objects == ["1 face"]
-    # OCR "text" without a letter or digit (it reads a row of discs as an ellipsis) covers nothing.
-    dots = _ocr(img.image_id, [0, 0, img.width, img.height]).model_copy(
-        update={"text": [TextLine(text="…", score=0.6, bbox=[0, 0, img.width, img.height])]}
-    )
-    merged = ImageAnalysis.merge(img.image_id, 1, [det, dots], img.width, img.height)
-    assert merged.measurements["count"] == 3
+    # OCR "text" without a word in it covers nothing: PP-OCR reads a row of discs as "● ● ●" and four
+    # triangles as "Λ A A V" (real readings, tests/test_rag.py's scenes).
+    for reading in ("● ● ●", "Λ A A V", "…"):
+        line = TextLine(text=reading, score=0.7, bbox=[0, 0, img.width, img.height])
+        shapes = ExpertResult(image_id=img.image_id, expert="ocr", text=[line], full_text=reading)
+        merged = ImageAnalysis.merge(img.image_id, 1, [det, shapes], img.width, img.height)
+        assert merged.measurements["count"] == 3, reading
     # A failed OCR run has no text boxes to go by.
     failed = ExpertResult.failure(img.image_id, "ocr", {}, "ocr: engine missing")
     merged = ImageAnalysis.merge(img.image_id, 1, [det, failed], img.width, img.height)
