@@ -374,3 +374,17 @@ def test_inside_share_of_a_box_under_text_boxes():
     assert inside_share([0, 0, 10, 10], [[0, 0, 10, 10], [0, 0, 10, 10]]) == 1.0  # capped
     assert inside_share([0, 0, 10, 10], [[20, 20, 30, 30]]) == 0.0
     assert inside_share([0, 0, 10, 10], [[0, 0, 10, 5]]) == pytest.approx(0.5)
+
+
+def test_merge_with_the_real_ocr_engine(expert, letters_and_a_disc):
+    """With PP-OCR reading "HI", the model hears of one circle, not of a polygon and a rectangle."""
+    from experts.ocr import OcrExpert
+
+    ocr = OcrExpert()
+    if not ocr.status().get("ok"):
+        pytest.skip("ocr engine unavailable: install the [ocr] extra")
+    img, _ = letters_and_a_disc
+    read = ocr.analyze(img, {})
+    assert read.full_text == "HI"
+    merged = ImageAnalysis.merge(img.image_id, 1, [read, expert.analyze(img, {})], img.width, img.height)
+    assert merged.objects == ["1 circle"] and merged.measurements["inside_text"] == 2
