@@ -296,12 +296,16 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
-def run(argv: list[str] | None = None) -> list[str]:
-    """Build the set, measure both sides and return the table lines."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=3, help="timing repeats per image (best is kept)")
-    args = ap.parse_args(argv)
-    return table(measure(repeats=max(1, args.repeats)))
+def run(argv: list[str] | argparse.Namespace | None = None) -> list[str]:
+    """Build the set, measure both sides and return the table lines. ``argv``: command-line words, or a
+    caller's parsed arguments (its ``repeats``, if it has one, is used)."""
+    if isinstance(argv, argparse.Namespace):
+        repeats = int(getattr(argv, "repeats", None) or 3)
+    else:
+        ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+        ap.add_argument("--repeats", type=int, default=3, help="timing repeats per image (best is kept)")
+        repeats = ap.parse_args(argv).repeats
+    return table(measure(repeats=max(1, repeats)))
 
 
 if __name__ == "__main__":
