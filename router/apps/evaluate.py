@@ -447,7 +447,7 @@ class Evaluator:
         else:
             if protocol_mode not in ("tags", "tools"):
                 raise VisionRouterError(f"unknown protocol {protocol_mode!r} (tags or tools)")
-            upstream = Upstream(host, timeout=timeout_s)
+            upstream = Upstream(host, timeout=timeout_s, protocol_model=model)  # the model eval was pointed at
             report.model, report.protocol, report.max_tokens = model, protocol_mode, max_tokens
             report.host = upstream.host
             run_coroutine(self._with_model(report, cases, upstream, inject_protocol, on_progress))

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import ollama
 
-from router.core.config import BASE_MODEL
+from router.core.config import BASE_MODEL, DEFAULT_MODEL
 from router.core.errors import ModelNotFound, OllamaUnreachable, UpstreamError
 from router.core.ollama_host import resolve_host
 
@@ -35,9 +35,17 @@ UPSTREAM_ERRORS = (ollama.ResponseError, httpx.HTTPError, ConnectionError)
 START_HINT = "start it with `ollama serve`, or set OLLAMA_HOST / --ollama-host"
 
 
-def create_hint(model: str) -> str:
-    """How to make a missing router model (see the Modelfile)."""
-    return f"create it with `ollama pull {BASE_MODEL} && ollama create {model} -f Modelfile`"
+def create_hint(model: str, protocol_model: str = DEFAULT_MODEL) -> str:
+    """How to get a missing model: the router's own model is made from the Modelfile; any other name is
+    a library model to pull (``ollama create llava:7b -f Modelfile`` would be wrong advice)."""
+    if _base(model) == _base(protocol_model):
+        return f"create it with `ollama pull {BASE_MODEL} && ollama create {model} -f Modelfile`"
+    return f"pull it with `ollama pull {model}`"
+
+
+def _base(model: str) -> str:
+    name = model.strip().lower()
+    return name[: -len(":latest")] if name.endswith(":latest") else name
 
 
 def upstream_error(
@@ -47,6 +55,7 @@ def upstream_error(
     *,
     missing: str | None = None,
     unreachable: str | None = None,
+    protocol_model: str = DEFAULT_MODEL,
 ) -> UpstreamError:
     """Any failure talking to Ollama as one :class:`UpstreamError`: ``status`` to pass on, one line for
     people, ``detail`` Ollama's own words. ``missing`` replaces the fix offered for a 404 on ``model``
@@ -56,8 +65,8 @@ def upstream_error(
     if isinstance(exc, ollama.ResponseError):
         status = exc.status_code if exc.status_code > 0 else 502  # a mid-stream error line has no status
         if status == 404 and model:
-            return ModelNotFound(f"model '{model}' not found at {host}: {missing or create_hint(model)}",
-                                 detail=exc.error)
+            fix = missing or create_hint(model, protocol_model)
+            return ModelNotFound(f"model '{model}' not found at {host}: {fix}", detail=exc.error)
         return UpstreamError(f"Ollama at {host}: {exc.error}", status, detail=exc.error)
     if isinstance(exc, (httpx.ConnectError, ConnectionError)):
         return OllamaUnreachable(f"cannot reach Ollama at {host}: {unreachable or START_HINT}")
@@ -86,8 +95,10 @@ class Upstream:
         client: ollama.AsyncClient | None = None,
         timeout: float | None = None,
         show_ttl_s: float = SHOW_TTL_S,
+        protocol_model: str = DEFAULT_MODEL,
     ) -> None:
         self.host = resolve_host(host)
+        self.protocol_model = protocol_model
         self.show_ttl_s = show_ttl_s
         self._client = client
         self._timeout = timeout
@@ -134,7 +145,7 @@ class Upstream:
         try:
             shown = await self.client().show(model)
         except UPSTREAM_ERRORS as exc:
-            err = upstream_error(exc, self.host, model)
+            err = upstream_error(exc, self.host, model, protocol_model=self.protocol_model)
             if err.status < 500 and isinstance(exc, ollama.ResponseError):  # 5xx may be transient: ask again
                 self._shown[model] = (time.monotonic() + self.show_ttl_s, err)
             raise err from None
@@ -150,7 +161,7 @@ class Upstream:
             async for chunk in stream:
                 yield chunk
         except UPSTREAM_ERRORS as exc:
-            raise upstream_error(exc, self.host, model) from None
+            raise upstream_error(exc, self.host, model, protocol_model=self.protocol_model) from None
 
     async def version(self) -> str:
         """Ollama's version string (doubles as the "is it up?" check)."""
