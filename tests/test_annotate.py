@@ -17,7 +17,7 @@ from experts.schema import BBox, ExpertResult, ImageAnalysis, Style, TextLine
 from router.apps.annotate import OCR_COLOUR, STRIP_BG, annotate, label_colour, render
 from router.commands import cli
 from tests.router_experts import make_registry
-from tests.scenes import FONTS, font_available
+from tests.scenes import FONTS
 
 WHITE = (255, 255, 255)
 
@@ -100,7 +100,18 @@ def test_ocr_quads_and_recognised_text():
     assert len(inks) > 2  # text drawn on the label background
 
 
-@pytest.mark.skipif(not font_available("cjk"), reason="needs fonts-wqy-zenhei")
+def test_a_font_given_by_vision_router_font_is_used_and_its_cjk_is_recognised(monkeypatch):
+    monkeypatch.setenv("VISION_ROUTER_FONT", FONTS["cjk"])  # the shipped Noto Sans CJK subset
+    ann.find_font.cache_clear()
+    try:
+        assert ann.find_font() == FONTS["cjk"] and ann.font_has_cjk(FONTS["cjk"])
+        assert not ann.font_has_cjk(FONTS["sans"])  # DejaVu has no Chinese glyphs
+    finally:
+        ann.find_font.cache_clear()
+
+
+@pytest.mark.skipif(not ann._fontconfig_cjk() and not any(Path(p).is_file() for p in ann.CJK_FONT_PATHS),
+                    reason="needs a system CJK font (Debian: fonts-wqy-zenhei); .ci/run installs it")
 def test_chinese_text_uses_a_cjk_font():
     ann.find_font.cache_clear()
     font_file = ann.find_font()

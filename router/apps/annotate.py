@@ -93,11 +93,17 @@ def find_font() -> str:
     return PILLOW_DEFAULT
 
 
+@functools.lru_cache(maxsize=16)
 def font_has_cjk(font: str) -> bool:
+    """Whether the font file draws Chinese: real glyphs differ, a font without them draws the same
+    empty box for every character (a name check would miss a font given by VISION_ROUTER_FONT)."""
     if font == PILLOW_DEFAULT:
         return False
-    name = Path(font).name.lower()
-    return font in _fontconfig_cjk() or any(Path(p).name.lower() == name for p in CJK_FONT_PATHS)
+    try:
+        f = ImageFont.truetype(font, 24)
+        return bytes(f.getmask("中")) != bytes(f.getmask("文"))
+    except OSError:
+        return False
 
 
 def _fontconfig_cjk() -> list[str]:
