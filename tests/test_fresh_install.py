@@ -70,3 +70,21 @@ def test_the_main_job_runs_without_the_extras(bare):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert "[IMAGE CONTEXT]" in r.stdout
+
+
+def test_help_lists_every_command_without_importing_any_command_module():
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from router.commands import COMMANDS, SUMMARIES, cli\n"
+        "r = CliRunner().invoke(cli, ['--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "assert set(COMMANDS) == set(SUMMARIES)\n"
+        "for name in COMMANDS: assert f'  {name} ' in r.output, name\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('router.commands.', 'router.apps', 'router.serve')))\n"
+        "assert loaded == ['router.commands.common'], loaded\n"
+        "heavy = [m for m in ('torch', 'ollama', 'httpx', 'cv2', 'rapidocr', 'paddle') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

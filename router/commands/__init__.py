@@ -30,7 +30,24 @@ COMMANDS = {
 }
 
 
-@click.group(cls=Group, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+# What `vision-router --help` lists for each command (tests/test_cli.py keeps them equal to the commands' own).
+SUMMARIES = {
+    "ask": "Ask MODEL a QUESTION about IMAGES (paths, or - for stdin).",
+    "demo": "The main job on its embedded default image: the experts on it, and the model's answer.",
+    "expert": "List and run the vision experts directly.",
+    "doctor": "Check Ollama, the model, and every expert's engine and weights.",
+    "serve": "Serve an Ollama-compatible API that gives text-only models vision.",
+    "tools": "Print the experts as native tool definitions (JSON), for frontends that configure tools.",
+    "batch": "Run experts (and with -q the model) on every image under PATHS; one JSON line per image.",
+    "index": "Index the images under PATHS for `search` and `ask --rag`.",
+    "search": "Search the image index by QUERY text and/or --image.",
+    "preset": "Worked tasks as editable TOML files (experts, rules, prompt).",
+    "eval": "Benchmark routing: does the keyword table, and does MODEL, ask for the right experts?",
+    "mcp": "Serve the experts as MCP tools (stdio, or streamable HTTP).",
+}
+
+
+@click.group(cls=Group, lazy=COMMANDS, summaries=SUMMARIES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vision-router")
 @click.option("--config", type=click.Path(dir_okay=False), envvar="VISION_ROUTER_CONFIG",
               help="config.toml (default ~/.config/vision-router/config.toml)")

@@ -20,9 +20,26 @@ class Group(click.Group):
     concern per module); ``lazy`` maps a command name to ``module:attribute``.
     """
 
-    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, summaries: dict[str, str] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lazy = dict(lazy or {})
+        self.summaries = dict(summaries or {})
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``--help`` from the one-line summaries, so listing imports no command
+        module (each would pull in its library: the eval suite, the RAG index, ...)."""
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.summaries:
+                rows.append((name, self.summaries[name]))
+                continue
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(formatter.width - 6 - max(len(n) for n in self.lazy))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         import importlib.util
@@ -98,7 +115,7 @@ def parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def extra_hint(module: str | None) -> str:
     """The pip command that brings in MODULE's extra."""
-    extras = {"uvicorn": "serve", "starlette": "serve", "open_clip": "clip", "torch": "clip or caption",
+    extras = {"mcp": "mcp", "ray": "ray", "uvicorn": "serve", "starlette": "serve", "open_clip": "clip", "torch": "clip or caption",
               "transformers": "caption", "qdrant_client": "rag", "rapidocr": "ocr", "paddleocr": "ocr"}
     top = (module or "").split(".")[0]
     extra = extras.get(top)
