@@ -22,9 +22,20 @@ IMG = png_bytes(80, 60)
 
 
 # --- one mapping of Ollama's failures ------------------------------------------------------------
+def test_a_missing_library_model_is_pulled_and_only_the_protocol_model_is_made_from_the_modelfile():
+    host = "http://127.0.0.1:11434"
+    gone = ollama.ResponseError("model 'llava:7b' not found", 404)
+    assert str(upstream_error(gone, host, "llava:7b")).endswith("pull it with `ollama pull llava:7b`")
+    assert "Modelfile" not in str(upstream_error(gone, host, "llava:7b"))
+    mine = str(upstream_error(ollama.ResponseError("not found", 404), host, "qwen3-vision:latest"))
+    assert mine.endswith("ollama create qwen3-vision:latest -f Modelfile`")
+    shop = str(upstream_error(gone, host, "shop-vision", protocol_model="shop-vision"))
+    assert "ollama create shop-vision -f Modelfile" in shop
+
+
 def test_every_failure_maps_to_one_line_and_a_status():
     host = "http://127.0.0.1:11434"
-    missing = upstream_error(ollama.ResponseError("model 'x' not found", 404), host, "x")
+    missing = upstream_error(ollama.ResponseError("model 'x' not found", 404), host, "x", protocol_model="x")
     assert isinstance(missing, ModelNotFound) and missing.status == 404 and missing.detail == "model 'x' not found"
     assert str(missing) == (f"model 'x' not found at {host}: create it with "
                             f"`ollama pull {BASE_MODEL} && ollama create x -f Modelfile`")

@@ -115,8 +115,9 @@ def parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def extra_hint(module: str | None) -> str:
     """The pip command that brings in MODULE's extra."""
-    extras = {"mcp": "mcp", "ray": "ray", "uvicorn": "serve", "starlette": "serve", "open_clip": "clip", "torch": "clip or caption",
-              "transformers": "caption", "qdrant_client": "rag", "rapidocr": "ocr", "paddleocr": "ocr"}
+    extras = {"mcp": "mcp", "ray": "ray", "uvicorn": "serve", "starlette": "serve", "open_clip": "clip",
+              "torch": "clip or caption", "transformers": "caption", "qdrant_client": "rag", "rapidocr": "ocr",
+              "paddleocr": "ocr"}
     top = (module or "").split(".")[0]
     extra = extras.get(top)
     return f"pip install 'ollama-vision-router[{extra}]'" if extra else "see the README"

@@ -46,7 +46,7 @@ def demo(ctx, model, ollama_host, save):
     click.echo("")
 
     try:
-        run_coroutine(Upstream(orch.host, timeout=5).show(settings.model))
+        run_coroutine(Upstream(orch.host, timeout=5, protocol_model=settings.model).show(settings.model))
     except ModelNotFound:
         click.echo(f"Ollama is up at {orch.host}, but model '{settings.model}' is missing. Create it:")
         _print_setup(settings.model, with_serve=False)

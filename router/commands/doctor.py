@@ -23,7 +23,7 @@ def doctor(ctx, model, ollama_host, as_json):
     from router.core.upstream import Upstream
 
     settings = settings_from(ctx, model=model, ollama_host=ollama_host)
-    upstream = Upstream(settings.ollama_host, timeout=5)
+    upstream = Upstream(settings.ollama_host, timeout=5, protocol_model=settings.model)
     checks = run_coroutine(_ollama_checks(upstream, settings.model))
     reg = common.configured_registry(settings)
     for name in reg.names():

@@ -60,7 +60,7 @@ class Orchestrator:
         keywords: KeywordRouter | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.upstream = Upstream(self.settings.ollama_host, client=client)
+        self.upstream = Upstream(self.settings.ollama_host, client=client, protocol_model=self.settings.model)
         self.host = self.upstream.host
         self.registry = self.settings.configure(registry or default_registry())
         if dispatcher is None:
