@@ -371,12 +371,14 @@ class Intake:
     skip: bool = False  # already in the output (resume)
 
 
-def take_in(path: str | Path, limits: dict[str, int], seen: Seen | None = None) -> Intake:
-    """Read (stat first), hash and decode one image under ``limits``; ``seen`` marks what to skip."""
+def take_in(path: str | Path, limits: dict[str, int], seen: Seen | None = None, data: bytes | None = None) -> Intake:
+    """Read (stat first), hash and decode one image under ``limits``; ``seen`` marks what to skip.
+    ``data``: the bytes, when something else read them (Ray reading an ``s3://`` URL)."""
     seen = seen or Seen()
     line: dict[str, Any] = {"path": str(path), "image_id": None}
     try:
-        data = read_image_file(path, limits.get("max_bytes", 64 * 1024 * 1024))
+        if data is None:
+            data = read_image_file(path, limits.get("max_bytes", 64 * 1024 * 1024))
     except FileRefused as exc:
         return Intake(line, error=str(exc), skip=str(path) in seen.paths)
     line["image_id"] = image_id = image_id_of(data)
@@ -452,21 +454,27 @@ async def record_of(path: str | Path, orch: Any, specs: Sequence[ExpertSpec], qu
     line, img = intake.line, intake.image
     if img is None:
         failed_line(line, intake.error or "unreadable")
-    elif question is not None:
-        try:
-            final = await orch.achat(ask_messages(question, system, img), experts=specs)
-        except (ModelNotFound, OllamaUnreachable):
-            raise  # every image would fail the same way: stop the run with that one line
-        except VisionRouterError as exc:
-            failed_line(line, str(exc))
-        else:
-            results = [r for a in final.analyses for r in a.results]
-            finish_line(line, results, answer=final.answer, answered=answered(final))
     else:
-        calls = [ExpertCall(img, 1, name, args, source="batch") for name, args in specs]
-        finish_line(line, await orch.dispatcher.run_all(calls))
+        await complete(line, img, orch, specs, question, system)
     line["seconds"] = round(time.perf_counter() - t0, 4)
     return line
+
+
+async def complete(line: dict[str, Any], img: DecodedImage, orch: Any, specs: Sequence[ExpertSpec],
+                   question: str | None, system: str | None) -> dict[str, Any]:
+    """Run the experts (or, with a question, the router and the model) on a decoded image and
+    finish its line."""
+    if question is None:
+        calls = [ExpertCall(img, 1, name, args, source="batch") for name, args in specs]
+        return finish_line(line, await orch.dispatcher.run_all(calls))
+    try:
+        final = await orch.achat(ask_messages(question, system, img), experts=specs)
+    except (ModelNotFound, OllamaUnreachable):
+        raise  # every image would fail the same way: stop the run with that one line
+    except VisionRouterError as exc:
+        return failed_line(line, str(exc))
+    results = [r for a in final.analyses for r in a.results]
+    return finish_line(line, results, answer=final.answer, answered=answered(final))
 
 
 # --- the run ------------------------------------------------------------------------------------
