@@ -9,6 +9,7 @@ import click
 
 from router.apps.rag import DEFAULT_EMBED_MODEL, INDEX_EXPERTS
 from router.commands import common
+from router.commands.batch import ray_option
 from router.commands.common import settings_from
 
 _DB_HELP = ("index folder (embedded Qdrant) or Qdrant server URL; "
@@ -27,8 +28,10 @@ _DB_HELP = ("index folder (embedded Qdrant) or Qdrant server URL; "
 @click.option("--ollama-host", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--no-progress", is_flag=True)
+@ray_option
 @click.pass_context
-def index_command(ctx, paths, db, experts_spec, embed_model, no_clip, no_prune, ollama_host, as_json, no_progress):
+def index_command(ctx, paths, db, experts_spec, embed_model, no_clip, no_prune, ollama_host, as_json, no_progress,
+                  ray_address):
     """Index the images under PATHS for `search` and `ask --rag`: OCR text, caption, objects and
     embeddings. Incremental: unchanged images are not processed again."""
     from router.apps.rag import default_db, index_images, make_embedder
@@ -39,9 +42,17 @@ def index_command(ctx, paths, db, experts_spec, embed_model, no_clip, no_prune, 
     db = db or default_db()
     embedder = make_embedder(embed_model, settings.ollama_host) if embed_model else None
     experts = [n for n, _ in _parse_names(experts_spec)] or None
+    analyser = None
+    if ray_address:
+        from functools import partial
+
+        from router.apps.scale import ray_analyser, without_scale_keys
+
+        factory = partial(common.configured_registry, without_scale_keys(settings))
+        analyser = ray_analyser(settings, ray_address, registry_factory=factory)
     report = index_images(paths, db, orch, embedder=embedder, experts=experts,
                           image_embedder=False if no_clip else True, prune=not no_prune,
-                          progress=not no_progress and not as_json)
+                          progress=not no_progress and not as_json, analyser=analyser)
     if as_json:
         click.echo(json.dumps(dict(report.as_dict(), db=str(db)), ensure_ascii=False, indent=2))
         return

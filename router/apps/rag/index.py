@@ -12,7 +12,7 @@ from typing import Any
 
 from experts.errors import ImageError
 from experts.images import DecodedImage, decode_image, image_id_of
-from experts.schema import ImageAnalysis
+from experts.schema import ExpertResult, ImageAnalysis
 from router.apps.batch import FileRefused, iter_images, progress_bar, read_image_file
 from router.apps.rag.embed import ImageEmbedder, TextEmbedder, make_embedder
 from router.apps.rag.store import ImageIndex, ImageIndexError, document, document_text
@@ -59,11 +59,14 @@ def index_images(
     prune: bool = True,
     progress: bool = False,
     on_file: Callable[[str, str], None] | None = None,
+    analyser: Analyser | None = None,
 ) -> IndexReport:
     """Index (or bring up to date) every image under ``paths``; see the package docs.
 
     ``experts`` default: those of ocr, detect, caption that are installed and usable. ``image_embedder``:
     ``True`` finds CLIP in the orchestrator's registry, ``None``/``False`` indexes without image vectors.
+    ``analyser`` runs the experts of all new images at once elsewhere (``index --ray``: see
+    :func:`router.apps.scale.ray_analyser`); by default they run here, image by image.
     """
     t0 = time.perf_counter()
     registry = orchestrator.registry
@@ -74,12 +77,14 @@ def index_images(
     report = IndexReport(total=len(files))
     with ImageIndex(db) as idx:
         embedder = index_embedder(idx, db, embedder, orchestrator.settings.ollama_host)
-        job = Indexer(idx, orchestrator, names, embedder, image_embedder, report, on_file)
+        job = Indexer(idx, orchestrator, names, embedder, image_embedder, report, on_file, defer=analyser is not None)
         bar = progress_bar(len(files), progress, None)
         try:
             for path in files:
                 job.add(path)
                 bar.update(1)
+            if analyser is not None:
+                job.analyse_deferred(analyser)
             job.flush()
         finally:
             bar.close()
@@ -103,12 +108,17 @@ def index_embedder(idx: ImageIndex, db: str | Path, embedder: TextEmbedder | Non
     return embedder
 
 
+# (paths, expert names) -> (path, its batch line, its expert results) for each path, in any order.
+Analyser = Callable[[Sequence[str], Sequence[str]], Iterable[tuple[str, dict[str, Any], list[ExpertResult]]]]
+
+
 class Indexer:
-    """One indexing pass over an open index: what is known, what changed here, what waits for embedding."""
+    """One indexing pass over an open index: what is known, what changed here, what waits for embedding.
+    With ``defer``, new images wait for :meth:`analyse_deferred` instead of running their experts here."""
 
     def __init__(self, idx: ImageIndex, orchestrator: Any, names: list[str], embedder: TextEmbedder,
                  image_embedder: ImageEmbedder | None | bool, report: IndexReport,
-                 on_file: Callable[[str, str], None] | None = None) -> None:
+                 on_file: Callable[[str, str], None] | None = None, defer: bool = False) -> None:
         self.idx = idx
         self.orchestrator = orchestrator
         self.names = names
@@ -118,7 +128,9 @@ class Indexer:
         self.limits = orchestrator.settings.image_limits()
         self.known = idx.files()
         self.files_of: dict[str, list[dict[str, Any]]] = {}  # image_id -> its file entries, as changed here
-        self.pending: list[tuple[dict[str, Any], DecodedImage, str]] = []
+        self.pending: list[tuple[dict[str, Any], DecodedImage | None, str]] = []
+        # image_id -> {"image_id", "files", "paths", "format", "status"} of new images waiting for experts
+        self.deferred: dict[str, dict[str, Any]] | None = {} if defer else None
         self._image_embedder = image_embedder
         self._img_emb: list[ImageEmbedder | None] = []
 
@@ -184,7 +196,13 @@ class Indexer:
         except ImageError as exc:
             return self.fail(sp, str(exc))
         status = "updated" if changed else "added"
-        self.pending.append((self._payload(img, entry), img, status))
+        if self.deferred is not None:
+            self.deferred[image_id] = {"image_id": image_id, "files": [entry], "paths": [sp], "format": img.format,
+                                       "status": status}
+        else:
+            results = self._run_experts(img)
+            self.pending.append((self._payload(image_id, img.format, img.width, img.height, results, [entry]),
+                                 img, status))
         self.note(sp, status)
         if len(self.pending) >= _BATCH:
             self.flush()
@@ -194,6 +212,8 @@ class Indexer:
         """Bytes indexed already (touched, copied or moved): record the path, run nothing."""
         sp = entry["path"]
         queued = next((pl for pl, _, _ in self.pending if pl["image_id"] == image_id), None)
+        if queued is None and self.deferred is not None:
+            queued = self.deferred.get(image_id)
         if queued is not None:
             queued["files"].append(entry)
             queued["paths"].append(sp)
@@ -206,16 +226,43 @@ class Indexer:
         self.note(sp, "updated" if changed else "unchanged" if known else "relinked")
         return True
 
-    def _payload(self, img: DecodedImage, entry: dict[str, Any]) -> dict[str, Any]:
+    def _run_experts(self, img: DecodedImage) -> list[ExpertResult]:
         calls = [ExpertCall(img, 1, n, source="index") for n in self.names]
-        results = self.orchestrator.dispatcher.run_sync(calls) if calls else []
+        return self.orchestrator.dispatcher.run_sync(calls) if calls else []
+
+    def _payload(self, image_id: str, fmt: str, width: int, height: int, results: list[ExpertResult],
+                 files: list[dict[str, Any]]) -> dict[str, Any]:
         self.report.experts_run += sum(1 for r in results if not r.cached)
-        analysis = ImageAnalysis.merge(img.image_id, 1, results, img.width, img.height)
-        payload = {"image_id": img.image_id, "files": [entry], "paths": [entry["path"]], "format": img.format,
+        analysis = ImageAnalysis.merge(image_id, 1, results, width, height)
+        payload = {"image_id": image_id, "files": files, "paths": [f["path"] for f in files], "format": fmt,
                    "experts": self.names, "indexed_at": time.time(), "text_model": self.embedder.id,
                    **document(analysis)}
         payload["document"] = document_text(payload)
         return payload
+
+    def analyse_deferred(self, analyser: Analyser) -> None:
+        """Run the experts of the waiting images through ``analyser`` and queue them for embedding."""
+        waiting, self.deferred = self.deferred or {}, None
+        by_path = {item["paths"][0]: item for item in waiting.values()}
+        for path, line, results in analyser(list(by_path), self.names):
+            item = by_path.pop(path, None)
+            if item is None:
+                continue
+            if line.get("status") == "error" or line.get("width") is None:
+                self._fail_deferred(item, line.get("error") or "unreadable")
+                continue
+            payload = self._payload(item["image_id"], item["format"], line["width"], line["height"], results,
+                                    item["files"])
+            self.pending.append((payload, None, item["status"]))  # the image is read again only for CLIP
+            if len(self.pending) >= _BATCH:
+                self.flush()
+        for item in by_path.values():  # nothing came back for these
+            self._fail_deferred(item, "the experts returned no result")
+
+    def _fail_deferred(self, item: dict[str, Any], error: str) -> None:
+        status = item["status"]
+        setattr(self.report, status, getattr(self.report, status) - 1)  # counted when it was queued
+        self.fail(item["paths"][0], error)
 
     # --- batches and pruning --------------------------------------------------------------------
     def flush(self) -> None:
@@ -242,7 +289,7 @@ def _flush(idx: ImageIndex, pending: list, embedder: TextEmbedder, img_emb: Imag
     image_vecs = None
     if img_emb is not None:
         try:
-            image_vecs = [img_emb.image(img) for _, img, _ in pending]
+            image_vecs = [img_emb.image(img if img is not None else _reload(pl)) for pl, img, _ in pending]
         except Exception as exc:  # a CLIP failure leaves the text side usable
             log.warning("image embeddings failed, indexing text only: %s", exc)
     sizes = idx.ensure(int(text_vecs.shape[1]), int(image_vecs[0].shape[0]) if image_vecs else None)
@@ -254,6 +301,11 @@ def _flush(idx: ImageIndex, pending: list, embedder: TextEmbedder, img_emb: Imag
             pl["image_model"] = img_emb.id
         items.append((pl, vec))
     idx.upsert(items)
+
+
+def _reload(payload: dict[str, Any]) -> DecodedImage:
+    path = payload["paths"][0]
+    return decode_image(read_image_file(path, 1 << 62), source=path)
 
 
 def usable_experts(registry: Any, names: Iterable[str]) -> list[str]:
