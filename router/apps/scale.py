@@ -98,6 +98,12 @@ def without_scale_keys(settings: Any) -> Any:
     return settings.model_copy(update={"experts": experts})
 
 
+def pinned(settings: Any) -> Any:
+    """``settings`` with the cache folder resolved here: actors started by a raylet would otherwise read
+    ``VISION_ROUTER_CACHE``/``XDG_CACHE_HOME`` from its environment, not from this process's."""
+    return settings.model_copy(update={"cache_dir": settings.resolved_cache_dir() or ""})
+
+
 def registry_for(settings: Any) -> Any:
     """The default registry with the configured expert settings (what the CLI uses), built where it
     runs: in each Ray actor."""
@@ -341,6 +347,7 @@ def run_batch_ray(
     actor (default: the configured default registry); ``resources`` overrides the per-expert
     ``num_cpus``/``num_gpus``/``replicas`` of the config."""
     t0 = time.perf_counter()
+    settings = pinned(settings)
     factory = registry_factory or partial(registry_for, settings)
     specs = resolve_specs(factory(), settings, experts, question)
     if resume and out is None:
@@ -388,6 +395,7 @@ def ray_analyser(settings: Any, address: str | None = "auto", *, registry_factor
                  resources: dict[str, dict[str, Any]] | None = None) -> Callable[..., Iterator[tuple[str, Any]]]:
     """For ``index --ray``: a function ``(paths, names) -> (path, line with results)`` pairs that runs
     the experts of the images to index on the cluster (the index itself is written by this process)."""
+    settings = pinned(settings)
     factory = registry_factory or partial(registry_for, settings)
 
     def analyse(paths: Sequence[str], names: Sequence[str]) -> Iterator[tuple[str, dict[str, Any], list]]:

