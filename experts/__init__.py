@@ -4,6 +4,13 @@ Experts never import the router. The router sees only :mod:`experts.registry`,
 :mod:`experts.schema` and :mod:`experts.images`.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # the distribution version, so the result cache notices an upgrade
+    __version__ = version("ollama-vision-router")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
 from experts.base import Expert
 from experts.errors import ExpertError, ImageError, VisionRouterError
 from experts.images import DecodedImage, decode_image, load_image_file

@@ -46,11 +46,25 @@ class Expert:
     # Longest image side the expert needs; bigger images arrive downscaled (None: full resolution).
     # Experts whose results carry pixel measures beyond boxes override rescale_result.
     max_side: ClassVar[int | None] = None
+    #: Bump when a change makes old results wrong: cached results of another version are not used.
+    version: ClassVar[str] = "1"
 
     def __init__(self, **config: Any) -> None:
         self.config: dict[str, Any] = dict(config)
         self._load_lock = threading.Lock()
         self._loaded = False
+
+    def cache_tag(self) -> str:
+        """What besides the image and arguments decides a result: the package and expert versions and
+        this instance's configuration (an engine or model setting). Part of every result-cache key, so
+        an upgrade or a config change never serves results made by other code or settings."""
+        import hashlib
+        import json
+
+        from experts import __version__ as package_version
+
+        conf = json.dumps(self.config, sort_keys=True, default=str).encode()
+        return f"{package_version}.{self.version}.{hashlib.sha256(conf).hexdigest()[:10]}"
 
     # --- schema -------------------------------------------------------------------------------
     @classmethod

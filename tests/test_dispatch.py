@@ -109,6 +109,22 @@ def test_disk_cache_survives_a_new_process_cache(tmp_path, image):
     assert FakeOcr.calls == 1 and r.cached and cache2.stats.disk_hits == 1
 
 
+def test_a_new_expert_version_or_config_does_not_reuse_old_disk_results(tmp_path, image, monkeypatch):
+    FakeOcr.calls = 0
+    d1 = Dispatcher(make_registry(), ResultCache(disk_dir=tmp_path))
+    d1.run_sync([ExpertCall(image, 1, "ocr")])
+    d1.cache.close()
+    monkeypatch.setattr(FakeOcr, "version", "2")  # an upgraded expert: results made by old code are stale
+    d2 = Dispatcher(make_registry(), ResultCache(disk_dir=tmp_path))
+    (r,) = d2.run_sync([ExpertCall(image, 1, "ocr")])
+    assert FakeOcr.calls == 2 and not r.cached
+    d2.cache.close()
+    reg = make_registry()
+    reg.get("ocr").config["engine"] = "paddle"  # another engine setting gives other results
+    (r,) = Dispatcher(reg, ResultCache(disk_dir=tmp_path)).run_sync([ExpertCall(image, 1, "ocr")])
+    assert FakeOcr.calls == 3 and not r.cached
+
+
 def test_cache_key_ignores_argument_order():
     assert cache_key("i", "e", {"a": 1, "b": 2}) == cache_key("i", "e", {"b": 2, "a": 1})
 

@@ -81,7 +81,7 @@ class Dispatcher:
             fut: asyncio.Future[ExpertResult] = loop.create_future()
             fut.set_result(ExpertResult.failure(call.image.image_id, call.expert, call.args, str(exc)))
             return fut
-        key = cache_key(call.image.image_id, expert.name, canonical)
+        key = cache_key(call.image.image_id, f"{expert.name}@{expert.cache_tag()}", canonical)
         running = self._inflight.get((id(loop), key))
         if running is not None:
             return running
