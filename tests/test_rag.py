@@ -37,12 +37,13 @@ from router.commands import common as cli_module
 from router.core.config import Settings
 from router.core.orchestrator import Orchestrator
 from tests.fake_ollama import FakeModel
+from tests.scenes import FONTS
 
 pytest.importorskip("qdrant_client", reason="the image index needs the [rag] extra (qdrant-client)")
 
 EMBED = "nomic-embed-text"
-_FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
-_CJK_FONT = "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc"
+_FONT = FONTS["sans-bold"]  # shipped subsets (tests/data/fonts): no system font needed
+_CJK_FONT = FONTS["cjk"]
 
 
 # --- a generated collection, with its truth ------------------------------------------------------
