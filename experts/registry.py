@@ -131,9 +131,8 @@ class Registry:
             if canonical is not None:
                 self.configure(canonical, **{**self._config.get(canonical, {}), **config, "url": url})
                 return self._classes[canonical]
-        cls = remote_expert_class(name, url, aliases=aliases,
-                                  **({"connect_timeout": config["connect_timeout"]}
-                                     if "connect_timeout" in config else {}))
+        known = {k: config[k] for k in ("connect_timeout", "token") if k in config}
+        cls = remote_expert_class(name, url, aliases=aliases, **known)
         with self._lock:
             self.register(cls)
             self._config[cls.name] = dict(config)

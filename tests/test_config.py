@@ -198,3 +198,14 @@ def test_settings_in_code_keep_their_shape():
     assert s.expert_configs() == {"hang": {"model": "x"}}
     assert isinstance(s.experts["hang"], dict)
     assert Settings.load(None).model == "qwen3-vision"  # no file at the default path: defaults
+
+
+def test_ray_placement_keys_are_checked_and_never_reach_the_expert(cfg):
+    cfg.write_text('[experts.ocr]\nnum_cpus = 1.5\nnum_gpus = 0\nreplicas = 3\nengine = "onnx"\ntoken = "s"\n')
+    s = Settings.load(cfg)
+    assert s.experts["ocr"]["replicas"] == 3
+    assert s.expert_configs()["ocr"] == {"engine": "onnx", "token": "s"}
+    cfg.write_text("[experts.ocr]\nnum_cpus = -1\n")
+    load_error(cfg, "experts.ocr.num_cpus")
+    cfg.write_text("[experts.ocr]\nreplicas = 0\n")
+    load_error(cfg, "experts.ocr.replicas")

@@ -80,10 +80,16 @@ class ExpertTable(TypedDict, total=False):
     timeout: Seconds  # the router's per-expert run timeout
     connect_timeout: Seconds  # for `url`
     engine: str
+    token: str  # bearer token of the `url` service (expert serve --token)
+    num_cpus: Annotated[float, Field(ge=0)]  # Ray: CPUs per actor of this expert (batch/index --ray)
+    num_gpus: Annotated[float, Field(ge=0)]  # Ray: GPUs per actor
+    replicas: Annotated[int, Field(ge=1, strict=True)]  # Ray: actors in this expert's pool
 
 
 # Keys any expert table may hold whatever the expert declares: the router's and the remote client's.
-ROUTER_EXPERT_KEYS = ("url", "timeout", "connect_timeout")
+ROUTER_EXPERT_KEYS = ("url", "timeout", "connect_timeout", "token")
+# Where and how many: read by the Ray pipelines (router/apps/scale.py), never handed to the expert.
+PLACEMENT_KEYS = ("num_cpus", "num_gpus", "replicas")
 
 
 def default_cache_dir() -> str:
@@ -202,8 +208,9 @@ class Settings(BaseModel):
         return {name: float(cfg["timeout"]) for name, cfg in self.experts.items() if "timeout" in cfg}
 
     def expert_configs(self) -> dict[str, dict[str, Any]]:
-        """Per-expert constructor config (everything but the router's own `timeout`)."""
-        return {n: {k: v for k, v in c.items() if k != "timeout"} for n, c in self.experts.items()}
+        """Per-expert constructor config (everything but the router's own `timeout` and the Ray placement)."""
+        drop = ("timeout", *PLACEMENT_KEYS)
+        return {n: {k: v for k, v in c.items() if k not in drop} for n, c in self.experts.items()}
 
     def configure(self, registry: Any) -> Any:
         """Apply the per-expert settings to an :class:`experts.registry.Registry`; returns it.
