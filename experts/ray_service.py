@@ -34,20 +34,22 @@ class ExpertDeployment:
     """A replica: the expert loaded once, behind the app of :func:`experts.service.create_app`."""
 
     def __init__(self, name: str, config: dict[str, Any] | None = None, imports: Iterable[str] = (),
-                 max_concurrency: int = 1) -> None:
+                 max_concurrency: int = 1, token: str | None = None, max_body_mib: int = 64) -> None:
         registry = default_registry()
         import_expert_modules(imports, registry)
         self.expert = build_expert(name, config, registry)
         self.expert.load()  # before the replica takes requests: the first one is not a cold start
         self.max_concurrency = max_concurrency
+        self.token, self.max_body_mib = token, max_body_mib
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self.expert, max_concurrency=self.max_concurrency)
+        return create_app(self.expert, max_concurrency=self.max_concurrency, token=self.token,
+                          max_body_bytes=self.max_body_mib * 1024 * 1024)
 
 
 def deployment(name: str, config: dict[str, Any] | None = None, *, imports: Iterable[str] = (),
                min_replicas: int = 1, max_replicas: int = 1, num_cpus: float = 1.0, num_gpus: float = 0.0,
-               max_concurrency: int = 1) -> Any:
+               max_concurrency: int = 1, token: str | None = None, max_body_mib: int = 64) -> Any:
     """The bound Ray Serve application for expert ``name`` (give it to ``serve.run``)."""
     autoscaling = None
     if max_replicas > min_replicas:
@@ -63,7 +65,8 @@ def deployment(name: str, config: dict[str, Any] | None = None, *, imports: Iter
         options["autoscaling_config"] = autoscaling
     else:
         options["num_replicas"] = min_replicas
-    return serve.deployment(ExpertDeployment, **options).bind(name, dict(config or {}), list(imports), max_concurrency)
+    return serve.deployment(ExpertDeployment, **options).bind(name, dict(config or {}), list(imports), max_concurrency,
+                                                            token, max_body_mib)
 
 
 def app_builder(args: dict[str, str]) -> Any:
@@ -86,14 +89,19 @@ def app_builder(args: dict[str, str]) -> Any:
 def serve_expert_on_ray(name: str, *, host: str = "127.0.0.1", port: int = 8790, address: str | None = None,
                         config: dict[str, Any] | None = None, imports: Iterable[str] = (), min_replicas: int = 1,
                         max_replicas: int = 1, num_cpus: float = 1.0, num_gpus: float = 0.0,
-                        max_concurrency: int = 1, blocking: bool = True) -> Any:
+                        max_concurrency: int = 1, blocking: bool = True, token: str | None = None,
+                        max_body_mib: int = 64, allow_remote: bool = False) -> Any:
     """Deploy expert ``name`` on Ray Serve at ``http://host:port`` (joining ``address``, or starting a
     local Ray) and, with ``blocking``, serve until interrupted. Returns the deployment's handle."""
     import ray
 
+    from experts.access import check_bind_host
+
+    check_bind_host(host, allow_remote)  # the same rule as `expert serve` and `serve`
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
     app = deployment(name, config, imports=imports, min_replicas=min_replicas, max_replicas=max_replicas,
-                     num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=max_concurrency)
+                     num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=max_concurrency, token=token,
+                     max_body_mib=max_body_mib)
     return serve.run(app, name=f"expert-{name}", route_prefix="/", blocking=blocking)

@@ -364,15 +364,39 @@ def _parse_config(items: Iterable[str]) -> dict[str, Any]:
               help="Analyses run at once; more requests wait.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+              help="Serve as a Ray Serve deployment (replicas, autoscaling) on the Ray cluster at ADDRESS "
+                   "(default: auto, i.e. a running cluster or a local one). Needs the [ray] extra.")
+@click.option("--min-replicas", type=click.IntRange(1), default=1, show_default=True, help="With --ray.")
+@click.option("--max-replicas", type=click.IntRange(1), default=None, help="With --ray: autoscale up to N.")
+@click.option("--num-cpus", type=click.FloatRange(0), default=1.0, show_default=True, help="With --ray: per replica.")
+@click.option("--num-gpus", type=click.FloatRange(0), default=0.0, show_default=True, help="With --ray: per replica.")
 def serve_command(name, host, port, allow_remote, token, max_body_mib, config_items, imports, max_concurrency,
-                  log_level):
+                  log_level, ray_address, min_replicas, max_replicas, num_cpus, num_gpus):
     """Serve expert NAME over HTTP (POST /v1/analyze, GET /v1/info, GET /healthz)."""
     try:
+        if ray_address:
+            _serve_on_ray(name, host, port, ray_address, _parse_config(config_items), imports=imports,
+                          min_replicas=min_replicas, max_replicas=max(max_replicas or min_replicas, min_replicas),
+                          num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=max_concurrency, token=token,
+                          max_body_mib=max_body_mib, allow_remote=allow_remote)
+            return
         serve_expert(name, host, port, _parse_config(config_items), imports=imports,
                      max_concurrency=max_concurrency, log_level=log_level, allow_remote=allow_remote,
                      token=token, max_body_mib=max_body_mib)
     except VisionRouterError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _serve_on_ray(name: str, host: str, port: int, address: str, config: dict[str, Any], **options: Any) -> None:
+    try:
+        from experts.ray_service import serve_expert_on_ray
+    except ModuleNotFoundError as exc:
+        raise VisionRouterError(f"expert serve --ray needs Ray Serve ({exc.name} is not installed): "
+                                "pip install 'ollama-vision-router[ray]'") from None
+    click.echo(f"expert {name} on Ray Serve at http://{host}:{port} (Ray: {address})", err=True)
+    serve_expert_on_ray(name, host=host, port=port, address=None if address == "auto" else address,
+                        config=config, **options)
 
 
 if __name__ == "__main__":

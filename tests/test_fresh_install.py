@@ -88,3 +88,10 @@ def test_help_lists_every_command_without_importing_any_command_module():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_expert_serve_on_ray_without_the_ray_extra_says_which_in_one_line(bare):
+    r = bare("expert", "serve", "detect", "--ray")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "ollama-vision-router[ray]" in lines[0], r.stderr
