@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -316,94 +316,46 @@ class FakeOllama:
         m, err = self._model(body)
         if err:
             return err
-        path = "/api/chat" if chat else "/api/generate"
-        if "completion" not in m.capabilities:
-            return JSONResponse({"error": f'"{m.name}" does not support {"chat" if chat else "generate"}'}, 400)
-        if body.get("tools") and "tools" not in m.capabilities:
-            return JSONResponse({"error": f'"{m.name}" does not support tools'}, status_code=400)
-        if body.get("think") is True and "thinking" not in m.capabilities:
-            return JSONResponse({"error": f'"{m.name}" does not support thinking'}, status_code=400)
-        stream = body.get("stream", True) is not False
-        model_name = body["model"]
+        refused = _capability_error(m, body, chat)
+        if refused:
+            return JSONResponse({"error": refused}, status_code=400)
         empty = not body.get("messages") if chat else not body.get("prompt")
         if empty:  # a load (or, with keep_alive 0, an unload) request
-            reason = "unload" if body.get("keep_alive") in (0, "0", "0s") else "load"
-            obj: dict[str, Any] = {"model": model_name, "created_at": _now(), "done": True, "done_reason": reason}
-            if chat:
-                obj["message"] = {"role": "assistant", "content": ""}
-            else:
-                obj["response"] = ""
-            return JSONResponse(obj)
-
-        reply = self._next_reply(path, body)
+            return JSONResponse(_load_reply(body, chat))
+        reply = self._next_reply("/api/chat" if chat else "/api/generate", body)
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         if reply.status != 200:
             return JSONResponse({"error": reply.error or "internal error"}, status_code=reply.status)
-        prompt_chars = sum(len(str(x.get("content", ""))) for x in body.get("messages", [])) if chat else len(
-            body.get("prompt", "")
-        )
-        pieces = reply.pieces()
-        stats = {
-            "total_duration": 5_000_000 + 1_000_000 * len(pieces),
-            "load_duration": 1_000_000,
-            "prompt_eval_count": max(1, math.ceil(prompt_chars / 4)),
-            "prompt_eval_duration": 2_000_000,
-            "eval_count": max(1, len(pieces)),
-            "eval_duration": 1_000_000 * max(1, len(pieces)),
-        }
+        turn = _Turn(body, reply, chat)
+        if body.get("stream", True) is False:
+            text = reply.content if reply.chunks is None else "".join(reply.chunks)
+            return JSONResponse(turn.chunk(text, reply.thinking, reply.tool_calls, done=True))
+        return StreamingResponse(self._stream(turn), media_type="application/x-ndjson")
 
-        def chunk(text: str, thinking: str = "", tool_calls: Any = None, done: bool = False) -> dict[str, Any]:
-            c: dict[str, Any] = {"model": model_name, "created_at": _now()}
-            if chat:
-                msg: dict[str, Any] = {"role": "assistant", "content": text}
-                if thinking:
-                    msg["thinking"] = thinking
-                if tool_calls:
-                    msg["tool_calls"] = tool_calls
-                c["message"] = msg
-            else:
-                c["response"] = text
-                if thinking:
-                    c["thinking"] = thinking
-            c["done"] = done
-            if done:
-                c["done_reason"] = reply.done_reason
-                c.update(stats)
-                if not chat:
-                    c["context"] = [1, 2, 3]
-            return c
-
-        if not stream:
-            obj = chunk(reply.content if reply.chunks is None else "".join(reply.chunks), reply.thinking,
-                        reply.tool_calls, done=True)
-            return JSONResponse(obj)
-
-        async def gen():
-            finished = False
-            try:
-                if reply.thinking:
-                    yield json.dumps(chunk("", thinking=reply.thinking)) + "\n"
-                for i, piece in enumerate(pieces):
-                    if reply.cut_after is not None and i >= reply.cut_after:
-                        finished = True
-                        raise ConnectionResetError("scripted cut")  # uvicorn drops the connection
-                    if reply.error_after is not None and i >= reply.error_after:
-                        finished = True
-                        message = reply.error or "an error was encountered while running the model"
-                        yield json.dumps({"error": message}) + "\n"
-                        return
-                    if reply.chunk_delay_s and i:
-                        await asyncio.sleep(reply.chunk_delay_s)
-                    yield json.dumps(chunk(piece)) + "\n"
-                if reply.tool_calls:
-                    yield json.dumps(chunk("", tool_calls=reply.tool_calls)) + "\n"
-                finished = True
-                yield json.dumps(chunk("", done=True)) + "\n"
-            finally:
-                self._stream_ended(finished)
-
-        return StreamingResponse(gen(), media_type="application/x-ndjson")
+    async def _stream(self, turn: _Turn) -> AsyncIterator[str]:
+        reply, finished = turn.reply, False
+        try:
+            if reply.thinking:
+                yield json.dumps(turn.chunk("", thinking=reply.thinking)) + "\n"
+            for i, piece in enumerate(turn.pieces):
+                if reply.cut_after is not None and i >= reply.cut_after:
+                    finished = True
+                    raise ConnectionResetError("scripted cut")  # uvicorn drops the connection
+                if reply.error_after is not None and i >= reply.error_after:
+                    finished = True
+                    message = reply.error or "an error was encountered while running the model"
+                    yield json.dumps({"error": message}) + "\n"
+                    return
+                if reply.chunk_delay_s and i:
+                    await asyncio.sleep(reply.chunk_delay_s)
+                yield json.dumps(turn.chunk(piece)) + "\n"
+            if reply.tool_calls:
+                yield json.dumps(turn.chunk("", tool_calls=reply.tool_calls)) + "\n"
+            finished = True
+            yield json.dumps(turn.chunk("", done=True)) + "\n"
+        finally:
+            self._stream_ended(finished)
 
     def _stream_ended(self, finished: bool) -> None:
         with self._lock:
@@ -551,3 +503,68 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _capability_error(m: Any, body: dict[str, Any], chat: bool) -> str | None:
+    """Ollama's 400 for a request the model cannot serve (server/images.go CheckCapabilities)."""
+    if "completion" not in m.capabilities:
+        return f'"{m.name}" does not support {"chat" if chat else "generate"}'
+    if body.get("tools") and "tools" not in m.capabilities:
+        return f'"{m.name}" does not support tools'
+    if body.get("think") is True and "thinking" not in m.capabilities:
+        return f'"{m.name}" does not support thinking'
+    return None
+
+
+def _load_reply(body: dict[str, Any], chat: bool) -> dict[str, Any]:
+    """The answer to a request with no prompt: a load, or with keep_alive 0 an unload."""
+    reason = "unload" if body.get("keep_alive") in (0, "0", "0s") else "load"
+    obj: dict[str, Any] = {"model": body["model"], "created_at": _now(), "done": True, "done_reason": reason}
+    if chat:
+        obj["message"] = {"role": "assistant", "content": ""}
+    else:
+        obj["response"] = ""
+    return obj
+
+
+class _Turn:
+    """One scripted reply as Ollama's chunks: the message (chat) or response (generate) shape, the final
+    chunk's done_reason and nanosecond stats."""
+
+    def __init__(self, body: dict[str, Any], reply: Any, chat: bool) -> None:
+        self.model, self.reply, self.chat = body["model"], reply, chat
+        self.pieces = reply.pieces()
+        if chat:
+            prompt_chars = sum(len(str(x.get("content", ""))) for x in body.get("messages", []))
+        else:
+            prompt_chars = len(body.get("prompt", ""))
+        n = len(self.pieces)
+        self.stats = {
+            "total_duration": 5_000_000 + 1_000_000 * n,
+            "load_duration": 1_000_000,
+            "prompt_eval_count": max(1, math.ceil(prompt_chars / 4)),
+            "prompt_eval_duration": 2_000_000,
+            "eval_count": max(1, n),
+            "eval_duration": 1_000_000 * max(1, n),
+        }
+
+    def chunk(self, text: str, thinking: str = "", tool_calls: Any = None, done: bool = False) -> dict[str, Any]:
+        c: dict[str, Any] = {"model": self.model, "created_at": _now()}
+        if self.chat:
+            msg: dict[str, Any] = {"role": "assistant", "content": text}
+            if thinking:
+                msg["thinking"] = thinking
+            if tool_calls:
+                msg["tool_calls"] = tool_calls
+            c["message"] = msg
+        else:
+            c["response"] = text
+            if thinking:
+                c["thinking"] = thinking
+        c["done"] = done
+        if done:
+            c["done_reason"] = self.reply.done_reason
+            c.update(self.stats)
+            if not self.chat:
+                c["context"] = [1, 2, 3]
+        return c
