@@ -99,7 +99,7 @@ class OcrExpert(Expert):
         engine = self.engine_for(args.engine, args.lang)
         bgr = image.bgr()
         segments = engine.run(bgr)
-        if segments:
+        if segments and engine.restore_spaces:
             gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
             for seg in segments:
                 seg.text = fix_word_spacing(gray, seg)
@@ -113,6 +113,11 @@ class OcrExpert(Expert):
             "line_count": len(text_lines),
             "script": script,
         }
+        blocks = len({line.block for line in lines})
+        if blocks > 1:
+            # Columns, table cells, sidebars and separate labels: which block each line (in order) belongs to.
+            attributes["blocks"] = blocks
+            attributes["line_blocks"] = [line.block for line in lines]
         if script in SCRIPT_LANG:
             attributes["language"] = SCRIPT_LANG[script]
         elif script == "mixed":

@@ -111,6 +111,9 @@ class OcrEngine:
     """An OCR engine: ``run(bgr)`` returns text boxes with text and scores (no layout)."""
 
     name = ""
+    # Whether the layout step should put back word spaces the recogniser dropped, from the gaps in the image
+    # (text_layout.fix_word_spacing). Measured per engine on the real set (benchmarks/real_images.py).
+    restore_spaces = False
 
     def run(self, bgr: np.ndarray) -> list[Segment]:
         raise NotImplementedError
@@ -124,12 +127,15 @@ class RapidOcrEngine(OcrEngine):
     """rapidocr 3.x with the PP-OCRv6 small models shipped in its wheel."""
 
     name = "onnx"
+    # PP-OCRv6 at rapidocr's own detector size reads word spaces: the restoration step added spaces inside
+    # words on 26 lines of the real set and fixed none (benchmarks/real_images.py).
+    restore_spaces = False
 
     def __init__(
         self,
         lang: str | None = None,
-        det_limit_side_len: int = 64,
-        det_limit_type: str = "min",
+        det_limit_side_len: int | None = None,
+        det_limit_type: str | None = None,
         text_score: float = 0.5,
         threads: int | None = None,
         **_: Any,
@@ -148,14 +154,14 @@ class RapidOcrEngine(OcrEngine):
         params: dict[str, Any] = {
             "Global.log_level": "error",
             "Global.text_score": text_score,
-            # Character boxes let the layout step put dropped word spaces back in the right place.
-            "Global.return_word_box": True,
-            "Global.return_single_char_box": True,
-            # PaddleOCR 3's own detector setting: image at native size (no 736 px upscaling of every
-            # small picture, which made each call 4x slower for no accuracy on our corpus).
-            "Det.limit_side_len": det_limit_side_len,
-            "Det.limit_type": det_limit_type,
         }
+        # The detector's input size stays rapidocr's own (shortest side brought up to 736 px): small
+        # screenshots and scans need that upscaling to be read at all. A smaller setting (64, "min") was
+        # faster on generated scenes and lost whole lines of real scans (benchmarks/real_images.py).
+        if det_limit_side_len:
+            params["Det.limit_side_len"] = det_limit_side_len
+        if det_limit_type:
+            params["Det.limit_type"] = det_limit_type
         if threads:
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = threads
         self._ocr = RapidOCR(params=params)
@@ -172,40 +178,20 @@ class RapidOcrEngine(OcrEngine):
         out = self.raw(bgr)
         if out.txts is None or out.boxes is None or len(out.txts) == 0:
             return []
-        words = list(out.word_results or ())
-        segments = []
-        for box, text, score in zip(out.boxes, out.txts, out.scores, strict=False):
-            quad = order_quad(np.asarray(box, dtype=np.float64))
-            segments.append(Segment(quad, text, float(score), _char_positions(quad, text, words)))
-        return segments
-
-
-def _char_positions(quad: np.ndarray, text: str, words: list[Any]) -> list[float] | None:
-    """Centres of the non-space characters along the box, from rapidocr's single-character boxes.
-
-    rapidocr's word results are not always aligned with its lines (empty ones are dropped), so the
-    entry is found by its characters."""
-    chars = "".join(c for c in text if not c.isspace())
-    for entry in words:
-        try:
-            if "".join(str(w[0]) for w in entry) != chars:
-                continue
-            origin, ux = quad[0], quad[1] - quad[0]
-            length = float(np.linalg.norm(ux)) or 1.0
-            xs = []
-            for _, _, cbox in entry:
-                c = np.asarray(cbox, dtype=np.float64).reshape(-1, 2).mean(axis=0)
-                xs.append(float(np.dot(c - origin, ux) / (length * length)))
-            return xs
-        except (TypeError, ValueError, IndexError):
-            return None
-    return None
+        return [
+            Segment(order_quad(np.asarray(box, dtype=np.float64)), text, float(score))
+            for box, text, score in zip(out.boxes, out.txts, out.scores, strict=False)
+        ]
 
 
 class PaddleOcrEngine(OcrEngine):
     """PaddleOCR 3.x (PaddleX pipeline) on PaddlePaddle, CPU."""
 
     name = "paddle"
+    # PP-OCRv4 drops most word spaces ("Invoice2024-0317 dueon 15April"); it gives no character positions, so
+    # the spaces are put back by glyph widths (text_layout._restore_by_chunks). On the real subset it is even
+    # (CER 0.096 with it, as the raw engine): it fixes English lines and costs a little on mixed zh/Latin ones.
+    restore_spaces = True
 
     def __init__(
         self,
