@@ -1,6 +1,6 @@
 """How much time the ``ocr`` expert adds on top of its OCR engine.
 
-For each image of the test corpus (tests/scenes.py), with the engine warm, time the bare engine call
+For each image of the generated test corpus (tests/scenes.py), with the engine warm, time the bare engine call
 and the whole ``expert.analyze`` (engine + reading order + word spacing + script + result) in the same
 run, interleaved, and report the medians and the ratio. Target: overhead <= 5%.
 
@@ -25,13 +25,14 @@ from experts.text_layout import detect_script, fix_word_spacing, group_lines  # 
 from tests import scenes  # noqa: E402
 
 
-def layout_only(bgr, segments) -> str:
+def layout_only(bgr, segments, restore_spaces: bool) -> str:
     """What analyze() does after the engine call (mirrors experts.ocr.OcrExpert._analyze)."""
     import cv2
 
-    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    for seg in segments:
-        seg.text = fix_word_spacing(gray, seg)
+    if restore_spaces:
+        gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        for seg in segments:
+            seg.text = fix_word_spacing(gray, seg)
     text = "\n".join(line.text for line in group_lines(segments))
     detect_script(text)
     return text
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         segments = engine.run(bgr)
         t = time.perf_counter()
         for _ in range(args.repeats):
-            layout_only(bgr, [copy.copy(s) for s in segments])
+            layout_only(bgr, [copy.copy(s) for s in segments], engine.restore_spaces)
         post_t.append((time.perf_counter() - t) / args.repeats)
         for _ in range(args.repeats):
             t = time.perf_counter()
