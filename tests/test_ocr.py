@@ -304,8 +304,7 @@ def test_dropped_spaces_are_restored(onnx_expert):
         ("total price 12.50 USD", "cond", 18),
     ],
 )
-def test_no_spaces_invented(onnx_expert, text, font_name, size, monkeypatch):
-    monkeypatch.setitem(scenes.FONTS, "cond", "/usr/share/fonts/truetype/dejavu/DejaVuSansCondensed.ttf")
+def test_no_spaces_invented(onnx_expert, text, font_name, size):
     raw, fixed = _respaced(onnx_expert, scenes.text_line(text, font_name=font_name, size=size))
     assert fixed == raw  # the engine read every space here: the restoration step must add none
 
