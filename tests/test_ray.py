@@ -44,8 +44,13 @@ def cluster(tmp_path_factory):
         ray.shutdown()
     # Workers import this module (the test experts below) by name, and never see the user's folders.
     home = tmp_path_factory.mktemp("ray-home")
-    env = {"PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config"),
-           "VISION_ROUTER_CACHE": "", "HF_HUB_OFFLINE": "1"}
+    env = {
+        "PYTHONPATH": str(ROOT),
+        "XDG_CACHE_HOME": str(home / "cache"),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "VISION_ROUTER_CACHE": "",
+        "HF_HUB_OFFLINE": "1",
+    }
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
@@ -160,16 +165,24 @@ def test_a_killed_actor_and_a_failing_image_lose_nothing(cluster, tmp_path):
     marker = tmp_path / "died"
     settings = Settings(cache_dir="")
     buf = io.StringIO()
-    s = run_batch_ray([coll], settings, stream=buf, experts=["stamp"], progress=False, resources=SMALL,
-                      registry_factory=partial(stamp_registry, str(marker)))
+    s = run_batch_ray(
+        [coll],
+        settings,
+        stream=buf,
+        experts=["stamp"],
+        progress=False,
+        resources=SMALL,
+        registry_factory=partial(stamp_registry, str(marker)),
+    )
     assert marker.exists(), "the actor never died: the test proved nothing"
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]
     assert len(lines) == 9 and len({x["path"] for x in lines}) == 9  # every image once
     assert (s.done, s.failed) == (8, 1)
 
     expected = io.StringIO()
-    run_batch([coll], Orchestrator(settings, registry=stamp_registry()), stream=expected, experts=["stamp"],
-              progress=False)
+    run_batch(
+        [coll], Orchestrator(settings, registry=stamp_registry()), stream=expected, experts=["stamp"], progress=False
+    )
     assert records(lines) == records([json.loads(x) for x in expected.getvalue().splitlines()])
 
 
@@ -196,8 +209,14 @@ def test_resume_after_the_driver_is_killed_finishes_without_duplicates(cluster, 
     script = tmp_path / "run.py"
     script.write_text(_KILLED_DRIVER)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, str(script), str(coll), str(out), cluster], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(coll), str(out), cluster],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
@@ -211,8 +230,16 @@ def test_resume_after_the_driver_is_killed_finishes_without_duplicates(cluster, 
     first = read_jsonl(out)
     assert 2 <= len(first) <= 4  # the expert hangs after 4 images: the run cannot have finished
 
-    s = run_batch_ray([coll], Settings(cache_dir=""), out=out, experts=["stamp"], resume=True, progress=False,
-                      resources=SMALL, registry_factory=stamp_registry)
+    s = run_batch_ray(
+        [coll],
+        Settings(cache_dir=""),
+        out=out,
+        experts=["stamp"],
+        resume=True,
+        progress=False,
+        resources=SMALL,
+        registry_factory=stamp_registry,
+    )
     final = read_jsonl(out)
     assert s.skipped == len(first) and s.done == 12 - len(first)
     assert len(final) == 12 and len({x["image_id"] for x in final}) == 12
@@ -227,8 +254,22 @@ def test_index_on_ray_stores_what_the_local_index_stores(cluster, photos, tmp_pa
     stores = {}
     for name, extra in (("local", []), ("ray", ["--ray", "auto"])):
         db = tmp_path / name
-        r = runner.invoke(cli, ["index", str(photos), "--db", str(db), "--experts", "detect", "--no-clip",
-                                "--embed-model", "st:all-MiniLM-L6-v2", "--json", *extra])
+        r = runner.invoke(
+            cli,
+            [
+                "index",
+                str(photos),
+                "--db",
+                str(db),
+                "--experts",
+                "detect",
+                "--no-clip",
+                "--embed-model",
+                "st:all-MiniLM-L6-v2",
+                "--json",
+                *extra,
+            ],
+        )
         assert r.exit_code == 0, r.output
         report = json.loads(r.stdout)
         assert (report["added"], report["failed"]) == (4, 1)
@@ -237,12 +278,13 @@ def test_index_on_ray_stores_what_the_local_index_stores(cluster, photos, tmp_pa
     assert stores["local"] == stores["ray"] and len(stores["ray"]) == 4
 
 
-def test_resources_are_read_leniently_from_the_config():
-    s = Settings(experts={"ocr": {"num_cpus": 2, "replicas": 4}, "clip": {"num_gpus": "1"},
-                          "caption": {"num_cpus": "lots"}})
+def test_resources_come_from_the_checked_config_and_overrides_are_read_leniently():
+    s = Settings(experts={"ocr": {"num_cpus": 2, "replicas": 4}, "clip": {"num_gpus": 1}})
     assert expert_resources(s, "ocr") == ExpertResources(num_cpus=2.0, num_gpus=0.0, replicas=4)
     assert expert_resources(s, "clip").num_gpus == 1.0
-    assert expert_resources(s, "caption").num_cpus == 1.0  # unusable value: the default
+    with pytest.raises(ValueError, match="num_cpus"):  # config.toml is checked at start (one line)
+        Settings(experts={"caption": {"num_cpus": "lots"}})
+    assert expert_resources(s, "caption", {"caption": {"num_cpus": "lots"}}).num_cpus == 1.0  # unusable: default
     assert expert_resources(s, "detect", {"detect": {"replicas": 0}}).replicas == 1
 
 
@@ -252,7 +294,7 @@ def test_an_expert_on_ray_serve_answers_the_routers_url_config(cluster, photos):
 
     from experts.images import load_image_file
     from experts.ray_service import serve_expert_on_ray
-    from experts.registry import default_registry
+    from experts.registry import Registry, default_registry
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -260,10 +302,12 @@ def test_an_expert_on_ray_serve_answers_the_routers_url_config(cluster, photos):
     try:
         serve_expert_on_ray("detect", host="127.0.0.1", port=port, num_cpus=0.25, blocking=False)
         img = load_image_file(photos / "coins.png")
-        remote = default_registry()
+        remote = Registry()  # its own registry: the process-wide one must stay local for other tests
+        remote.load_entry_points()
         remote.configure("detect", url=f"http://127.0.0.1:{port}")
         got = remote.get("detect").analyze(img, {})
         want = default_registry().get("detect").analyze(img, {})
+        assert type(default_registry().get("detect")).__name__ == "DetectExpert"
         assert type(remote.get("detect")).__name__ == "RemoteExpert"
         assert got.error is None
         assert got.model_dump(exclude={"timing_ms", "cached"}) == want.model_dump(exclude={"timing_ms", "cached"})
