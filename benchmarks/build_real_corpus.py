@@ -50,16 +50,47 @@ LICENCES = {
 
 # (package, pdf path under the unpacked root, lang, [(page, dpi, start as a fraction of page height)])
 PDFS = [
-    ("debian-reference-en", "usr/share/debian-reference/debian-reference.en.pdf", "en",
-     [(32, 100, 0.10), (45, 72, 0.30), (61, 150, 0.10), (88, 100, 0.50), (144, 100, 0.15), (179, 120, 0.30),
-      (204, 120, 0.40), (221, 90, 0.20)]),
-    ("debian-reference-zh-cn", "usr/share/debian-reference/debian-reference.zh-cn.pdf", "zh",
-     [(46, 100, 0.10), (40, 120, 0.35), (60, 100, 0.10), (85, 150, 0.45), (144, 100, 0.20), (190, 72, 0.10),
-      (221, 110, 0.30)]),
-    ("maint-guide", "usr/share/doc/maint-guide/maint-guide.en.pdf", "en",
-     [(8, 100, 0.10), (22, 120, 0.40), (40, 72, 0.20), (30, 100, 0.50)]),
-    ("maint-guide-zh-cn", "usr/share/doc/maint-guide-zh-cn/maint-guide.zh-cn.pdf", "zh",
-     [(8, 100, 0.10), (22, 120, 0.40), (40, 90, 0.20), (50, 150, 0.30)]),
+    (
+        "debian-reference-en",
+        "usr/share/debian-reference/debian-reference.en.pdf",
+        "en",
+        [
+            (32, 100, 0.10),
+            (45, 72, 0.30),
+            (61, 150, 0.10),
+            (88, 100, 0.50),
+            (144, 100, 0.15),
+            (179, 120, 0.30),
+            (204, 120, 0.40),
+            (221, 90, 0.20),
+        ],
+    ),
+    (
+        "debian-reference-zh-cn",
+        "usr/share/debian-reference/debian-reference.zh-cn.pdf",
+        "zh",
+        [
+            (46, 100, 0.10),
+            (40, 120, 0.35),
+            (60, 100, 0.10),
+            (85, 150, 0.45),
+            (144, 100, 0.20),
+            (190, 72, 0.10),
+            (221, 110, 0.30),
+        ],
+    ),
+    (
+        "maint-guide",
+        "usr/share/doc/maint-guide/maint-guide.en.pdf",
+        "en",
+        [(8, 100, 0.10), (22, 120, 0.40), (40, 72, 0.20), (30, 100, 0.50)],
+    ),
+    (
+        "maint-guide-zh-cn",
+        "usr/share/doc/maint-guide-zh-cn/maint-guide.zh-cn.pdf",
+        "zh",
+        [(8, 100, 0.10), (22, 120, 0.40), (40, 90, 0.20), (50, 150, 0.30)],
+    ),
 ]
 
 # (package, html path under the unpacked root, lang, window width, height, CSS selector to scroll to or "")
@@ -79,14 +110,26 @@ HTMLS = [
 
 # Photographed look on these renders (by name), each with its own seed.
 PHOTO_OF = [
-    "debian-reference-en-p32", "debian-reference-zh-cn-p46", "maint-guide-zh-cn-p22",
-    "python3.11-doc-json-1280", "debian-reference-zh-cn-ch01-1280", "maint-guide-p8",
+    "debian-reference-en-p32",
+    "debian-reference-zh-cn-p46",
+    "maint-guide-zh-cn-p22",
+    "python3.11-doc-json-1280",
+    "debian-reference-zh-cn-ch01-1280",
+    "maint-guide-p8",
 ]
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--force-device-scale-factor=1", "--virtual-time-budget=3000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
+    "--virtual-time-budget=3000",
 ]
 
 # Runs in the copy of the page: every visible character's box, grouped into runs on one visual line of one
@@ -139,8 +182,14 @@ class Item:
 
     def record(self) -> dict:
         return {
-            "file": self.file, "source": self.source, "page": self.page, "lang": self.lang,
-            "licence": self.licence, "truth": self.truth_method, "width": self.width, "height": self.height,
+            "file": self.file,
+            "source": self.source,
+            "page": self.page,
+            "lang": self.lang,
+            "licence": self.licence,
+            "truth": self.truth_method,
+            "width": self.width,
+            "height": self.height,
             "lines": self.lines,
         }
 
@@ -161,14 +210,21 @@ def pdf_lines(pdf: Path, page: int) -> list[tuple[int, str, list[float]]]:
     makes two words overlap); words on one row more than 2 line heights apart are separate lines."""
     xml = subprocess.run(
         ["pdftotext", "-f", str(page), "-l", str(page), "-bbox-layout", str(pdf), "-"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     xml = re.sub(r"<!DOCTYPE[^>]*>", "", xml).replace('xmlns="http://www.w3.org/1999/xhtml"', "")
     root = ET.fromstring(xml)
     out = []
     for b, block in enumerate(root.iter("block")):
-        words = sorted(((float(w.get("xMin")), float(w.get("yMin")), float(w.get("xMax")), float(w.get("yMax")),
-                         w.text or "") for w in block.iter("word")), key=lambda w: (w[1] + w[3]) / 2)
+        words = sorted(
+            (
+                (float(w.get("xMin")), float(w.get("yMin")), float(w.get("xMax")), float(w.get("yMax")), w.text or "")
+                for w in block.iter("word")
+            ),
+            key=lambda w: (w[1] + w[3]) / 2,
+        )
         rows: list[list] = []
         for w in words:
             r = rows[-1] if rows else None
@@ -198,8 +254,23 @@ def render_pdf(pdf: Path, page: int, dpi: int, start: float, tmp: Path) -> tuple
     """A full-width crop of about 45% of the page from ``start``, cut in blank space, and its truth lines."""
     lines = pdf_lines(pdf, page)
     png = tmp / "page"
-    subprocess.run(["pdftoppm", "-f", str(page), "-l", str(page), "-r", str(dpi), "-gray", "-png",
-                    "-singlefile", str(pdf), str(png)], check=True)
+    subprocess.run(
+        [
+            "pdftoppm",
+            "-f",
+            str(page),
+            "-l",
+            str(page),
+            "-r",
+            str(dpi),
+            "-gray",
+            "-png",
+            "-singlefile",
+            str(pdf),
+            str(png),
+        ],
+        check=True,
+    )
     img = cv2.imread(str(png) + ".png", cv2.IMREAD_GRAYSCALE)
     s = dpi / 72.0
     boxes = [[v * s for v in box] for _, _, box in lines]
@@ -221,7 +292,10 @@ def render_pdf(pdf: Path, page: int, dpi: int, start: float, tmp: Path) -> tuple
 def chromium(url: str, width: int, height: int, profile: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", *extra, url],
-        check=True, capture_output=True, text=True, timeout=120,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -235,8 +309,9 @@ def render_html(page: Path, width: int, height: int, scroll_to: str, tmp: Path) 
     copy = page.with_name("_truth_" + page.name)
     html = page.read_text(encoding="utf-8")
     script = TRUTH_JS % json.dumps(scroll_to)
-    copy.write_text(html.replace("</body>", script + "</body>") if "</body>" in html else html + script,
-                    encoding="utf-8")
+    copy.write_text(
+        html.replace("</body>", script + "</body>") if "</body>" in html else html + script, encoding="utf-8"
+    )
     tall = 12000 if scroll_to else height
     try:
         url = copy.as_uri()
@@ -258,8 +333,11 @@ def render_html(page: Path, width: int, height: int, scroll_to: str, tmp: Path) 
     y1 = _snap(boxes, min(y0 + height, img.shape[0]), -1)
     y0, y1 = max(int(y0), 0), int(y1)
     img = img[y0:y1]
-    kept = [dict(r, y1=r["y1"] - y0, y2=r["y2"] - y0) for r in runs
-            if r["y1"] >= y0 and r["y2"] <= y1 and r["x1"] >= 0 and r["x2"] <= width]
+    kept = [
+        dict(r, y1=r["y1"] - y0, y2=r["y2"] - y0)
+        for r in runs
+        if r["y1"] >= y0 and r["y2"] <= y1 and r["x1"] >= 0 and r["x2"] <= width
+    ]
     return img, merge_runs(kept)
 
 
@@ -308,8 +386,13 @@ def photographed(img: np.ndarray, seed: int) -> np.ndarray:
     dst = src + rng.uniform(-d, d, (4, 2)).astype(np.float32)
     dst -= dst.min(axis=0)
     out_w, out_h = int(dst[:, 0].max()), int(dst[:, 1].max())
-    warped = cv2.warpPerspective(img, cv2.getPerspectiveTransform(src, dst), (out_w, out_h),
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=(200, 200, 200))
+    warped = cv2.warpPerspective(
+        img,
+        cv2.getPerspectiveTransform(src, dst),
+        (out_w, out_h),
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(200, 200, 200),
+    )
     warped = cv2.GaussianBlur(warped, (0, 0), 0.8)
     yy, xx = np.mgrid[0:out_h, 0:out_w].astype(np.float32)
     cx, cy = rng.uniform(0, out_w), rng.uniform(0, out_h)
@@ -344,30 +427,57 @@ def build(debs: Path, out: Path) -> list[Item]:
                 name = f"{package}-p{page}"
                 cv2.imwrite(str(out / f"{name}.png"), img)
                 images[name] = img
-                items.append(Item(
-                    f"{name}.png", package, f"{Path(rel).name} page {page} at {dpi} dpi", lang, _licence(package),
-                    "pdftotext -bbox-layout words in the crop, by block and row, split at gaps > 2 line heights", lines,
-                    img.shape[1], img.shape[0]))
+                items.append(
+                    Item(
+                        f"{name}.png",
+                        package,
+                        f"{Path(rel).name} page {page} at {dpi} dpi",
+                        lang,
+                        _licence(package),
+                        "pdftotext -bbox-layout words in the crop, by block and row, split at gaps > 2 line heights",
+                        lines,
+                        img.shape[1],
+                        img.shape[0],
+                    )
+                )
         for package, rel, lang, width, height, scroll in HTMLS:
             img, lines = render_html(debs / "root" / rel, width, height, scroll, tmp)
             name = f"{package}-{Path(rel).name.split('.')[0]}-{width}"
             cv2.imwrite(str(out / f"{name}.png"), img)
             images[name] = img
-            items.append(Item(
-                f"{name}.png", package, f"{rel} in headless Chromium, window {width}x{height}"
-                + (f", scrolled to {scroll}" if scroll else ""), lang, _licence(package),
-                "Chromium's layout of the page's text nodes (one line = one visual line of one block element)",
-                lines, img.shape[1], img.shape[0]))
+            items.append(
+                Item(
+                    f"{name}.png",
+                    package,
+                    f"{rel} in headless Chromium, window {width}x{height}"
+                    + (f", scrolled to {scroll}" if scroll else ""),
+                    lang,
+                    _licence(package),
+                    "Chromium's layout of the page's text nodes (one line = one visual line of one block element)",
+                    lines,
+                    img.shape[1],
+                    img.shape[0],
+                )
+            )
         by_name = {it.file.rsplit(".", 1)[0]: it for it in items}
         for seed, name in enumerate(PHOTO_OF):
             base = by_name[name]
             photo = photographed(images[name], seed)
             file = f"{name}-photo.jpg"
             cv2.imwrite(str(out / file), photo, [cv2.IMWRITE_JPEG_QUALITY, 70])
-            items.append(Item(
-                file, base.source, base.page + "; photographed look (perspective, blur, light, noise, JPEG 70)",
-                base.lang, base.licence, base.truth_method + " (of the render; boxes not kept)",
-                [{"text": t["text"], "block": t["block"]} for t in base.lines], photo.shape[1], photo.shape[0]))
+            items.append(
+                Item(
+                    file,
+                    base.source,
+                    base.page + "; photographed look (perspective, blur, light, noise, JPEG 70)",
+                    base.lang,
+                    base.licence,
+                    base.truth_method + " (of the render; boxes not kept)",
+                    [{"text": t["text"], "block": t["block"]} for t in base.lines],
+                    photo.shape[1],
+                    photo.shape[0],
+                )
+            )
     return items
 
 
@@ -378,8 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     items = build(args.debs, args.out)
     (args.out / "truth.json").write_text(
-        json.dumps({"images": [it.record() for it in items]}, ensure_ascii=False, indent=1) + "\n",
-        encoding="utf-8")
+        json.dumps({"images": [it.record() for it in items]}, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+    )
     zh = sum(it.lang == "zh" for it in items)
     size = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"{len(items)} images ({zh} Chinese), {size / 1e6:.1f} MB in {args.out}")

@@ -50,8 +50,20 @@ QUESTIONS = [
     "商品主图尺寸比例合适吗？",
     "Read the text and measure the size of the box.",
 ]
-BRANDS = ["AURORA", "NOVA", "ZENITH", "LUMA", "ORCHID", "BOREAL", "KESTREL", "MAPLE", "SOLACE", "TIDAL",
-          "VERDE", "QUILL"]
+BRANDS = [
+    "AURORA",
+    "NOVA",
+    "ZENITH",
+    "LUMA",
+    "ORCHID",
+    "BOREAL",
+    "KESTREL",
+    "MAPLE",
+    "SOLACE",
+    "TIDAL",
+    "VERDE",
+    "QUILL",
+]
 
 
 def product_shot(i: int) -> bytes:
@@ -160,8 +172,10 @@ def main() -> None:
             per_hit = (t_plain - t_cached) / st.hits if st.hits else 0.0
             print(f"experts: {kind}; {args.requests} requests over {args.images} images (seed {args.seed})")
             print(f"expert calls: {calls}; cache hits {st.hits}, misses {st.misses}: hit rate {st.hit_rate:.0%}")
-            print(f"wall time: {t_plain:.1f} s without cache, {t_cached:.1f} s with cache "
-                  f"-> {per_hit:.2f} s saved per hit")
+            print(
+                f"wall time: {t_plain:.1f} s without cache, {t_cached:.1f} s with cache "
+                f"-> {per_hit:.2f} s saved per hit"
+            )
 
             # The batch path: cold over the catalogue, then warm (a second run over the same folder).
             folder = Path(tmp) / "catalogue"
@@ -170,12 +184,26 @@ def main() -> None:
                 (folder / f"shot{i:02d}.png").write_bytes(data)
             settings = Settings(ollama_host=url, cache_dir=str(Path(tmp) / "batch-cache"))
             sink = io.StringIO()
-            cold = run_batch([folder], Orchestrator(settings, registry=reg), stream=sink,
-                             experts=["ocr", "detect"], workers=2, progress=False)
-            warm = run_batch([folder], Orchestrator(settings, registry=reg), stream=sink,
-                             experts=["ocr", "detect"], workers=2, progress=False)
-            print(f"batch over {args.images} images, 2 workers: cold {cold.seconds:.2f} s, warm {warm.seconds:.2f} s "
-                  f"(hit rate {warm.hit_rate:.0%}, ~{warm.saved_ms / 1000:.1f} s of expert time saved)")
+            cold = run_batch(
+                [folder],
+                Orchestrator(settings, registry=reg),
+                stream=sink,
+                experts=["ocr", "detect"],
+                workers=2,
+                progress=False,
+            )
+            warm = run_batch(
+                [folder],
+                Orchestrator(settings, registry=reg),
+                stream=sink,
+                experts=["ocr", "detect"],
+                workers=2,
+                progress=False,
+            )
+            print(
+                f"batch over {args.images} images, 2 workers: cold {cold.seconds:.2f} s, warm {warm.seconds:.2f} s "
+                f"(hit rate {warm.hit_rate:.0%}, ~{warm.saved_ms / 1000:.1f} s of expert time saved)"
+            )
     finally:
         proc.terminate()
         proc.wait(timeout=10)

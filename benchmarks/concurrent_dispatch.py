@@ -56,8 +56,10 @@ def main(repeats: int) -> None:
     slowest = max(COSTS.values())
     ratio = statistics.median(walls) / slowest
     print(f"known-cost experts {', '.join(f'{k}={v:.2f}s' for k, v in COSTS.items())}; {repeats} runs")
-    print(f"  sum of costs {sum(COSTS.values()):.2f} s, slowest {slowest:.2f} s, "
-          f"median wall {statistics.median(walls):.3f} s")
+    print(
+        f"  sum of costs {sum(COSTS.values()):.2f} s, slowest {slowest:.2f} s, "
+        f"median wall {statistics.median(walls):.3f} s"
+    )
     print(f"  wall / slowest = {ratio:.3f} (target <= 1.15): {'PASS' if ratio <= 1.15 else 'FAIL'}")
 
     real = default_registry()
@@ -87,8 +89,10 @@ def main(repeats: int) -> None:
     print(f"real experts on the demo image (CPU-bound, {len(names)} cores' worth of work on this machine):")
     for n, t in alone.items():
         print(f"  {n:<7} alone {t * 1000:7.1f} ms")
-    print(f"  together {both * 1000:7.1f} ms = {both / max(alone.values()):.2f} x the slowest, "
-          f"{both / sum(alone.values()):.2f} x their sum")
+    print(
+        f"  together {both * 1000:7.1f} ms = {both / max(alone.values()):.2f} x the slowest, "
+        f"{both / sum(alone.values()):.2f} x their sum"
+    )
 
 
 if __name__ == "__main__":

@@ -39,9 +39,7 @@ def layout_only(bgr, segments, restore_spaces: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine", default="onnx", choices=["auto", "onnx", "paddle"])
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per image (median is reported)")
     parser.add_argument("--det-dir", help="paddle: text detection model dir (with inference.yml)")

@@ -92,7 +92,9 @@ async def routed(orch: Orchestrator, question: str, img: bytes | None, predecode
 def start_fake() -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.fake_ollama", "--reply", ANSWER, "--chunk-size", "8"],
-        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     line = proc.stdout.readline().strip()
     if not line.startswith("READY "):
@@ -115,8 +117,12 @@ async def main(n: int) -> None:
         for _ in range(20):  # warm up both paths
             await bare(client, "qwen3-vision", same_payload)
             await routed(orch, q_img, img)
-        rows = {"bare client": [], "router, no image": [], "router, image decoded + expert": [],
-                "router, image + expert, incl. decode": []}
+        rows = {
+            "bare client": [],
+            "router, no image": [],
+            "router, image decoded + expert": [],
+            "router, image + expert, incl. decode": [],
+        }
         for _ in range(n):  # interleave so drift hits every path alike
             rows["bare client"].append(await bare(client, "qwen3-vision", same_payload))
             rows["router, no image"].append(await routed(orch, q_img, None))
@@ -134,9 +140,12 @@ async def main(n: int) -> None:
         print(f"{name:<34} {med * 1000:>10.2f} {p90 * 1000:>8.2f} {(med - base) * 1000:>9.2f} {med / base:>6.2f}")
     added = (statistics.median(rows["router, image decoded + expert"]) - base) * 1000
     decode = statistics.median(rows["router, image + expert, incl. decode"]) - statistics.median(
-        rows["router, image decoded + expert"])
-    print(f"\norchestration overhead: {added:.2f} ms median added per request with an image and a keyword-chosen "
-          f"expert, image intake aside (target <= 2 ms): {'PASS' if added <= 2 else 'FAIL'}")
+        rows["router, image decoded + expert"]
+    )
+    print(
+        f"\norchestration overhead: {added:.2f} ms median added per request with an image and a keyword-chosen "
+        f"expert, image intake aside (target <= 2 ms): {'PASS' if added <= 2 else 'FAIL'}"
+    )
     print(f"image intake (check, sha256, decode of a 640x480 PNG, once per request): {decode * 1000:.2f} ms")
 
 

@@ -129,8 +129,11 @@ def run(requests: int, chunks: int) -> dict:
                 for client, url, sink in order:
                     _, total, n = stream(client, url, kind)
                     sink.append(n / total)
-            rates[kind] = {"direct_chunks_s": statistics.median(d_rates), "proxy_chunks_s": statistics.median(p_rates),
-                           "ratio": statistics.median(p_rates) / statistics.median(d_rates)}
+            rates[kind] = {
+                "direct_chunks_s": statistics.median(d_rates),
+                "proxy_chunks_s": statistics.median(p_rates),
+                "ratio": statistics.median(p_rates) / statistics.median(d_rates),
+            }
         return {
             "requests": requests,
             "ttfc_ms": {
@@ -163,17 +166,25 @@ def main() -> None:
         print(json.dumps(res, indent=2))
         return
     t = res["ttfc_ms"]
-    print(f"pass-through chat, no images, {res['requests']} requests per path (fake Ollama and proxy in "
-          "their own processes, loopback)")
-    print(f"  time to first chunk: direct {t['direct_median']:.2f} ms, proxy {t['proxy_median']:.2f} ms median; "
-          f"added {t['added_median']:.2f} ms (paired median {t['added_paired_median']:.2f} ms, "
-          f"p90 {t['added_paired_p90']:.2f} ms)  target <= 3 ms: "
-          f"{'PASS' if t['added_paired_median'] <= 3 else 'FAIL'}")
-    print(f"  proxy CPU per pass-through request: {t['proxy_cpu_per_request']:.2f} ms "
-          f"(machine: {res['cpus']} CPUs, load average {res['load_average']:.1f})")
+    print(
+        f"pass-through chat, no images, {res['requests']} requests per path (fake Ollama and proxy in "
+        "their own processes, loopback)"
+    )
+    print(
+        f"  time to first chunk: direct {t['direct_median']:.2f} ms, proxy {t['proxy_median']:.2f} ms median; "
+        f"added {t['added_median']:.2f} ms (paired median {t['added_paired_median']:.2f} ms, "
+        f"p90 {t['added_paired_p90']:.2f} ms)  target <= 3 ms: "
+        f"{'PASS' if t['added_paired_median'] <= 3 else 'FAIL'}"
+    )
+    print(
+        f"  proxy CPU per pass-through request: {t['proxy_cpu_per_request']:.2f} ms "
+        f"(machine: {res['cpus']} CPUs, load average {res['load_average']:.1f})"
+    )
     for kind, r in res["throughput"].items():
-        print(f"  {kind:<8} chunks/s: direct {r['direct_chunks_s']:.0f}, proxy {r['proxy_chunks_s']:.0f}, "
-              f"ratio {r['ratio']:.2f}  target >= 0.9: {'PASS' if r['ratio'] >= 0.9 else 'FAIL'}")
+        print(
+            f"  {kind:<8} chunks/s: direct {r['direct_chunks_s']:.0f}, proxy {r['proxy_chunks_s']:.0f}, "
+            f"ratio {r['ratio']:.2f}  target >= 0.9: {'PASS' if r['ratio'] >= 0.9 else 'FAIL'}"
+        )
 
 
 if __name__ == "__main__":

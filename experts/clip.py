@@ -167,7 +167,7 @@ class ClipExpert(Expert):
 
     def _fetch_hint(self) -> str:
         return (
-            f"fetch once: python -c \"import open_clip; open_clip.create_model_and_transforms("
+            f'fetch once: python -c "import open_clip; open_clip.create_model_and_transforms('
             f"'{self.model_name}', pretrained='{self.pretrained}')\" (or set pretrained to a checkpoint file)"
         )
 
@@ -220,15 +220,17 @@ class ClipExpert(Expert):
         precision = self._precision(device)
         pretrained = self.pretrained
         if pretrained is None:
-            log.warning("clip: model %s has RANDOM weights (pretrained=none): scores mean nothing",
-                        self.model_name)
+            log.warning("clip: model %s has RANDOM weights (pretrained=none): scores mean nothing", self.model_name)
         elif offline():
             present, detail = self.weights_status()
             if not present:  # say so in one line instead of letting open_clip try and log a download error
                 raise EngineMissing(f"clip: weights {self.model_name}/{pretrained} {detail} (HF_HUB_OFFLINE is set)")
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                self.model_name, pretrained=pretrained, device=device, precision=precision,
+                self.model_name,
+                pretrained=pretrained,
+                device=device,
+                precision=precision,
                 cache_dir=self.config.get("weights_dir"),
             )
             tokenizer = open_clip.get_tokenizer(self.model_name)
@@ -425,35 +427,40 @@ class ClipExpert(Expert):
             else:
                 probs = self._probabilities(img, emb)
                 order = np.argsort(-probs, kind="stable")[: args.top_k]
-                result.styles = [Style(name=names[i], name_zh=zh[i], score=round(float(probs[i]), 4))
-                                 for i in order]
+                result.styles = [Style(name=names[i], name_zh=zh[i], score=round(float(probs[i]), 4)) for i in order]
                 result.attributes["best_match"] = result.styles[0].name
         else:
             probs = self._probabilities(img, self._styles.emb)
             order = np.argsort(-probs, kind="stable")[: args.top_k]
             by_id = {s.id: s for s in self.library.styles}
             result.styles = [
-                Style(name=by_id[self._styles.ids[i]].en, name_zh=by_id[self._styles.ids[i]].zh,
-                      score=round(float(probs[i]), 4))
+                Style(
+                    name=by_id[self._styles.ids[i]].en,
+                    name_zh=by_id[self._styles.ids[i]].zh,
+                    score=round(float(probs[i]), 4),
+                )
                 for i in order
             ]
             result.attributes["style"] = result.styles[0].name
         self._fill_objects(result, img)
         return result
 
-    def _rank_one(self, result: ExpertResult, img: np.ndarray, name: str, zh: str | None,
-                  emb: np.ndarray, top_k: int) -> ExpertResult:
+    def _rank_one(
+        self, result: ExpertResult, img: np.ndarray, name: str, zh: str | None, emb: np.ndarray, top_k: int
+    ) -> ExpertResult:
         assert self._styles is not None and self.library is not None
         by_id = {s.id: s for s in self.library.styles}
-        others = [(by_id[i].en, by_id[i].zh, e) for i, e in zip(self._styles.ids, self._styles.emb, strict=True)
-                  if by_id[i].en != name]
+        others = [
+            (by_id[i].en, by_id[i].zh, e)
+            for i, e in zip(self._styles.ids, self._styles.emb, strict=True)
+            if by_id[i].en != name
+        ]
         labels = [(name, zh), *((n, z) for n, z, _ in others)]
         probs = self._probabilities(img, np.stack([emb, *(e for _, _, e in others)]))
         order = list(np.argsort(-probs, kind="stable"))
         rank = order.index(0) + 1
         keep = order[:top_k] if 0 in order[:top_k] else [*order[: top_k - 1], 0]
-        result.styles = [Style(name=labels[i][0], name_zh=labels[i][1], score=round(float(probs[i]), 4))
-                         for i in keep]
+        result.styles = [Style(name=labels[i][0], name_zh=labels[i][1], score=round(float(probs[i]), 4)) for i in keep]
         result.attributes["best_match"] = result.styles[0].name
         result.attributes["candidate_rank"] = f"{name}: {rank} of {len(labels)} (ranked among library styles)"
         return result
@@ -530,8 +537,9 @@ def _tag_dict(node: ast.expr) -> dict[str, dict[str, Any]] | None:
     out: dict[str, dict[str, Any]] = {}
     for kw in node.keywords:
         if kw.arg and isinstance(kw.value, ast.Call):
-            out[kw.arg] = {k.arg: k.value.value for k in kw.value.keywords
-                           if k.arg and isinstance(k.value, ast.Constant)}
+            out[kw.arg] = {
+                k.arg: k.value.value for k in kw.value.keywords if k.arg and isinstance(k.value, ast.Constant)
+            }
     return out
 
 

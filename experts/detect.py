@@ -189,9 +189,7 @@ class DetectExpert(Expert):
 
     def status(self) -> dict[str, Any]:
         cascades = getattr(getattr(cv2, "data", None), "haarcascades", "")
-        present = [
-            k for k, f in _CASCADE_FILES.items() if cascades and os.path.isfile(os.path.join(cascades, f))
-        ]
+        present = [k for k, f in _CASCADE_FILES.items() if cascades and os.path.isfile(os.path.join(cascades, f))]
         ok = len(present) == len(_CASCADE_FILES) and hasattr(cv2, "HOGDescriptor")
         out: dict[str, Any] = {
             "ok": ok,
@@ -274,8 +272,7 @@ class DetectExpert(Expert):
         objects = objects[:max_objects]
         counts = Counter(o["shape"] for o in objects)
         bboxes = [
-            BBox(label=o["shape"], x1=o["bbox"][0], y1=o["bbox"][1], x2=o["bbox"][2], y2=o["bbox"][3])
-            for o in objects
+            BBox(label=o["shape"], x1=o["bbox"][0], y1=o["bbox"][1], x2=o["bbox"][2], y2=o["bbox"][3]) for o in objects
         ]
         measurements: dict[str, Any] = {
             "count": total,
@@ -310,9 +307,7 @@ class DetectExpert(Expert):
             attributes["dpi"] = "x".join(f"{round(d, 1):g}" for d in image.dpi)
         if objects:
             attributes["subject_placement"] = measurements["subject"]["placement"]
-        return self.new_result(
-            image, objects=labels, bbox=bboxes, measurements=measurements, attributes=attributes
-        )
+        return self.new_result(image, objects=labels, bbox=bboxes, measurements=measurements, attributes=attributes)
 
     # --- labelled detection ---------------------------------------------------------------------
     def _labelled(self, image: DecodedImage, label: str) -> ExpertResult:
@@ -334,8 +329,7 @@ class DetectExpert(Expert):
             if label == "face":  # the profile cascade looks one way: run it mirrored too
                 flipped = self._cascade(np.ascontiguousarray(bgr[:, ::-1]), "profileface", label)
                 boxes += [
-                    BBox(label=b.label, x1=w - b.x2, y1=b.y1, x2=w - b.x1, y2=b.y2, score=b.score)
-                    for b in flipped
+                    BBox(label=b.label, x1=w - b.x2, y1=b.y1, x2=w - b.x1, y2=b.y2, score=b.score) for b in flipped
                 ]
         boxes = nms(boxes, 0.3)
         n = len(boxes)
@@ -509,9 +503,7 @@ class DetectExpert(Expert):
         boxes: list[BBox] = []
         if not ok or points is None:
             return boxes
-        for payload, quad in zip(
-            infos, np.asarray(points, dtype=float).reshape(-1, 4, 2) / scale, strict=False
-        ):
+        for payload, quad in zip(infos, np.asarray(points, dtype=float).reshape(-1, 4, 2) / scale, strict=False):
             boxes.append(_quad_box("barcode", quad))
             if payload:
                 texts.append(_text_line(payload, quad))
@@ -1039,9 +1031,7 @@ def _downscale(img: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     if s <= max_side:
         return img, 1.0
     scale = max_side / s
-    return cv2.resize(
-        img, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA
-    ), scale
+    return cv2.resize(img, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA), scale
 
 
 def _quad_box(label: str, quad: np.ndarray) -> BBox:

@@ -131,8 +131,13 @@ class DecodedImage:
             small = self.image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
             dpi = (self.dpi[0] * size[0] / w, self.dpi[1] * size[1] / h) if self.dpi else None
             found = DecodedImage(
-                image_id=self.image_id, data=self.data, image=small, format=self.format, source=self.source,
-                dpi=dpi, original_size=self.original_size or (w, h),
+                image_id=self.image_id,
+                data=self.data,
+                image=small,
+                format=self.format,
+                source=self.source,
+                dpi=dpi,
+                original_size=self.original_size or (w, h),
             )
             self._views[max_side] = found
             return found
@@ -289,18 +294,14 @@ def _open_checked(data: bytes, source: str | None, max_bytes: int, max_pixels: i
             warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
-        raise ImageError(
-            f"{name}not a supported image (accepted: PNG, JPEG, WebP, GIF, BMP, TIFF)"
-        ) from None
+        raise ImageError(f"{name}not a supported image (accepted: PNG, JPEG, WebP, GIF, BMP, TIFF)") from None
     except Exception as exc:  # Pillow raises many types on corrupt headers
         raise ImageError(f"{name}unreadable image header: {exc}") from None
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageError(f"{name}image has no pixels ({w}x{h})")
     if w * h > max_pixels:
-        raise ImageError(
-            f"{name}image is {w}x{h} = {w * h / 1e6:.1f} MP, over the {max_pixels / 1e6:.0f} MP limit"
-        )
+        raise ImageError(f"{name}image is {w}x{h} = {w * h / 1e6:.1f} MP, over the {max_pixels / 1e6:.0f} MP limit")
     return img
 
 
@@ -319,9 +320,7 @@ def _decode_opened(img: Image.Image, data: bytes, source: str | None) -> Decoded
         name = f"{source}: " if source else ""
         raise ImageError(f"{name}truncated or corrupt {fmt} image: {exc}") from None
     dpi_t = (float(dpi[0]), float(dpi[1])) if isinstance(dpi, tuple) and len(dpi) == 2 else None
-    return DecodedImage(
-        image_id=image_id_of(data), data=data, image=rgb, format=fmt, source=source, dpi=dpi_t
-    )
+    return DecodedImage(image_id=image_id_of(data), data=data, image=rgb, format=fmt, source=source, dpi=dpi_t)
 
 
 def _replace(old: Image.Image, new: Image.Image) -> Image.Image:

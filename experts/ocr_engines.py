@@ -212,9 +212,7 @@ class PaddleOcrEngine(OcrEngine):
         try:
             from paddleocr import PaddleOCR
         except ImportError as exc:
-            raise EngineMissing(
-                f"ocr: the paddle engine is not installed ({exc}); run {PADDLE_HINT}"
-            ) from None
+            raise EngineMissing(f"ocr: the paddle engine is not installed ({exc}); run {PADDLE_HINT}") from None
         for name in ("paddlex", "paddleocr", "ppocr"):
             logging.getLogger(name).setLevel(logging.WARNING)
         kwargs: dict[str, Any] = {
@@ -243,9 +241,7 @@ class PaddleOcrEngine(OcrEngine):
         try:
             self._ocr = PaddleOCR(**kwargs)
         except Exception as exc:  # PaddleX raises many types (download, model, dependency errors)
-            raise EngineMissing(
-                f"ocr: PaddleOCR could not load its models: {type(exc).__name__}: {exc}"
-            ) from None
+            raise EngineMissing(f"ocr: PaddleOCR could not load its models: {type(exc).__name__}: {exc}") from None
         self._lock = threading.Lock()
 
     def raw(self, bgr: np.ndarray) -> Any:
@@ -259,9 +255,7 @@ class PaddleOcrEngine(OcrEngine):
             for text, score, poly in zip(texts, scores, polys, strict=False):
                 if not str(text).strip():
                     continue
-                segments.append(
-                    Segment(order_quad(np.asarray(poly, dtype=np.float64)), str(text), float(score))
-                )
+                segments.append(Segment(order_quad(np.asarray(poly, dtype=np.float64)), str(text), float(score)))
         return segments
 
 

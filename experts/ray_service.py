@@ -33,8 +33,15 @@ from experts.service import build_expert, create_app, import_expert_modules
 class ExpertDeployment:
     """A replica: the expert loaded once, behind the app of :func:`experts.service.create_app`."""
 
-    def __init__(self, name: str, config: dict[str, Any] | None = None, imports: Iterable[str] = (),
-                 max_concurrency: int = 1, token: str | None = None, max_body_mib: int = 64) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: dict[str, Any] | None = None,
+        imports: Iterable[str] = (),
+        max_concurrency: int = 1,
+        token: str | None = None,
+        max_body_mib: int = 64,
+    ) -> None:
         registry = default_registry()
         import_expert_modules(imports, registry)
         self.expert = build_expert(name, config, registry)
@@ -43,18 +50,35 @@ class ExpertDeployment:
         self.token, self.max_body_mib = token, max_body_mib
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self.expert, max_concurrency=self.max_concurrency, token=self.token,
-                          max_body_bytes=self.max_body_mib * 1024 * 1024)
+        return create_app(
+            self.expert,
+            max_concurrency=self.max_concurrency,
+            token=self.token,
+            max_body_bytes=self.max_body_mib * 1024 * 1024,
+        )
 
 
-def deployment(name: str, config: dict[str, Any] | None = None, *, imports: Iterable[str] = (),
-               min_replicas: int = 1, max_replicas: int = 1, num_cpus: float = 1.0, num_gpus: float = 0.0,
-               max_concurrency: int = 1, token: str | None = None, max_body_mib: int = 64) -> Any:
+def deployment(
+    name: str,
+    config: dict[str, Any] | None = None,
+    *,
+    imports: Iterable[str] = (),
+    min_replicas: int = 1,
+    max_replicas: int = 1,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    max_concurrency: int = 1,
+    token: str | None = None,
+    max_body_mib: int = 64,
+) -> Any:
     """The bound Ray Serve application for expert ``name`` (give it to ``serve.run``)."""
     autoscaling = None
     if max_replicas > min_replicas:
-        autoscaling = {"min_replicas": min_replicas, "max_replicas": max_replicas,
-                       "target_ongoing_requests": max(1, max_concurrency)}
+        autoscaling = {
+            "min_replicas": min_replicas,
+            "max_replicas": max_replicas,
+            "target_ongoing_requests": max(1, max_concurrency),
+        }
     options: dict[str, Any] = {
         "name": f"expert-{name}",
         "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
@@ -65,8 +89,9 @@ def deployment(name: str, config: dict[str, Any] | None = None, *, imports: Iter
         options["autoscaling_config"] = autoscaling
     else:
         options["num_replicas"] = min_replicas
-    return serve.deployment(ExpertDeployment, **options).bind(name, dict(config or {}), list(imports), max_concurrency,
-                                                            token, max_body_mib)
+    return serve.deployment(ExpertDeployment, **options).bind(
+        name, dict(config or {}), list(imports), max_concurrency, token, max_body_mib
+    )
 
 
 def app_builder(args: dict[str, str]) -> Any:
@@ -75,22 +100,39 @@ def app_builder(args: dict[str, str]) -> Any:
     known = {"name", "config", "imports", "min_replicas", "max_replicas", "num_cpus", "num_gpus", "max_concurrency"}
     unknown = set(args) - known
     if unknown or "name" not in args:
-        raise ValueError(f"app_builder takes name=NAME and {', '.join(sorted(known - {'name'}))}; "
-                         f"got {', '.join(sorted(args))}")
+        raise ValueError(
+            f"app_builder takes name=NAME and {', '.join(sorted(known - {'name'}))}; got {', '.join(sorted(args))}"
+        )
     return deployment(
-        args["name"], json.loads(args.get("config") or "{}"),
+        args["name"],
+        json.loads(args.get("config") or "{}"),
         imports=[m for m in (args.get("imports") or "").split(",") if m],
-        min_replicas=int(args.get("min_replicas", 1)), max_replicas=int(args.get("max_replicas", 1)),
-        num_cpus=float(args.get("num_cpus", 1)), num_gpus=float(args.get("num_gpus", 0)),
+        min_replicas=int(args.get("min_replicas", 1)),
+        max_replicas=int(args.get("max_replicas", 1)),
+        num_cpus=float(args.get("num_cpus", 1)),
+        num_gpus=float(args.get("num_gpus", 0)),
         max_concurrency=int(args.get("max_concurrency", 1)),
     )
 
 
-def serve_expert_on_ray(name: str, *, host: str = "127.0.0.1", port: int = 8790, address: str | None = None,
-                        config: dict[str, Any] | None = None, imports: Iterable[str] = (), min_replicas: int = 1,
-                        max_replicas: int = 1, num_cpus: float = 1.0, num_gpus: float = 0.0,
-                        max_concurrency: int = 1, blocking: bool = True, token: str | None = None,
-                        max_body_mib: int = 64, allow_remote: bool = False) -> Any:
+def serve_expert_on_ray(
+    name: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8790,
+    address: str | None = None,
+    config: dict[str, Any] | None = None,
+    imports: Iterable[str] = (),
+    min_replicas: int = 1,
+    max_replicas: int = 1,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    max_concurrency: int = 1,
+    blocking: bool = True,
+    token: str | None = None,
+    max_body_mib: int = 64,
+    allow_remote: bool = False,
+) -> Any:
     """Deploy expert ``name`` on Ray Serve at ``http://host:port`` (joining ``address``, or starting a
     local Ray) and, with ``blocking``, serve until interrupted. Returns the deployment's handle."""
     import ray
@@ -101,7 +143,16 @@ def serve_expert_on_ray(name: str, *, host: str = "127.0.0.1", port: int = 8790,
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
-    app = deployment(name, config, imports=imports, min_replicas=min_replicas, max_replicas=max_replicas,
-                     num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=max_concurrency, token=token,
-                     max_body_mib=max_body_mib)
+    app = deployment(
+        name,
+        config,
+        imports=imports,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        max_concurrency=max_concurrency,
+        token=token,
+        max_body_mib=max_body_mib,
+    )
     return serve.run(app, name=f"expert-{name}", route_prefix="/", blocking=blocking)

@@ -155,8 +155,13 @@ class RemoteExpert(Expert):
             info = self._info or self.fetch_info()
         except ExpertError as exc:
             return {"ok": False, "engine": "remote", "url": self.url, "error": str(exc)}
-        return {"ok": True, "engine": f"remote {info.get('engine') or ''}".strip(), "url": self.url,
-                "model": info.get("model"), "device": info.get("device")}
+        return {
+            "ok": True,
+            "engine": f"remote {info.get('engine') or ''}".strip(),
+            "url": self.url,
+            "model": info.get("model"),
+            "device": info.get("device"),
+        }
 
     # --- work -----------------------------------------------------------------------------------
     def _analyze(self, image: DecodedImage, args: ExpertArgs) -> ExpertResult:
@@ -209,8 +214,10 @@ class RemoteExpert(Expert):
         if resp.status_code < 400:
             return resp
         if resp.status_code == 401:
-            raise ExpertError(f"{where} refused the request: "
-                              + ("wrong token" if self.token else "it needs a token (set token= for this expert)"))
+            raise ExpertError(
+                f"{where} refused the request: "
+                + ("wrong token" if self.token else "it needs a token (set token= for this expert)")
+            )
         try:
             body = resp.json()
             message, kind = str(body["error"]), str(body.get("type") or "ExpertError")
@@ -252,8 +259,9 @@ def remote_expert_class(
     def args_schema(klass: type[RemoteExpert]) -> dict[str, Any]:
         if klass.service_info is None:
             try:
-                klass.service_info = RemoteExpert(name, url, connect_timeout=connect_timeout, retries=0,
-                                                  token=token)._info
+                klass.service_info = RemoteExpert(
+                    name, url, connect_timeout=connect_timeout, retries=0, token=token
+                )._info
             except ExpertError:
                 pass
         schema = (klass.service_info or {}).get("args_schema")

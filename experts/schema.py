@@ -83,7 +83,11 @@ class ImageAnalysis(Findings):
 
     @classmethod
     def merge(
-        cls, image_id: str, index: int, results: list[ExpertResult], width: int | None = None,
+        cls,
+        image_id: str,
+        index: int,
+        results: list[ExpertResult],
+        width: int | None = None,
         height: int | None = None,
     ) -> ImageAnalysis:
         """Merge several experts' results on one image; later experts add to, never erase, earlier ones."""

@@ -61,9 +61,7 @@ def require_serve_extra() -> None:
     """Raise one line naming the extra when Starlette or uvicorn is missing."""
     missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
     if missing:
-        raise VisionRouterError(
-            f"expert serve needs {' and '.join(missing)} (the [serve] extra): {SERVE_EXTRA_HINT}"
-        )
+        raise VisionRouterError(f"expert serve needs {' and '.join(missing)} (the [serve] extra): {SERVE_EXTRA_HINT}")
 
 
 def create_app(
@@ -156,13 +154,15 @@ def service_info(expert: Expert) -> dict[str, Any]:
         status = expert.status()
     except Exception as exc:  # info must answer even when status is broken
         status = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    out.update({
-        "engine": status.get("engine"),
-        "model": status.get("model"),
-        "device": status.get("device"),
-        "loaded": expert.loaded,
-        "status": status,
-    })
+    out.update(
+        {
+            "engine": status.get("engine"),
+            "model": status.get("model"),
+            "device": status.get("device"),
+            "loaded": expert.loaded,
+            "status": status,
+        }
+    )
     return out
 
 
@@ -211,13 +211,13 @@ def _parse_json_request(body: bytes) -> tuple[bytes, dict[str, Any]]:
     try:
         parsed = json.loads(body)
     except ValueError:
-        raise ExpertError("request body is not JSON: send {\"image\": \"<base64>\", \"args\": {...}}") from None
+        raise ExpertError('request body is not JSON: send {"image": "<base64>", "args": {...}}') from None
     del body
     if not isinstance(parsed, dict) or not isinstance(parsed.get("image"), str):
-        raise ImageError("request needs \"image\": a base64 string")
+        raise ImageError('request needs "image": a base64 string')
     args = parsed.get("args") or {}
     if not isinstance(args, dict):
-        raise ExpertError("\"args\" must be a JSON object")
+        raise ExpertError('"args" must be a JSON object')
     return base64_bytes(parsed.pop("image")), _bounded_args(args)
 
 
@@ -225,7 +225,7 @@ def _bounded_args(args: dict[str, Any]) -> dict[str, Any]:
     """Refuse oversized arguments by their size alone, without naming or echoing them."""
     size = len(json.dumps(args, ensure_ascii=False).encode("utf-8"))
     if size > MAX_ARGS_BYTES:
-        raise ExpertError(f"\"args\" are {size / 1024:.0f} KiB of JSON, over the {MAX_ARGS_BYTES // 1024} KiB limit")
+        raise ExpertError(f'"args" are {size / 1024:.0f} KiB of JSON, over the {MAX_ARGS_BYTES // 1024} KiB limit')
     return args
 
 
@@ -321,10 +321,13 @@ def serve_expert(
     expert.load()
     device = expert.status().get("device")
     _say(f"loaded {expert.name} in {time.perf_counter() - t0:.1f} s" + (f" on {device}" if device else ""))
-    _say(f"serving {expert.name} on http://{host}:{port} (POST /v1/analyze, GET /v1/info, GET /healthz)"
-         + (", token required" if token else ""))
-    app = create_app(expert, max_concurrency=max_concurrency, token=token or None,
-                     max_body_bytes=max_body_mib * 1024 * 1024)
+    _say(
+        f"serving {expert.name} on http://{host}:{port} (POST /v1/analyze, GET /v1/info, GET /healthz)"
+        + (", token required" if token else "")
+    )
+    app = create_app(
+        expert, max_concurrency=max_concurrency, token=token or None, max_body_bytes=max_body_mib * 1024 * 1024
+    )
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
@@ -348,42 +351,110 @@ def _parse_config(items: Iterable[str]) -> dict[str, Any]:
 
 @click.command("serve")
 @click.argument("name")
-@click.option("--host", default=DEFAULT_HOST, show_default=True,
-              help="Address to bind (loopback unless --allow-remote).")
+@click.option(
+    "--host", default=DEFAULT_HOST, show_default=True, help="Address to bind (loopback unless --allow-remote)."
+)
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port to listen on.")
 @click.option("--allow-remote", is_flag=True, help="Allow listening on a non-loopback address.")
-@click.option("--token", envvar="VISION_ROUTER_TOKEN",
-              help="Require `Authorization: Bearer TOKEN` on /v1/* (env VISION_ROUTER_TOKEN).")
-@click.option("--max-body-mib", type=click.IntRange(1, 4096), default=DEFAULT_MAX_BODY_MIB, show_default=True,
-              help="Largest request body accepted (base64 makes an image a third bigger).")
-@click.option("-c", "--config", "config_items", multiple=True, metavar="KEY=VALUE",
-              help="Expert setting, e.g. -c model=ViT-B-16 -c device=cuda (repeatable).")
-@click.option("--import", "imports", multiple=True, metavar="MODULE",
-              help="Import a module (or .py file) that registers extra experts (repeatable).")
-@click.option("--max-concurrency", type=int, default=1, show_default=True,
-              help="Analyses run at once; more requests wait.")
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
-              help="Serve as a Ray Serve deployment (replicas, autoscaling) on the Ray cluster at ADDRESS "
-                   "(default: auto, i.e. a running cluster or a local one). Needs the [ray] extra.")
+@click.option(
+    "--token",
+    envvar="VISION_ROUTER_TOKEN",
+    help="Require `Authorization: Bearer TOKEN` on /v1/* (env VISION_ROUTER_TOKEN).",
+)
+@click.option(
+    "--max-body-mib",
+    type=click.IntRange(1, 4096),
+    default=DEFAULT_MAX_BODY_MIB,
+    show_default=True,
+    help="Largest request body accepted (base64 makes an image a third bigger).",
+)
+@click.option(
+    "-c",
+    "--config",
+    "config_items",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Expert setting, e.g. -c model=ViT-B-16 -c device=cuda (repeatable).",
+)
+@click.option(
+    "--import",
+    "imports",
+    multiple=True,
+    metavar="MODULE",
+    help="Import a module (or .py file) that registers extra experts (repeatable).",
+)
+@click.option(
+    "--max-concurrency", type=int, default=1, show_default=True, help="Analyses run at once; more requests wait."
+)
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Serve as a Ray Serve deployment (replicas, autoscaling) on the Ray cluster at ADDRESS "
+    "(default: auto, i.e. a running cluster or a local one). Needs the [ray] extra.",
+)
 @click.option("--min-replicas", type=click.IntRange(1), default=1, show_default=True, help="With --ray.")
 @click.option("--max-replicas", type=click.IntRange(1), default=None, help="With --ray: autoscale up to N.")
 @click.option("--num-cpus", type=click.FloatRange(0), default=1.0, show_default=True, help="With --ray: per replica.")
 @click.option("--num-gpus", type=click.FloatRange(0), default=0.0, show_default=True, help="With --ray: per replica.")
-def serve_command(name, host, port, allow_remote, token, max_body_mib, config_items, imports, max_concurrency,
-                  log_level, ray_address, min_replicas, max_replicas, num_cpus, num_gpus):
+def serve_command(
+    name,
+    host,
+    port,
+    allow_remote,
+    token,
+    max_body_mib,
+    config_items,
+    imports,
+    max_concurrency,
+    log_level,
+    ray_address,
+    min_replicas,
+    max_replicas,
+    num_cpus,
+    num_gpus,
+):
     """Serve expert NAME over HTTP (POST /v1/analyze, GET /v1/info, GET /healthz)."""
     try:
         if ray_address:
-            _serve_on_ray(name, host, port, ray_address, _parse_config(config_items), imports=imports,
-                          min_replicas=min_replicas, max_replicas=max(max_replicas or min_replicas, min_replicas),
-                          num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=max_concurrency, token=token,
-                          max_body_mib=max_body_mib, allow_remote=allow_remote)
+            _serve_on_ray(
+                name,
+                host,
+                port,
+                ray_address,
+                _parse_config(config_items),
+                imports=imports,
+                min_replicas=min_replicas,
+                max_replicas=max(max_replicas or min_replicas, min_replicas),
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                max_concurrency=max_concurrency,
+                token=token,
+                max_body_mib=max_body_mib,
+                allow_remote=allow_remote,
+            )
             return
-        serve_expert(name, host, port, _parse_config(config_items), imports=imports,
-                     max_concurrency=max_concurrency, log_level=log_level, allow_remote=allow_remote,
-                     token=token, max_body_mib=max_body_mib)
+        serve_expert(
+            name,
+            host,
+            port,
+            _parse_config(config_items),
+            imports=imports,
+            max_concurrency=max_concurrency,
+            log_level=log_level,
+            allow_remote=allow_remote,
+            token=token,
+            max_body_mib=max_body_mib,
+        )
     except VisionRouterError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -392,11 +463,13 @@ def _serve_on_ray(name: str, host: str, port: int, address: str, config: dict[st
     try:
         from experts.ray_service import serve_expert_on_ray
     except ModuleNotFoundError as exc:
-        raise VisionRouterError(f"expert serve --ray needs Ray Serve ({exc.name} is not installed): "
-                                "pip install 'ollama-vision-router[ray]'") from None
+        raise VisionRouterError(
+            f"expert serve --ray needs Ray Serve ({exc.name} is not installed): pip install 'ollama-vision-router[ray]'"
+        ) from None
     click.echo(f"expert {name} on Ray Serve at http://{host}:{port} (Ray: {address})", err=True)
-    serve_expert_on_ray(name, host=host, port=port, address=None if address == "auto" else address,
-                        config=config, **options)
+    serve_expert_on_ray(
+        name, host=host, port=port, address=None if address == "auto" else address, config=config, **options
+    )
 
 
 if __name__ == "__main__":

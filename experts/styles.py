@@ -55,8 +55,9 @@ class StyleLibrary(BaseModel):
         """This library plus ``other``'s styles; ``other`` wins on equal ids."""
         by_id = {s.id: s for s in self.styles}
         by_id.update({s.id: s for s in other.styles})
-        return StyleLibrary(name=f"{self.name}+{other.name}", version=f"{self.version}+{other.version}",
-                            styles=list(by_id.values()))
+        return StyleLibrary(
+            name=f"{self.name}+{other.name}", version=f"{self.version}+{other.version}", styles=list(by_id.values())
+        )
 
     def match(self, text: str) -> StyleEntry | None:
         """The style a user's word names (id, English or Chinese name, or alias; case-insensitive)."""

@@ -201,9 +201,11 @@ def _gutter(left: float, right: float, cy: float, height: float, everything: lis
     a word space the detector cut at (the rows around it run across it, or there are none)."""
     mid = (left + right) / 2
     near = [
-        s for s in everything
+        s
+        for s in everything
         if height * 0.5 < abs(float(s.box[:, 1].mean()) - cy) <= GUTTER_ROWS * height
-        and s.x1 < right + 2 * height and s.x2 > left - 2 * height
+        and s.x1 < right + 2 * height
+        and s.x2 > left - 2 * height
     ]
     if not near:
         return False
@@ -226,7 +228,7 @@ def _blocks(lines: list[Line]) -> list[list[Line]]:
 
     order = sorted(range(len(lines)), key=lambda i: boxes[i][1])
     for a, i in enumerate(order):
-        for j in order[a + 1:]:
+        for j in order[a + 1 :]:
             h = max(heights[i], heights[j])
             if boxes[j][1] - boxes[i][3] > BLOCK_GAP * h:
                 if boxes[j][1] - boxes[i][3] > 4 * h:  # sorted by top: nothing further down can join i
@@ -403,9 +405,7 @@ def restore_spaces(
     return "".join(c + (" " if i in insert_after else "") for i, c in enumerate(text))
 
 
-def _restore_by_chunks(
-    text: str, gaps: list[tuple[float, float, float]], span: tuple[float, float] | None
-) -> str:
+def _restore_by_chunks(text: str, gaps: list[tuple[float, float, float]], span: tuple[float, float] | None) -> str:
     """Word spacing when the engine gives no character positions.
 
     Word-sized gaps cut the inked line into chunks; the characters are split into as many runs, in

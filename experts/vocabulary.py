@@ -70,7 +70,5 @@ def _word_pattern(word: str) -> re.Pattern[str]:
 def common_objects() -> ObjectVocabulary:
     """The shipped vocabulary (read once)."""
     raw = tomllib.loads(resources.files("experts").joinpath("data/objects.toml").read_text("utf-8"))
-    labels = tuple(
-        ObjectLabel(en=o["en"], zh=o["zh"], aliases=tuple(o.get("aliases", ()))) for o in raw["objects"]
-    )
+    labels = tuple(ObjectLabel(en=o["en"], zh=o["zh"], aliases=tuple(o.get("aliases", ()))) for o in raw["objects"])
     return ObjectVocabulary(version=int(raw["version"]), labels=labels)

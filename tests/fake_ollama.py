@@ -268,9 +268,7 @@ class FakeOllama:
         self.add_model(FakeModel(name))
         if body.get("stream") is False:
             return JSONResponse({"status": "success"})
-        return StreamingResponse(
-            (json.dumps(s) + "\n" for s in statuses), media_type="application/x-ndjson"
-        )
+        return StreamingResponse((json.dumps(s) + "\n" for s in statuses), media_type="application/x-ndjson")
 
     async def create(self, request: Request) -> Response:
         body, err = await self._body(request)
@@ -299,8 +297,13 @@ class FakeOllama:
         inputs = body.get("input", "")
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
         return JSONResponse(
-            {"model": body["model"], "embeddings": [_hash_embedding(t) for t in inputs],
-             "total_duration": 1_000_000, "load_duration": 0, "prompt_eval_count": len(inputs)}
+            {
+                "model": body["model"],
+                "embeddings": [_hash_embedding(t) for t in inputs],
+                "total_duration": 1_000_000,
+                "load_duration": 0,
+                "prompt_eval_count": len(inputs),
+            }
         )
 
     async def chat(self, request: Request) -> Response:
@@ -373,8 +376,17 @@ class FakeOllama:
         if src is None:
             return JSONResponse({"error": f"model '{body.get('source')}' not found"}, status_code=404)
         dest = str(body.get("destination") or "")
-        self.add_model(FakeModel(dest, list(src.capabilities), src.system, src.family, src.parameter_size,
-                                 src.quantization_level, src.projector_info))
+        self.add_model(
+            FakeModel(
+                dest,
+                list(src.capabilities),
+                src.system,
+                src.family,
+                src.parameter_size,
+                src.quantization_level,
+                src.projector_info,
+            )
+        )
         return Response(status_code=200)
 
     async def blob(self, request: Request) -> Response:
@@ -395,8 +407,7 @@ class FakeOllama:
     async def v1_models(self, request: Request) -> Response:
         with self._lock:
             self.requests.append((request.method, "/v1/models", None))
-        data = [{"id": name, "object": "model", "created": 1785578400, "owned_by": "library"}
-                for name in self.models]
+        data = [{"id": name, "object": "model", "created": 1785578400, "owned_by": "library"} for name in self.models]
         return JSONResponse({"object": "list", "data": data})
 
     async def v1_chat(self, request: Request) -> Response:
@@ -423,24 +434,43 @@ class FakeOllama:
         cid = "chatcmpl-" + hashlib.sha256(raw).hexdigest()[:6]
         created = int(time.time())
         calls = [
-            {"id": f"call_{i}", "index": i, "type": "function",
-             "function": {"name": c["function"]["name"], "arguments": json.dumps(c["function"].get("arguments", {}))}}
+            {
+                "id": f"call_{i}",
+                "index": i,
+                "type": "function",
+                "function": {
+                    "name": c["function"]["name"],
+                    "arguments": json.dumps(c["function"].get("arguments", {})),
+                },
+            }
             for i, c in enumerate(reply.tool_calls or [])
         ]
         finish = "tool_calls" if calls else reply.done_reason
-        usage = {"prompt_tokens": 10, "completion_tokens": max(1, len(pieces)),
-                 "total_tokens": 10 + max(1, len(pieces))}
+        usage = {
+            "prompt_tokens": 10,
+            "completion_tokens": max(1, len(pieces)),
+            "total_tokens": 10 + max(1, len(pieces)),
+        }
         base = {"id": cid, "created": created, "model": name, "system_fingerprint": "fp_ollama"}
         if body.get("stream") is not True:
             msg: dict[str, Any] = {"role": "assistant", "content": "".join(pieces)}
             if calls:
                 msg["tool_calls"] = calls
-            return JSONResponse({**base, "object": "chat.completion",
-                                 "choices": [{"index": 0, "message": msg, "finish_reason": finish}], "usage": usage})
+            return JSONResponse(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": msg, "finish_reason": finish}],
+                    "usage": usage,
+                }
+            )
 
         def sse(delta: dict[str, Any], finish_reason: str | None) -> str:
-            obj = {**base, "object": "chat.completion.chunk",
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+            obj = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            }
             return f"data: {json.dumps(obj)}\n\n"
 
         async def gen():
@@ -462,8 +492,7 @@ class FakeOllama:
 
 def _oai_error(status: int, message: str) -> JSONResponse:
     kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}},
-                        status_code=status)
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status_code=status)
 
 
 def _hash_embedding(text: str, dim: int = 32) -> list[float]:

@@ -503,9 +503,7 @@ def ean13_checksum(digits12: str) -> str:
     return str((10 - total % 10) % 10)
 
 
-def ean13_barcode(
-    digits12: str = "400638133393", module_px: int = 3, height: int = 160
-) -> tuple[Image.Image, str]:
+def ean13_barcode(digits12: str = "400638133393", module_px: int = 3, height: int = 160) -> tuple[Image.Image, str]:
     """An EAN-13 barcode drawn from the standard tables. Returns the image and the full 13-digit code."""
     code = digits12 + ean13_checksum(digits12)
     first, left, right = int(code[0]), code[1:7], code[7:]

@@ -32,8 +32,10 @@ def test_a_name_is_resolved_not_trusted(monkeypatch):
 
     def fake(host, *a, **kw):
         if host == "box.example":
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0)),
-                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("203.0.113.7", 0))]
+            return [
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("203.0.113.7", 0)),
+            ]
         return real(host, *a, **kw)
 
     monkeypatch.setattr(access.socket, "getaddrinfo", fake)

@@ -60,7 +60,7 @@ def test_detect_boxes_are_drawn_on_their_edges_and_hollow():
         assert px[x, y] == colour, (x, y)
     assert px[200, 250] == (128, 128, 128)  # the box is an outline, the object stays visible
     assert px[600, 500] == WHITE  # nothing drawn far away
-    (text, rect), = out.labels
+    ((text, rect),) = out.labels
     assert text == "square 0.91"
     assert inside(rect, 800, 600)
     # above the box, touching it, on a solid background in the box colour
@@ -110,8 +110,10 @@ def test_a_font_given_by_vision_router_font_is_used_and_its_cjk_is_recognised(mo
         ann.find_font.cache_clear()
 
 
-@pytest.mark.skipif(not ann._fontconfig_cjk() and not any(Path(p).is_file() for p in ann.CJK_FONT_PATHS),
-                    reason="needs a system CJK font (Debian: fonts-wqy-zenhei); .ci/run installs it")
+@pytest.mark.skipif(
+    not ann._fontconfig_cjk() and not any(Path(p).is_file() for p in ann.CJK_FONT_PATHS),
+    reason="needs a system CJK font (Debian: fonts-wqy-zenhei); .ci/run installs it",
+)
 def test_chinese_text_uses_a_cjk_font():
     ann.find_font.cache_clear()
     font_file = ann.find_font()
@@ -135,8 +137,9 @@ def test_font_override_and_fallbacks(monkeypatch, tmp_path):
         assert not ann.font_has_cjk(FONTS["sans"])
         # Pillow's own font as a last resort still draws
         img = scene()
-        out = render(img, analysis(img, detect(img, BBox(label="x", x1=10, y1=10, x2=90, y2=90))),
-                     font_path=ann.PILLOW_DEFAULT)
+        out = render(
+            img, analysis(img, detect(img, BBox(label="x", x1=10, y1=10, x2=90, y2=90))), font_path=ann.PILLOW_DEFAULT
+        )
         assert out.font == ann.PILLOW_DEFAULT and out.labels
     finally:
         monkeypatch.delenv("VISION_ROUTER_FONT")
@@ -168,9 +171,11 @@ def test_caption_styles_and_errors_go_in_a_strip_below():
     img = scene(640, 480)
     results = [
         ExpertResult(image_id=img.image_id, expert="caption", caption="a grey square on white " * 6),
-        ExpertResult(image_id=img.image_id, expert="clip",
-                     styles=[Style(name="minimalism", name_zh="极简主义", score=0.31),
-                             Style(name="bauhaus", score=0.2)]),
+        ExpertResult(
+            image_id=img.image_id,
+            expert="clip",
+            styles=[Style(name="minimalism", name_zh="极简主义", score=0.31), Style(name="bauhaus", score=0.2)],
+        ),
         ExpertResult.failure(img.image_id, "ocr", {}, "ocr: engine not installed"),
     ]
     out = render(img, analysis(img, *results))
@@ -211,8 +216,7 @@ def test_cli_expert_run_annotate(tmp_path, monkeypatch):
     src = tmp_path / "scene.png"
     src.write_bytes(scene().data)
     out = tmp_path / "detect.png"
-    r = CliRunner().invoke(cli, ["expert", "run", "detect", str(src), "--annotate", str(out)],
-                           catch_exceptions=False)
+    r = CliRunner().invoke(cli, ["expert", "run", "detect", str(src), "--annotate", str(out)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert f"annotated: {out} (font: " in r.stderr
     with Image.open(out) as saved:
@@ -226,8 +230,21 @@ def test_cli_ask_annotate_dir(fake_ollama, tmp_path, monkeypatch):
     src = tmp_path / "scene.png"
     src.write_bytes(scene().data)
     fake_ollama.script("[VISION: detect]", "Two rectangles.")
-    r = CliRunner().invoke(cli, ["ask", str(src), "-q", "Anything here?", "--ollama-host", fake_ollama.url,
-                                 "--no-cache", "--annotate", str(tmp_path / "ann")], catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli,
+        [
+            "ask",
+            str(src),
+            "-q",
+            "Anything here?",
+            "--ollama-host",
+            fake_ollama.url,
+            "--no-cache",
+            "--annotate",
+            str(tmp_path / "ann"),
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     (written,) = (tmp_path / "ann").iterdir()
     assert written.suffix == ".png" and f"annotated: {written}" in r.stderr

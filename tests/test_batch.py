@@ -229,8 +229,7 @@ def test_retry_failed_runs_error_lines_again(tmp_path):
     orch = Orchestrator(Settings(cache_dir=""), registry=reg)
     run_batch([tmp_path / "a.png"], orch, out=out, experts=["flaky"], progress=False)
     assert read_done(out).ids and not read_done(out, retry_failed=True).ids
-    s = run_batch([tmp_path / "a.png"], orch, out=out, experts=["ocr"], resume=True, retry_failed=True,
-                  progress=False)
+    s = run_batch([tmp_path / "a.png"], orch, out=out, experts=["ocr"], resume=True, retry_failed=True, progress=False)
     assert s.done == 1 and lines_of(out)[-1]["status"] == "ok"
 
 
@@ -248,8 +247,22 @@ def test_batch_with_a_question_puts_the_answer_in_each_line(tmp_path, use_regist
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
     fake_ollama.responder = lambda path, body: "It is a coloured square."
     out = tmp_path / "answers.jsonl"
-    r = CliRunner().invoke(cli, ["batch", str(tmp_path), "-q", "What colour is it?", "--experts", "ocr",
-                                 "--ollama-host", fake_ollama.url, "--out", str(out), "--no-progress"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "batch",
+            str(tmp_path),
+            "-q",
+            "What colour is it?",
+            "--experts",
+            "ocr",
+            "--ollama-host",
+            fake_ollama.url,
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     lines = lines_of(out)
     ok = [x for x in lines if x["status"] == "ok"]
@@ -264,8 +277,10 @@ def test_batch_with_a_question_puts_the_answer_in_each_line(tmp_path, use_regist
 
 def test_missing_model_stops_the_run_with_one_line(tmp_path, use_registry, fake_ollama):
     (tmp_path / "a.png").write_bytes(_png(1))
-    r = CliRunner().invoke(cli, ["batch", str(tmp_path), "-q", "hi", "-m", "no-such-model",
-                                 "--ollama-host", fake_ollama.url, "--no-progress"])
+    r = CliRunner().invoke(
+        cli,
+        ["batch", str(tmp_path), "-q", "hi", "-m", "no-such-model", "--ollama-host", fake_ollama.url, "--no-progress"],
+    )
     assert r.exit_code == 1
     assert "Error: model 'no-such-model' not found" in r.output
 
@@ -322,8 +337,14 @@ def test_ctrl_c_leaves_a_valid_jsonl_and_resume_finishes(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(_INTERRUPT_SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, str(script), str(coll), str(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(coll), str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if out.exists() and len(out.read_bytes().splitlines()) >= 4:
@@ -381,9 +402,12 @@ def test_fifos_and_devices_are_one_error_line_each_never_read(tmp_path):
     orch = Orchestrator(Settings(cache_dir=""), registry=make_registry())
     buf = io.StringIO()
     box: dict = {}
-    t = threading.Thread(target=lambda: box.update(s=run_batch([fifo, zero, good], orch, stream=buf,
-                                                               experts=["ocr"], workers=1, progress=False)),
-                         daemon=True)
+    t = threading.Thread(
+        target=lambda: box.update(
+            s=run_batch([fifo, zero, good], orch, stream=buf, experts=["ocr"], workers=1, progress=False)
+        ),
+        daemon=True,
+    )
     t.start()
     t.join(20)
     if t.is_alive():  # unblock a reader stuck on the FIFO before failing
@@ -407,8 +431,22 @@ def test_an_empty_model_answer_is_an_error_line_that_keeps_the_expert_results(tm
     (tmp_path / "a.png").write_bytes(_png(1))
     fake_ollama.responder = lambda path, body: ""
     out = tmp_path / "answers.jsonl"
-    r = CliRunner().invoke(cli, ["batch", str(tmp_path), "-q", "What colour is it?", "--experts", "ocr",
-                                 "--ollama-host", fake_ollama.url, "--out", str(out), "--no-progress"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "batch",
+            str(tmp_path),
+            "-q",
+            "What colour is it?",
+            "--experts",
+            "ocr",
+            "--ollama-host",
+            fake_ollama.url,
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
     (line,) = lines_of(out)
     assert line["status"] == "error" and line["error"] == "the model gave no answer"
     assert line["result"]["full_text"].startswith("COLOUR")

@@ -62,8 +62,9 @@ def one_warning(caplog, *fragments: str) -> str:
 
 def ask(image: Path, fake_ollama, answer: str = "It says GRAND OPENING."):
     fake_ollama.script(answer)
-    return CliRunner().invoke(cli, ["ask", str(image), "-q", QUESTION, "--ollama-host", fake_ollama.url],
-                              catch_exceptions=False)
+    return CliRunner().invoke(
+        cli, ["ask", str(image), "-q", QUESTION, "--ollama-host", fake_ollama.url], catch_exceptions=False
+    )
 
 
 def answered(r, answer: str = "It says GRAND OPENING.") -> None:
@@ -102,8 +103,7 @@ def _proxy_chat(stack, question: str = QUESTION) -> httpx.Response:
     from tests.test_proxy_support import IMAGE_B64, MODEL
 
     stack.fake.script("It says SALE.")
-    body = {"model": MODEL, "stream": False,
-            "messages": [{"role": "user", "content": question, "images": [IMAGE_B64]}]}
+    body = {"model": MODEL, "stream": False, "messages": [{"role": "user", "content": question, "images": [IMAGE_B64]}]}
     return httpx.post(stack.url + "/api/chat", json=body, timeout=30)
 
 
@@ -133,8 +133,9 @@ def test_wrong_schema_is_moved_aside_and_the_proxy_starts_and_answers(tmp_path, 
 
 
 # --- a read-only / unusable folder ----------------------------------------------------------------
-def test_cache_folder_that_cannot_be_created_runs_memory_only_for_ask(tmp_path, monkeypatch, registry, image,
-                                                                      fake_ollama, caplog):
+def test_cache_folder_that_cannot_be_created_runs_memory_only_for_ask(
+    tmp_path, monkeypatch, registry, image, fake_ollama, caplog
+):
     # Tests run as root, where chmod blocks nothing: a path under a regular FILE cannot be created by anyone.
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file")
@@ -166,8 +167,9 @@ def test_unopenable_cache_file_runs_memory_only_and_the_proxy_answers(tmp_path, 
 
 
 # --- a locked database ----------------------------------------------------------------------------
-def test_locked_cache_runs_memory_only_within_a_second_and_ask_is_answered(cache_dir, registry, image,
-                                                                          fake_ollama, caplog):
+def test_locked_cache_runs_memory_only_within_a_second_and_ask_is_answered(
+    cache_dir, registry, image, fake_ollama, caplog
+):
     holder = sqlite3.connect(cache_dir / "results.sqlite", isolation_level=None)
     holder.execute("CREATE TABLE t (x)")
     holder.execute("BEGIN EXCLUSIVE")  # another process in the middle of a long write

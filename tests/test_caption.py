@@ -12,8 +12,33 @@ from PIL import Image
 from experts.errors import EngineMissing, ExpertError
 from experts.images import decode_image
 
-WORDS = ["<pad>", "</s>", "<unk>", "<s>", "a", "photo", "of", "cat", "dog", "red", "blue", "question", ":",
-         "answer", "what", "is", "the", "colour", "car", "?", "person", "on", "sofa", "two", "dogs"]
+WORDS = [
+    "<pad>",
+    "</s>",
+    "<unk>",
+    "<s>",
+    "a",
+    "photo",
+    "of",
+    "cat",
+    "dog",
+    "red",
+    "blue",
+    "question",
+    ":",
+    "answer",
+    "what",
+    "is",
+    "the",
+    "colour",
+    "car",
+    "?",
+    "person",
+    "on",
+    "sofa",
+    "two",
+    "dogs",
+]
 MAX_NEW = 6
 # A random model happily emits BOS/pad forever (an empty caption): keep it to real words.
 NO_SPECIALS = {"suppress_tokens": [0, 1, 2, 3, len(WORDS)]}
@@ -47,9 +72,17 @@ def build_tiny_blip2(directory, seed: int = 0) -> None:
         vision_config={**small, "image_size": 32, "patch_size": 8},
         qformer_config={**small, "vocab_size": 50, "encoder_hidden_size": 32},
         text_config={
-            "model_type": "opt", "hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "vocab_size": len(processor.tokenizer), "max_position_embeddings": 64,
-            "word_embed_proj_dim": 32, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 3,
+            "model_type": "opt",
+            "hidden_size": 32,
+            "ffn_dim": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": len(processor.tokenizer),
+            "max_position_embeddings": 64,
+            "word_embed_proj_dim": 32,
+            "pad_token_id": 0,
+            "eos_token_id": 1,
+            "bos_token_id": 3,
         },
         num_query_tokens=4,
         image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"),

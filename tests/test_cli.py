@@ -63,8 +63,7 @@ def test_ask_json_and_trace(fake_ollama, registry, image):
 
 def test_ask_reads_stdin(fake_ollama, registry):
     fake_ollama.script("ok")
-    r = CliRunner().invoke(cli, ["ask", "-", "-q", "hi", "--ollama-host", fake_ollama.url],
-                           input=png_bytes(20, 20))
+    r = CliRunner().invoke(cli, ["ask", "-", "-q", "hi", "--ollama-host", fake_ollama.url], input=png_bytes(20, 20))
     assert r.exit_code == 0 and r.stdout.strip() == "ok"
 
 

@@ -36,7 +36,7 @@ def _png(color=(200, 30, 30), size=(64, 48)) -> bytes:
         ("monet, cyberpunk", ["monet", "cyberpunk"]),
         ("莫奈、赛博朋克", ["莫奈", "赛博朋克"]),
         ("莫奈，赛博朋克；极简", ["莫奈", "赛博朋克", "极简"]),
-        ('"pop art"; \'film noir\' | Monet', ["pop art", "film noir", "Monet"]),
+        ("\"pop art\"; 'film noir' | Monet", ["pop art", "film noir", "Monet"]),
         ("  a ,, b , A ,", ["a", "b"]),
         ("single", ["single"]),
         (" , 、 ", []),
@@ -52,10 +52,18 @@ def test_shipped_style_library():
     assert lib.name == "builtin" and lib.label.startswith("builtin-v")
     for s in lib.styles:
         assert s.en and s.zh and s.prompts, s.id
-    for word, sid in [("Monet", "impressionism"), ("赛博朋克", "cyberpunk"), ("minimalist", "minimalism"),
-                      ("复古", "vintage"), ("北欧风", "scandinavian"), ("工业风", "industrial"),
-                      ("watercolour", "watercolor"), ("动漫", "anime"), ("film noir", "film_noir"),
-                      ("pop-art", "pop_art")]:
+    for word, sid in [
+        ("Monet", "impressionism"),
+        ("赛博朋克", "cyberpunk"),
+        ("minimalist", "minimalism"),
+        ("复古", "vintage"),
+        ("北欧风", "scandinavian"),
+        ("工业风", "industrial"),
+        ("watercolour", "watercolor"),
+        ("动漫", "anime"),
+        ("film noir", "film_noir"),
+        ("pop-art", "pop_art"),
+    ]:
         assert lib.match(word) is not None and lib.match(word).id == sid, word
     assert lib.match("no such style") is None
 

@@ -85,8 +85,16 @@ def load_error(path, *fragments: str) -> str:
         ("engine = 3", ("experts.detect.engine: expected a string, got 3",)),
         ("[experts.detect.nested]\nx = 1", ()),  # a sub-table is an expert's own business: accepted
     ],
-    ids=["url-int", "url-ftp", "url-words", "timeout-str", "timeout-negative", "timeout-bool", "engine-int",
-         "nested-ok"],
+    ids=[
+        "url-int",
+        "url-ftp",
+        "url-words",
+        "timeout-str",
+        "timeout-negative",
+        "timeout-bool",
+        "engine-int",
+        "nested-ok",
+    ],
 )
 def test_expert_table_types_are_checked_at_start(cfg, registry, image, table, fragments):
     cfg.write_text(f"[experts.detect]\n{table}\n", "utf-8")
@@ -99,8 +107,11 @@ def test_expert_table_types_are_checked_at_start(cfg, registry, image, table, fr
 
 def test_unknown_expert_section_names_the_installed_experts(cfg, registry, image):
     cfg.write_text('[experts.ocrr]\nengine = "onnx"\n', "utf-8")
-    one_line_error(run("--config", cfg, "ask", image, "-q", "hi"),
-                   "experts.ocrr: no expert named 'ocrr'", "installed: detect, ocr, tuned")
+    one_line_error(
+        run("--config", cfg, "ask", image, "-q", "hi"),
+        "experts.ocrr: no expert named 'ocrr'",
+        "installed: detect, ocr, tuned",
+    )
     one_line_error(run("--config", cfg, "serve"), "experts.ocrr")  # before anything listens
     cfg.write_text('[experts.TEXT]\nengine = "onnx"\n', "utf-8")  # an alias, any case: fine
     assert common.configured_registry(Settings.load(cfg)).get("ocr").config == {"engine": "onnx"}
@@ -126,8 +137,12 @@ def test_unknown_top_level_and_serve_keys_are_errors_with_a_suggestion(cfg, regi
 
 def test_several_mistakes_are_all_named_on_one_line(cfg):
     cfg.write_text('max_rounds = "many"\nexpert_timeout = 0\n[serve]\nport = 70000\n', "utf-8")
-    msg = load_error(cfg, 'max_rounds: expected an integer, got "many"', "expert_timeout: expected a number > 0",
-                     "serve.port: expected a number <= 65535, got 70000")
+    msg = load_error(
+        cfg,
+        'max_rounds: expected an integer, got "many"',
+        "expert_timeout: expected a number > 0",
+        "serve.port: expected a number <= 65535, got 70000",
+    )
     assert msg.count(";") == 2
 
 

@@ -230,9 +230,7 @@ def test_face_eyes_smile_on_a_photo(expert, astronaut):
     eyes = expert.analyze(astronaut, {"query": "eyes"})
     assert eyes.objects == ["2 eyes"]
     for e in eyes.bbox:  # inside the upper part of the face
-        assert (
-            f.x1 <= e.x1 and e.x2 <= f.x2 and f.y1 <= e.y1 and e.y2 <= (f.y1 + f.y2) / 2 + 0.2 * (f.y2 - f.y1)
-        )
+        assert f.x1 <= e.x1 and e.x2 <= f.x2 and f.y1 <= e.y1 and e.y2 <= (f.y1 + f.y2) / 2 + 0.2 * (f.y2 - f.y1)
     smile = expert.analyze(astronaut, {"query": "smile"})
     assert smile.objects == ["1 smile"]
     s = smile.bbox[0]

@@ -41,8 +41,9 @@ def poster(tmp_path):
 
 def test_ask_two_turns_with_real_ocr(fake_ollama, poster):
     fake_ollama.responder = context_echo
-    r = CliRunner().invoke(cli, ["ask", str(poster), "-q", "Tell me about this poster",
-                                 "--ollama-host", fake_ollama.url, "--json"])
+    r = CliRunner().invoke(
+        cli, ["ask", str(poster), "-q", "Tell me about this poster", "--ollama-host", fake_ollama.url, "--json"]
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["answer"].startswith("Let me look.\nThe image says: HELLO WORLD 2026 | OPEN 9AM TO 5PM.")
@@ -54,8 +55,7 @@ def test_ask_two_turns_with_real_ocr(fake_ollama, poster):
 
 def test_ask_keyword_single_turn_with_real_ocr(fake_ollama, poster):
     fake_ollama.responder = context_echo
-    r = CliRunner().invoke(cli, ["ask", str(poster), "-q", "What is written on it?",
-                                 "--ollama-host", fake_ollama.url])
+    r = CliRunner().invoke(cli, ["ask", str(poster), "-q", "What is written on it?", "--ollama-host", fake_ollama.url])
     assert r.exit_code == 0, r.output
     assert "HELLO WORLD 2026 | OPEN 9AM TO 5PM" in r.stdout
     assert len(fake_ollama.calls("/api/chat")) == 1

@@ -91,7 +91,11 @@ def test_scripted_model_scores_exactly(fake_ollama, suite_file, evaluator):
 
     kw = data["systems"]["keywords"]
     assert {e: as_tuple(v) for e, v in kw["experts"].items()} == {
-        "ocr": (1.0, 1.0), "detect": (1.0, 1.0), "clip": (None, 0.0), "caption": (1.0, 1.0)}
+        "ocr": (1.0, 1.0),
+        "detect": (1.0, 1.0),
+        "clip": (None, 0.0),
+        "caption": (1.0, 1.0),
+    }
     assert (kw["overall"]["tp"], kw["overall"]["fp"], kw["overall"]["fn"]) == (5, 0, 1)
     assert kw["exact"] == 6 and kw["no_expert"]["ok"] == 2 and kw["silent"] == 1
 
@@ -103,7 +107,12 @@ def test_scripted_model_scores_exactly(fake_ollama, suite_file, evaluator):
 
     st = data["model_stats"]
     assert (st["calls"], st["errors"], st["malformed_tags"], st["unclosed_tags"], st["unknown_experts"]) == (
-        7, 0, 1, 1, 1)
+        7,
+        0,
+        1,
+        1,
+        1,
+    )
     assert st["tags"] == 7 and st["tool_calls"] == 0
     assert all(c["model"]["latency_ms"] > 0 for c in data["cases"])
     assert data["cases"][6]["model"]["asked"] == ["ocr", "?zoom"]
@@ -145,8 +154,9 @@ def test_tools_protocol_counts_tool_calls(fake_ollama, suite_file, evaluator):
         return Reply(content="[VISION: clip]")  # tags still count under the tools protocol
 
     fake_ollama.responder = tools_responder
-    report = evaluator.run(load_suite(suite_file), model="qwen3-vision", host=fake_ollama.url,
-                           protocol_mode="tools", limit=3)
+    report = evaluator.run(
+        load_suite(suite_file), model="qwen3-vision", host=fake_ollama.url, protocol_mode="tools", limit=3
+    )
     body = fake_ollama.calls("/api/chat")[0]
     names = [t["function"]["name"] for t in body["tools"]]
     assert names[:2] == ["vision_detect", "vision_ocr"]  # installed experts, from router.core.toolspec
@@ -182,8 +192,11 @@ def test_score_accept_and_unknown_by_hand():
         Case("b", "p", frozenset()),
         Case("c", "p", frozenset({"detect", "clip"})),
     ]
-    s = score("x", [(cases[0], ["ocr", "caption"]), (cases[1], ["?zoom"]), (cases[2], ["clip"])],
-              ["ocr", "detect", "clip", "caption"])
+    s = score(
+        "x",
+        [(cases[0], ["ocr", "caption"]), (cases[1], ["?zoom"]), (cases[2], ["clip"])],
+        ["ocr", "detect", "clip", "caption"],
+    )
     assert (s.overall.tp, s.overall.fp, s.overall.fn) == (2, 1, 1)
     assert s.experts["caption"].fp == 0 and s.experts["caption"].precision is None
     assert s.experts["detect"].recall == 0.0 and s.experts["clip"].precision == 1.0
@@ -224,8 +237,11 @@ def test_suite_errors_are_one_line(tmp_path):
 
 def test_jsonl_suites(tmp_path):
     p = tmp_path / "s.jsonl"
-    p.write_text('{"id": "j1", "prompt": "图上写了什么？", "expect": ["ocr"]}\n\n'
-                 '{"id": "j2", "prompt": "hi", "expect": [], "images": 0}\n', encoding="utf-8")
+    p.write_text(
+        '{"id": "j1", "prompt": "图上写了什么？", "expect": ["ocr"]}\n\n'
+        '{"id": "j2", "prompt": "hi", "expect": [], "images": 0}\n',
+        encoding="utf-8",
+    )
     suite = load_suite(p)
     assert [c.id for c in suite.cases] == ["j1", "j2"] and suite.cases[0].lang == "zh"
 
@@ -235,9 +251,10 @@ def test_jsonl_suites(tmp_path):
 def cli_env(tmp_path, monkeypatch, suite_file):
     monkeypatch.setattr(common_mod, "default_registry", lambda: make_registry())
     table = tmp_path / "kw.toml"
-    table.write_text("\n".join(
-        f'[[rule]]\nexpert = "{r["expert"]}"\nkeywords = {json.dumps(r["keywords"])}\n' for r in RULES),
-        encoding="utf-8")
+    table.write_text(
+        "\n".join(f'[[rule]]\nexpert = "{r["expert"]}"\nkeywords = {json.dumps(r["keywords"])}\n' for r in RULES),
+        encoding="utf-8",
+    )
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'keywords_file = "{table}"\n', encoding="utf-8")
     return cfg
@@ -259,8 +276,19 @@ def test_cli_eval_json_reproduces_the_scripted_scores(fake_ollama, cli_env, suit
 
 def test_cli_eval_table(fake_ollama, cli_env, suite_file):
     fake_ollama.responder = responder
-    r = run("--config", cli_env, "eval", "--suite", suite_file, "--ollama-host", fake_ollama.url,
-            "--model", "qwen3-vision", "--max-tokens", "0")
+    r = run(
+        "--config",
+        cli_env,
+        "eval",
+        "--suite",
+        suite_file,
+        "--ollama-host",
+        fake_ollama.url,
+        "--model",
+        "qwen3-vision",
+        "--max-tokens",
+        "0",
+    )
     assert r.exit_code == 0, r.output
     out = r.stdout
     assert "model qwen3-vision" in out and "model turn 1" in out and "router" in out
@@ -273,8 +301,9 @@ def test_cli_eval_table(fake_ollama, cli_env, suite_file):
 
 
 def test_cli_eval_keywords_only_needs_no_ollama(cli_env, suite_file):
-    r = run("--config", cli_env, "eval", "--suite", suite_file, "--keywords-only", "--ollama-host", "127.0.0.1:9",
-            "--json")
+    r = run(
+        "--config", cli_env, "eval", "--suite", suite_file, "--keywords-only", "--ollama-host", "127.0.0.1:9", "--json"
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert list(data["systems"]) == ["keywords"] and "model_stats" not in data
@@ -286,7 +315,8 @@ def test_cli_eval_errors_are_one_line(fake_ollama, cli_env, suite_file, tmp_path
     # the same line as `ask` and the proxy give (one gateway maps Ollama's errors)
     assert r.stderr.strip().splitlines() == [
         f"Error: model 'nope' not found at {fake_ollama.url}: create it with "
-        f"`ollama pull {BASE_MODEL} && ollama create nope -f Modelfile`"]
+        f"`ollama pull {BASE_MODEL} && ollama create nope -f Modelfile`"
+    ]
     r = run("--config", cli_env, "eval", "--suite", tmp_path / "none.toml", "--keywords-only")
     assert r.exit_code == 1 and r.stderr.startswith("Error: suite not found")
 
@@ -304,8 +334,11 @@ def test_turn_one_is_the_run_loops_own(fake_ollama, suite_file, evaluator):
     from_eval = fake_ollama.calls("/api/chat")
     fake_ollama.reset()
     fake_ollama.script("Thanks.")
-    orch = Orchestrator(Settings(ollama_host=fake_ollama.url, cache_dir="", fallback=[]),
-                        registry=make_registry(), keywords=KeywordRouter([]))
+    orch = Orchestrator(
+        Settings(ollama_host=fake_ollama.url, cache_dir="", fallback=[]),
+        registry=make_registry(),
+        keywords=KeywordRouter([]),
+    )
     orch.ask("What does the sign say?", [png_bytes(800, 600, fmt="JPEG")])
     (from_ask,) = fake_ollama.calls("/api/chat")
     assert from_eval[0]["messages"] == from_ask["messages"]

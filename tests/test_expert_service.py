@@ -83,8 +83,9 @@ def service(name: str, *args: str, tmp_path: Path, entry_points: str = "none", w
 
 @pytest.fixture(scope="module")
 def echo(tmp_path_factory):
-    with service("echo", "--import", "tests.service_experts", "--max-concurrency", "4",
-                 tmp_path=tmp_path_factory.mktemp("svc")) as svc:
+    with service(
+        "echo", "--import", "tests.service_experts", "--max-concurrency", "4", tmp_path=tmp_path_factory.mktemp("svc")
+    ) as svc:
         yield svc
 
 
@@ -121,8 +122,11 @@ def test_errors_are_json_lines(echo, kwargs, status, fragment):
 
 
 def test_multipart_upload(echo):
-    r = httpx.post(f"{echo.url}/v1/analyze", files={"image": ("a.png", _png(), "image/png")},
-                   data={"args": json.dumps({"query": "up"})})
+    r = httpx.post(
+        f"{echo.url}/v1/analyze",
+        files={"image": ("a.png", _png(), "image/png")},
+        data={"args": json.dumps({"query": "up"})},
+    )
     try:
         import multipart  # noqa: F401
     except ImportError:
@@ -236,8 +240,14 @@ def test_killed_service_mid_request_is_an_error_not_a_hang(tmp_path):
 
 def test_service_refuses_to_start_with_one_line(tmp_path):
     env = {**os.environ, "VISION_ROUTER_EXPERTS": "none"}
-    r = subprocess.run([sys.executable, "-m", "experts.service", "nosuch", "--port", str(free_port())],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "experts.service", "nosuch", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0 and "Error: unknown expert 'nosuch'" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -251,7 +261,12 @@ def test_serve_command_options():
     assert out.exit_code == 0 and "--host" in out.output and "--port" in out.output
     assert "127.0.0.1" in out.output
     assert _parse_config(["a=1", "b=true", "c=/x/y", "d=ViT-B-32", "e=[1, 2]"]) == {
-        "a": 1, "b": True, "c": "/x/y", "d": "ViT-B-32", "e": [1, 2]}
+        "a": 1,
+        "b": True,
+        "c": "/x/y",
+        "d": "ViT-B-32",
+        "e": [1, 2],
+    }
 
 
 # --- the real experts behind a service, with tiny models -----------------------------------------
@@ -268,8 +283,16 @@ def test_tiny_clip_service(tmp_path):
     open_clip.add_model_config(str(cfg))
     ckpt = tmp_path / "tiny.pt"
     torch.save(open_clip.create_model(TINY, pretrained=None).state_dict(), ckpt)
-    opts = ["-c", f"model={TINY}", "-c", f"model_config={cfg}", "-c", f"pretrained={ckpt}",
-            "-c", f"cache_dir={tmp_path / 'cache'}"]
+    opts = [
+        "-c",
+        f"model={TINY}",
+        "-c",
+        f"model_config={cfg}",
+        "-c",
+        f"pretrained={ckpt}",
+        "-c",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
     with service("clip", *opts, tmp_path=tmp_path, entry_points="clip") as svc:
         info = httpx.get(f"{svc.url}/v1/info").json()
         assert info["engine"] == "open_clip" and info["model"] == TINY and info["device"] == "cpu"
@@ -287,8 +310,14 @@ def test_tiny_caption_service(tmp_path):
     from tests.test_caption import NO_SPECIALS, build_tiny_blip2
 
     build_tiny_blip2(tmp_path / "blip2")
-    opts = ["-c", f"model={tmp_path / 'blip2'}", "-c", "max_new_tokens=4",
-            "-c", f"generate_kwargs={json.dumps(NO_SPECIALS)}"]
+    opts = [
+        "-c",
+        f"model={tmp_path / 'blip2'}",
+        "-c",
+        "max_new_tokens=4",
+        "-c",
+        f"generate_kwargs={json.dumps(NO_SPECIALS)}",
+    ]
     with service("caption", *opts, tmp_path=tmp_path, entry_points="caption") as svc:
         remote = RemoteExpert("caption", svc.url, local_class=CaptionExpert)
         res = remote.analyze(decode_image(_png()), {"query": "what is the colour of the car ?"})
@@ -306,8 +335,16 @@ def _rss_kib(pid: int) -> int:
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
     """An echo service with a token and a 1 MiB body limit."""
-    with service("echo", "--import", "tests.service_experts", "--token", "s3cret", "--max-body-mib", "1",
-                 tmp_path=tmp_path_factory.mktemp("guarded")) as svc:
+    with service(
+        "echo",
+        "--import",
+        "tests.service_experts",
+        "--token",
+        "s3cret",
+        "--max-body-mib",
+        "1",
+        tmp_path=tmp_path_factory.mktemp("guarded"),
+    ) as svc:
         yield svc
 
 
@@ -319,8 +356,10 @@ def test_body_over_the_limit_is_413_without_being_read(guarded):
     before = _rss_kib(guarded.proc.pid)
     # Declares 300 MB: refused from the header, before any of it is read.
     with socket.create_connection(("127.0.0.1", int(guarded.url.rsplit(":", 1)[1])), timeout=10) as sock:
-        sock.sendall(b"POST /v1/analyze HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: 314572800\r\n\r\n" + b"{" * 65536)
+        sock.sendall(
+            b"POST /v1/analyze HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 314572800\r\n\r\n" + b"{" * 65536
+        )
         got = b""
         while b"}" not in got.partition(b"\r\n\r\n")[2]:
             chunk = sock.recv(65536)
@@ -344,8 +383,11 @@ def test_body_over_the_limit_is_413_without_being_read(guarded):
         assert r.status_code == 413 and "over the 1 MiB limit" in r.json()["error"]
     assert _rss_kib(guarded.proc.pid) - before < 30_000
     # A body within the limit still works.
-    ok = httpx.post(f"{guarded.url}/v1/analyze", headers=AUTH,
-                    json={"image": base64.b64encode(_png()).decode(), "args": {"query": "small"}})
+    ok = httpx.post(
+        f"{guarded.url}/v1/analyze",
+        headers=AUTH,
+        json={"image": base64.b64encode(_png()).decode(), "args": {"query": "small"}},
+    )
     assert ok.status_code == 200 and ok.json()["caption"] == "echo: small"
 
 
@@ -357,7 +399,8 @@ def test_huge_argument_is_a_short_400_that_does_not_echo_it(echo):
     # Within the JSON limit, each string is still capped (and a huge unknown key is not named back).
     r = httpx.post(f"{echo.url}/v1/analyze", json={**body, "args": {"query": "Q" * 3000}})
     assert r.status_code == 400 and r.json()["error"].startswith(
-        "echo: bad argument 'query': String should have at most 2000 characters")
+        "echo: bad argument 'query': String should have at most 2000 characters"
+    )
     r = httpx.post(f"{echo.url}/v1/analyze", json={**body, "args": {"K" * 5000: 1}})
     assert r.status_code == 400 and len(r.text) < 300
 
@@ -399,9 +442,24 @@ def test_remote_expert_sends_its_token(guarded):
 
 def _start(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "VISION_ROUTER_EXPERTS": "none"}
-    return subprocess.run([sys.executable, "-m", "experts.service", "echo", "--import", "tests.service_experts",
-                           "--port", str(free_port()), *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experts.service",
+            "echo",
+            "--import",
+            "tests.service_experts",
+            "--port",
+            str(free_port()),
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("host", ["", "0.0.0.0", "::"])
@@ -414,9 +472,12 @@ def test_non_loopback_host_needs_allow_remote(host):
 
 
 def test_missing_serve_extra_is_one_line():
-    code = ("import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None\n"
-            "from experts.service import serve_command; serve_command(['echo'])")
+    code = (
+        "import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None\n"
+        "from experts.service import serve_command; serve_command(['echo'])"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == ("Error: expert serve needs starlette and uvicorn (the [serve] extra): "
-                                "pip install 'ollama-vision-router[serve]'")
+    assert r.stderr.strip() == (
+        "Error: expert serve needs starlette and uvicorn (the [serve] extra): pip install 'ollama-vision-router[serve]'"
+    )

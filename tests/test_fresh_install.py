@@ -34,8 +34,15 @@ def bare(tmp_path):
 
     def run(*args: str) -> subprocess.CompletedProcess:
         env = dict(os.environ, PYTHONPATH=str(tmp_path), VR_BLOCK=EXTRAS, HOME=str(tmp_path))
-        return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=120,
-                              cwd=tmp_path, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [str(SCRIPT), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+        )
 
     return run
 

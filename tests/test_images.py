@@ -194,12 +194,27 @@ def test_read_stops_at_the_limit_when_a_file_lies_about_its_size(tmp_path, monke
 
     def shrunk(fd):
         st = real_fstat(fd)
-        return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, 10,
-                               st.st_atime, st.st_mtime, st.st_ctime))
+        return os.stat_result(
+            (
+                st.st_mode,
+                st.st_ino,
+                st.st_dev,
+                st.st_nlink,
+                st.st_uid,
+                st.st_gid,
+                10,
+                st.st_atime,
+                st.st_mtime,
+                st.st_ctime,
+            )
+        )
 
     real_stat = os.stat
-    monkeypatch.setattr(os, "stat", lambda path, *a, **k: shrunk(os.open(path, os.O_RDONLY)) if str(path) == str(p)
-                        else real_stat(path, *a, **k))
+    monkeypatch.setattr(
+        os,
+        "stat",
+        lambda path, *a, **k: shrunk(os.open(path, os.O_RDONLY)) if str(path) == str(p) else real_stat(path, *a, **k),
+    )
     monkeypatch.setattr(os, "fstat", shrunk)
     with pytest.raises(ImageError, match="grows.png: image is over the 0.0 MiB limit"):
         read_image_file(p, max_bytes=100)
@@ -391,8 +406,14 @@ print(json.dumps({"base": base, "single_peak": seq[0]["VmHWM"], "seq": [s["VmRSS
 
 
 def _rss_run(mode: str, env: dict[str, str]) -> dict[str, int]:
-    r = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, mode], cwd=ROOT, env={**os.environ, **env},
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, mode],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -411,5 +432,4 @@ def test_rss_stays_bounded_for_big_images_sequential_and_concurrent():
 
     control = _rss_run("unbounded", {"VISION_ROUTER_MALLOC_TUNING": "0"})
     c_one = control["single_peak"] - control["base"]
-    assert (control["peak"] - control["base"] > 2.4 * c_one
-            or control["retained"] - control["base"] > 100_000), control
+    assert control["peak"] - control["base"] > 2.4 * c_one or control["retained"] - control["base"] > 100_000, control

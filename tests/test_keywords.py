@@ -40,9 +40,7 @@ def test_match_explains_itself(kw):
 
 
 def test_specific_detector_supersedes_generic_count(kw):
-    assert [(m.expert, m.args) for m in kw.route("How many people are there?")] == [
-        ("detect", {"query": "person"})
-    ]
+    assert [(m.expert, m.args) for m in kw.route("How many people are there?")] == [("detect", {"query": "person"})]
     assert [(m.expert, m.args) for m in kw.route("图里有几个人脸")] == [("detect", {"query": "face"})]
 
 

@@ -116,13 +116,17 @@ def test_stdio_server_answers_the_sdk_client(images, tmp_path):
             assert png.mimeType == "image/png"
             assert Image.open(io.BytesIO(base64.b64decode(png.data))).width >= 384
 
-            assert_one_line_error(await s.call_tool("ocr", {"image": str(tmp_path / "missing.png")}),
-                                  "missing.png", "no such file")
+            assert_one_line_error(
+                await s.call_tool("ocr", {"image": str(tmp_path / "missing.png")}), "missing.png", "no such file"
+            )
             not_image = tmp_path / "notes.png"
             not_image.write_text("not an image at all")
             assert_one_line_error(await s.call_tool("ocr", {"image": str(not_image)}), "not a supported image")
-            assert_one_line_error(await s.call_tool("ocr", {"image": page, "colour": "red"}),
-                                  "bad argument 'colour'", "arguments: query, lang, engine")
+            assert_one_line_error(
+                await s.call_tool("ocr", {"image": page, "colour": "red"}),
+                "bad argument 'colour'",
+                "arguments: query, lang, engine",
+            )
             assert_one_line_error(await s.call_tool("ocr", {}), "`image` is required")
             assert_one_line_error(await s.call_tool("telepathy", {"image": page}), "unknown tool 'telepathy'")
 
@@ -150,8 +154,9 @@ def test_stdio_allow_dir_keeps_paths_inside(images, tmp_path):
             await s.initialize()
             assert [t.name for t in (await s.list_tools()).tools] == ["detect"]
             for path in (images["page"], inside / "escape.png", inside / ".." / images["page"].name):
-                assert_one_line_error(await s.call_tool("detect", {"image": str(path)}),
-                                      "is outside the allowed folders")
+                assert_one_line_error(
+                    await s.call_tool("detect", {"image": str(path)}), "is outside the allowed folders"
+                )
             (inside / "ok.png").write_bytes(images["astronaut"].read_bytes())
             ok = await s.call_tool("detect", {"image": str(inside / "ok.png")})
             assert not ok.isError and ok.structuredContent["expert"] == "detect"
@@ -174,8 +179,13 @@ def _registry(request) -> Registry:
     except pytest.skip.Exception:
         reg.unregister("clip")
     try:
-        reg.configure("caption", model=request.getfixturevalue("tiny_dir"), max_new_tokens=MAX_NEW,
-                      local_files_only=True, generate_kwargs=NO_SPECIALS)
+        reg.configure(
+            "caption",
+            model=request.getfixturevalue("tiny_dir"),
+            max_new_tokens=MAX_NEW,
+            local_files_only=True,
+            generate_kwargs=NO_SPECIALS,
+        )
     except pytest.skip.Exception:
         reg.unregister("caption")
     return reg
@@ -197,17 +207,22 @@ def http_servers(request, tmp_path_factory):
 
 async def _http_session(url: str, token: str | None, body) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(headers=headers, timeout=TIMEOUT_S) as client, \
-            streamable_http_client(f"{url}/mcp", http_client=client) as (read, write, _), \
-            ClientSession(read, write) as s:
+    async with (
+        httpx.AsyncClient(headers=headers, timeout=TIMEOUT_S) as client,
+        streamable_http_client(f"{url}/mcp", http_client=client) as (read, write, _),
+        ClientSession(read, write) as s,
+    ):
         await s.initialize()
         await body(s)
 
 
 def test_http_without_token(http_servers, images):
     mcp, servers = http_servers
-    expected = {"ocr", "detect"} | ({"clip"} if "clip" in mcp.experts else set()) | (
-        {"caption"} if "caption" in mcp.experts else set())
+    expected = (
+        {"ocr", "detect"}
+        | ({"clip"} if "clip" in mcp.experts else set())
+        | ({"caption"} if "caption" in mcp.experts else set())
+    )
 
     async def body(s: ClientSession) -> None:
         tools = {t.name: t for t in (await s.list_tools()).tools}
@@ -226,10 +241,8 @@ def test_http_without_token(http_servers, images):
             assert res.structuredContent["expert"] == name
         # Over HTTP the server reads no local file, whatever the path.
         assert_one_line_error(await s.call_tool("ocr", {"image": str(images["page"])}), "reads no local files")
-        assert_one_line_error(await s.call_tool("ocr", {"image": "aGVsbG8gd29ybGQgaGVsbG8="}),
-                              "not a supported image")
-        assert_one_line_error(await s.call_tool("detect", {"image": bare, "mode": "sideways"}),
-                              "bad argument 'mode'")
+        assert_one_line_error(await s.call_tool("ocr", {"image": "aGVsbG8gd29ybGQgaGVsbG8="}), "not a supported image")
+        assert_one_line_error(await s.call_tool("detect", {"image": bare, "mode": "sideways"}), "bad argument 'mode'")
 
     asyncio.run(asyncio.wait_for(_http_session(servers["open"].url, None, body), TIMEOUT_S))
 
@@ -242,23 +255,30 @@ def test_http_with_token(http_servers, images):
         assert_page_text(await s.call_tool("ocr", {"image": _data_url(images["page"])}))
 
     asyncio.run(asyncio.wait_for(_http_session(url, "s3cret-token", body), TIMEOUT_S))
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+    }
     accept = {"Accept": "application/json, text/event-stream"}
     for auth in (None, "Bearer wrong", "Basic s3cret-token"):
         headers = {**accept, **({"Authorization": auth} if auth else {})}
         r = httpx.post(f"{url}/mcp", json=init, headers=headers, timeout=10)
         assert r.status_code == 401 and r.json() == {"error": "unauthorized: send `Authorization: Bearer <token>`"}
     # A page that reached the loopback server through a rebound DNS name is turned away.
-    r = httpx.post(f"{servers['open'].url}/mcp", json=init, headers={**accept, "Host": "evil.example:80"},
-                   timeout=10)
+    r = httpx.post(f"{servers['open'].url}/mcp", json=init, headers={**accept, "Host": "evil.example:80"}, timeout=10)
     assert r.status_code == 421
 
 
 # --- the command line -------------------------------------------------------------------------------
 def test_http_command_refuses_remote_without_allow_remote():
-    r = subprocess.run([sys.executable, "-c", "from router.commands import main; main()", "mcp", "--http",
-                        "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", "from router.commands import main; main()", "mcp", "--http", "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("Error: --host 0.0.0.0 listens beyond this machine")
 
@@ -266,8 +286,12 @@ def test_http_command_refuses_remote_without_allow_remote():
 def test_http_command_serves_with_a_token(images):
     """`vision-router mcp --http --port 0 --token T` as a user starts it: it says where it listens."""
     env = {**os.environ, "VISION_ROUTER_EXPERTS": "detect", "VISION_ROUTER_TOKEN": "from-env"}
-    proc = subprocess.Popen([sys.executable, "-c", "from router.commands import main; main()", "mcp", "--http",
-                             "--port", "0"], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from router.commands import main; main()", "mcp", "--http", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         url = None
         deadline = time.monotonic() + 60
@@ -315,9 +339,26 @@ def test_search_tool_answers_from_the_index(images, tmp_path):
     for name in ("page", "astronaut"):
         (coll / f"{name}.png").write_bytes(images[name].read_bytes())
     db = tmp_path / "db"
-    r = subprocess.run([sys.executable, "-c", "from router.commands import main; main()", "index", str(coll),
-                        "--db", str(db), "--embed-model", "st:all-minilm-l6-v2", "-e", "ocr", "--no-clip",
-                        "--no-progress"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from router.commands import main; main()",
+            "index",
+            str(coll),
+            "--db",
+            str(db),
+            "--embed-model",
+            "st:all-minilm-l6-v2",
+            "-e",
+            "ocr",
+            "--no-clip",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     reg = Registry()
     reg.register(default_registry().expert_class("ocr"))

@@ -13,9 +13,25 @@ MODELFILE = Path(__file__).resolve().parents[1] / "Modelfile"
 COMMANDS = {"from", "license", "template", "system", "adapter", "parameter", "message", "requires"}
 # api/types.go Options/Runner fields accepted by PARAMETER
 PARAMETERS = {
-    "num_keep", "seed", "num_predict", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "temperature",
-    "repeat_penalty", "presence_penalty", "frequency_penalty", "stop", "num_ctx", "num_batch", "num_gpu",
-    "main_gpu", "use_mmap", "num_thread",
+    "num_keep",
+    "seed",
+    "num_predict",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "repeat_last_n",
+    "temperature",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "stop",
+    "num_ctx",
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "use_mmap",
+    "num_thread",
 }
 
 
@@ -61,8 +77,14 @@ def test_system_prompt_is_the_router_protocol():
 
 
 def test_protocol_teaches_every_builtin_tag_in_both_languages():
-    for tag in ("[VISION: ocr]", "[VISION: detect]", '[VISION: detect "person"]', "[VISION: clip]",
-                "[VISION: caption]", "image=N"):
+    for tag in (
+        "[VISION: ocr]",
+        "[VISION: detect]",
+        '[VISION: detect "person"]',
+        "[VISION: clip]",
+        "[VISION: caption]",
+        "image=N",
+    ):
         assert tag in PROTOCOL_PROMPT
     assert "文字" in PROTOCOL_PROMPT and "风格" in PROTOCOL_PROMPT
     assert "without any tag" in PROTOCOL_PROMPT  # answer normally when no image help is needed

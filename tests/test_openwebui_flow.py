@@ -23,21 +23,57 @@ skdata = pytest.importorskip("skimage.data", reason="needs scikit-image (the [te
 
 # Shaped like the tools Open WebUI attaches in native function-calling mode (built-ins plus a user's tools).
 OWUI_TOOL_NAMES = [
-    "search_web", "fetch_url", "get_current_timestamp", "calculate_timestamp", "search_memories",
-    "add_memory", "replace_memory_content", "delete_memory", "list_memories", "search_notes", "view_note",
-    "write_note", "replace_note_content", "search_chats", "view_chat", "search_channels",
-    "search_channel_messages", "view_channel_message", "view_channel_thread", "list_knowledge_bases",
-    "search_knowledge_bases", "query_knowledge_bases", "search_knowledge_files", "query_knowledge_files",
-    "view_knowledge_file", "generate_image", "edit_image", "execute_code", "get_weather", "convert_units",
-    "translate_text", "summarize_url", "youtube_transcript", "arxiv_search", "wikipedia_lookup", "send_email",
+    "search_web",
+    "fetch_url",
+    "get_current_timestamp",
+    "calculate_timestamp",
+    "search_memories",
+    "add_memory",
+    "replace_memory_content",
+    "delete_memory",
+    "list_memories",
+    "search_notes",
+    "view_note",
+    "write_note",
+    "replace_note_content",
+    "search_chats",
+    "view_chat",
+    "search_channels",
+    "search_channel_messages",
+    "view_channel_message",
+    "view_channel_thread",
+    "list_knowledge_bases",
+    "search_knowledge_bases",
+    "query_knowledge_bases",
+    "search_knowledge_files",
+    "query_knowledge_files",
+    "view_knowledge_file",
+    "generate_image",
+    "edit_image",
+    "execute_code",
+    "get_weather",
+    "convert_units",
+    "translate_text",
+    "summarize_url",
+    "youtube_transcript",
+    "arxiv_search",
+    "wikipedia_lookup",
+    "send_email",
 ]
 
 
 def owui_tools() -> list[dict]:
-    return [{"type": "function", "function": {
-        "name": name, "description": f"Open WebUI tool {name}",
-        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": []}}}
-        for name in OWUI_TOOL_NAMES]
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": name,
+                "description": f"Open WebUI tool {name}",
+                "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": []},
+            },
+        }
+        for name in OWUI_TOOL_NAMES
+    ]
 
 
 def page_b64() -> str:
@@ -61,8 +97,13 @@ def stack():
 
 
 def chat(proxy: ProxyServer, messages: list[dict]) -> str:
-    body = {"model": MODEL, "messages": messages, "tools": owui_tools(), "stream": True,
-            "options": {"temperature": 0.8}}
+    body = {
+        "model": MODEL,
+        "messages": messages,
+        "tools": owui_tools(),
+        "stream": True,
+        "options": {"temperature": 0.8},
+    }
     r = httpx.post(f"{proxy.url}/api/chat", json=body, timeout=120)
     assert r.status_code == 200, r.text
     chunks = ndjson(r.content)
@@ -104,8 +145,11 @@ def test_follow_up_reuses_the_cache_and_the_context_reads_text(stack):
     # Open WebUI's follow-up: the whole history again, the image still in the first message.
     fake.reset()
     fake.script("Let me check.", "The second line is hard to read.")
-    follow = [first_user, {"role": "assistant", "content": answer},
-              {"role": "user", "content": "And the line under the title?"}]
+    follow = [
+        first_user,
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "And the line under the title?"},
+    ]
     assert chat(proxy, follow) == "The second line is hard to read."
     after = metrics(proxy)["experts"]
     for name in ("ocr", "detect"):
@@ -122,8 +166,12 @@ def test_reply_carrying_the_clients_tool_call_goes_back_unexecuted(stack):
     fake, proxy = stack
     call = {"function": {"name": "search_web", "arguments": {"query": "region-based segmentation"}}}
     fake.script(Reply(tool_calls=[call]))
-    body = {"model": MODEL, "stream": False, "tools": owui_tools(),
-            "messages": [{"role": "user", "content": "Search the web for this title", "images": [page_b64()]}]}
+    body = {
+        "model": MODEL,
+        "stream": False,
+        "tools": owui_tools(),
+        "messages": [{"role": "user", "content": "Search the web for this title", "images": [page_b64()]}],
+    }
     r = httpx.post(f"{proxy.url}/api/chat", json=body, timeout=120)
     assert r.status_code == 200, r.text
     calls = r.json()["message"]["tool_calls"]

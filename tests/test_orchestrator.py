@@ -196,8 +196,10 @@ def test_protocol_sent_only_when_the_model_lacks_it(fake_ollama):
     o.ask("hi", [IMG], model="made-from-modelfile")
     assert fake_ollama.calls("/api/chat")[1]["messages"][0]["role"] == "user"
     # A client's own system message replaces the model's SYSTEM: the protocol is appended to it.
-    o.chat([{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi", "images": [IMG]}],
-           model="made-from-modelfile")
+    o.chat(
+        [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi", "images": [IMG]}],
+        model="made-from-modelfile",
+    )
     sys_msg = fake_ollama.calls("/api/chat")[2]["messages"][0]
     assert sys_msg["content"].startswith("Be terse.\n\n") and protocol.PROTOCOL_MARKER in sys_msg["content"]
 
@@ -213,8 +215,9 @@ def test_stats_are_summed_over_hidden_turns(fake_ollama):
 
 def test_options_format_keep_alive_pass_through(fake_ollama):
     fake_ollama.script("{}")
-    orch(fake_ollama).chat([{"role": "user", "content": "hi"}], options={"temperature": 0.1}, keep_alive="10m",
-                           format="json")
+    orch(fake_ollama).chat(
+        [{"role": "user", "content": "hi"}], options={"temperature": 0.1}, keep_alive="10m", format="json"
+    )
     (body,) = fake_ollama.calls("/api/chat")
     assert body["options"] == {"temperature": 0.1} and body["keep_alive"] == "10m" and body["format"] == "json"
 
@@ -269,9 +272,7 @@ def test_sync_api_inside_a_running_loop(fake_ollama):
 def test_keyword_and_tag_experts_start_while_the_model_streams(fake_ollama):
     """A tag dispatches the moment it closes, before the rest of turn 1 has arrived."""
     SlowExpert.cost = 0.4
-    fake_ollama.script(
-        Reply(chunks=["[VISION: slow]", " wait", " wait", " wait"], chunk_delay_s=0.15), "done"
-    )
+    fake_ollama.script(Reply(chunks=["[VISION: slow]", " wait", " wait", " wait"], chunk_delay_s=0.15), "done")
     final = orch(fake_ollama, SlowExpert).ask("x", [IMG])
     turn1 = final.trace.llm_calls[0].total_ms
     # The expert (400 ms) overlapped turn 1 (~450 ms): the whole request is well under their sum.

@@ -64,8 +64,9 @@ class MeasureDetect(Expert):
 
     def _analyze(self, image, args):
         MeasureDetect.seen_args.append(args.model_dump())
-        return self.new_result(image, objects=["1 rectangle"], measurements={"subject_fraction": 0.38,
-                                                                             "aspect_ratio": "3:2"})
+        return self.new_result(
+            image, objects=["1 rectangle"], measurements={"subject_fraction": 0.38, "aspect_ratio": "3:2"}
+        )
 
 
 class PlainDetect(Expert):
@@ -202,8 +203,7 @@ def test_ask_with_the_preset_produces_the_structured_report(tmp_path, fake_ollam
     img.write_bytes(demo_image_bytes())
     fake_ollama.responder = lambda path, body: REPORT_EN
     MeasureDetect.seen_args = []
-    r = CliRunner().invoke(cli, ["ask", str(img), "--preset", PRESET, "--ollama-host", fake_ollama.url,
-                                 "--no-stream"])
+    r = CliRunner().invoke(cli, ["ask", str(img), "--preset", PRESET, "--ollama-host", fake_ollama.url, "--no-stream"])
     assert r.exit_code == 0, r.output
     assert r.stdout.strip() == REPORT_EN
     chats = fake_ollama.calls("/api/chat")
@@ -220,8 +220,10 @@ def test_ask_with_the_preset_in_chinese(tmp_path, fake_ollama, preset_registry):
     img = tmp_path / "demo.png"
     img.write_bytes(demo_image_bytes())
     fake_ollama.responder = lambda path, body: "## 结论\n需修改"
-    r = CliRunner().invoke(cli, ["ask", str(img), "--preset", PRESET, "-q", "这是天猫主图",
-                                 "--ollama-host", fake_ollama.url, "--no-stream"])
+    r = CliRunner().invoke(
+        cli,
+        ["ask", str(img), "--preset", PRESET, "-q", "这是天猫主图", "--ollama-host", fake_ollama.url, "--no-stream"],
+    )
     assert r.exit_code == 0, r.output
     msgs = fake_ollama.calls("/api/chat")[0]["messages"]
     assert "电商主图审核员" in msgs[0]["content"] and "这是天猫主图" in msgs[-1]["content"]
@@ -232,8 +234,20 @@ def test_batch_runs_a_preset_over_a_folder(tmp_path, fake_ollama, preset_registr
     (tmp_path / "imgs" / "demo.png").write_bytes(demo_image_bytes())
     fake_ollama.responder = lambda path, body: REPORT_EN
     out = tmp_path / "reports.jsonl"
-    r = CliRunner().invoke(cli, ["batch", str(tmp_path / "imgs"), "--preset", PRESET, "--out", str(out),
-                                 "--ollama-host", fake_ollama.url, "--no-progress"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "batch",
+            str(tmp_path / "imgs"),
+            "--preset",
+            PRESET,
+            "--out",
+            str(out),
+            "--ollama-host",
+            fake_ollama.url,
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     line = json.loads(out.read_text("utf-8"))
     assert line["answer"] == REPORT_EN and set(line["experts"]) == {"ocr", "detect"}
@@ -251,8 +265,7 @@ def test_real_experts_feed_the_preset(tmp_path, fake_ollama, monkeypatch):
     img = tmp_path / "demo.png"
     img.write_bytes(demo_image_bytes())
     fake_ollama.responder = lambda path, body: REPORT_EN
-    r = CliRunner().invoke(cli, ["ask", str(img), "--preset", PRESET, "--ollama-host", fake_ollama.url,
-                                 "--no-stream"])
+    r = CliRunner().invoke(cli, ["ask", str(img), "--preset", PRESET, "--ollama-host", fake_ollama.url, "--no-stream"])
     assert r.exit_code == 0, r.output
     user = fake_ollama.calls("/api/chat")[0]["messages"][-1]["content"]
     assert "detect(mode=measure)" in user and "960x640" in user

@@ -68,8 +68,11 @@ def test_route_and_skip_lists():
         assert "vision" not in caps["qwen3:4b-instruct-2507-q4_K_M"]
         # A skipped model's images go to Ollama untouched, as without the proxy.
         s.fake.script("I see [img-0]")
-        body = {"model": "qwen3:4b-instruct-2507-q4_K_M", "stream": False,
-                "messages": [{"role": "user", "content": "hi", "images": [IMAGE_B64]}]}
+        body = {
+            "model": "qwen3:4b-instruct-2507-q4_K_M",
+            "stream": False,
+            "messages": [{"role": "user", "content": "hi", "images": [IMAGE_B64]}],
+        }
         assert post(s.url, "/api/chat", body).json()["message"]["content"] == "I see [img-0]"
         assert s.fake.calls("/api/chat")[-1]["messages"][0]["images"] == [IMAGE_B64]
     finally:
@@ -96,7 +99,8 @@ def test_pull_streams_statuses_through(fresh):
 
 def test_management_routes_pass_through(fresh):
     assert post(fresh.url, "/api/create", {"model": "mine", "from": MODEL, "system": "hi"}).json() == {
-        "status": "success"}
+        "status": "success"
+    }
     assert post(fresh.url, "/api/copy", {"source": "mine", "destination": "mine2"}).status_code == 200
     assert post(fresh.url, "/api/copy", {"source": "ghost", "destination": "x"}).status_code == 404
     r = httpx.request("DELETE", fresh.url + "/api/delete", json={"model": "mine2"})
@@ -118,8 +122,16 @@ def test_management_routes_pass_through(fresh):
 
 def test_chat_without_images_is_forwarded_byte_for_byte(fresh):
     fresh.fake.script(Reply("Paris.", chunk_size=2))
-    raw = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Capital of France?"}],
-                      "options": {"temperature": 0}, "keep_alive": "10m", "format": "json", "think": False})
+    raw = json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Capital of France?"}],
+            "options": {"temperature": 0},
+            "keep_alive": "10m",
+            "format": "json",
+            "think": False,
+        }
+    )
     with httpx.stream("POST", fresh.url + "/api/chat", content=raw) as r:
         chunks = ndjson(r.read())
     assert "".join(c["message"]["content"] for c in chunks) == "Paris."
@@ -137,8 +149,11 @@ def test_unknown_model_chat_passes_404_through(fresh):
 
 def test_vision_model_passes_through_untouched(fresh):
     fresh.fake.script("a red rectangle")
-    body = {"model": "llava:7b", "stream": False,
-            "messages": [{"role": "user", "content": "what is this?", "images": [IMAGE_B64]}]}
+    body = {
+        "model": "llava:7b",
+        "stream": False,
+        "messages": [{"role": "user", "content": "what is this?", "images": [IMAGE_B64]}],
+    }
     assert post(fresh.url, "/api/chat", body).json()["message"]["content"] == "a red rectangle"
     assert fresh.fake.calls("/api/chat")[-1] == body
 
@@ -157,8 +172,10 @@ def test_load_and_unload_requests_pass_through(fresh):
 # --- interception ----------------------------------------------------------------------------------
 def test_chat_with_image_streams_one_terminal_chunk(fresh):
     fresh.fake.script(Reply(f"It says {OCR_TEXT}.", chunk_size=3))
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "What is written here?",
-                                          "images": [IMAGE_B64]}]}  # no "stream": streaming
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "What is written here?", "images": [IMAGE_B64]}],
+    }  # no "stream": streaming
     with httpx.stream("POST", fresh.url + "/api/chat", json=body, timeout=30) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("application/x-ndjson")
@@ -167,8 +184,14 @@ def test_chat_with_image_streams_one_terminal_chunk(fresh):
     assert [c["done"] for c in chunks].count(True) == 1 and chunks[-1]["done"] is True
     final = chunks[-1]
     assert final["done_reason"] == "stop"
-    for f in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
-              "eval_duration"):
+    for f in (
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_count",
+        "eval_duration",
+    ):
         assert isinstance(final[f], int) and final[f] > 0
     assert "".join(c["message"]["content"] for c in chunks) == f"It says {OCR_TEXT}."
     assert all(c["message"]["role"] == "assistant" for c in chunks)
@@ -193,9 +216,14 @@ def test_two_turns_sum_stats_and_hide_tags(fresh):
 
 def test_stream_false_returns_one_object_and_options_pass(fresh):
     fresh.fake.script("The sign reads SALE 50% OFF.")
-    body = {"model": MODEL, "stream": False, "options": {"temperature": 0, "num_ctx": 4096},
-            "keep_alive": "5m", "format": {"type": "object", "properties": {"text": {"type": "string"}}},
-            "messages": [{"role": "user", "content": "what does the sign say?", "images": [IMAGE_B64]}]}
+    body = {
+        "model": MODEL,
+        "stream": False,
+        "options": {"temperature": 0, "num_ctx": 4096},
+        "keep_alive": "5m",
+        "format": {"type": "object", "properties": {"text": {"type": "string"}}},
+        "messages": [{"role": "user", "content": "what does the sign say?", "images": [IMAGE_B64]}],
+    }
     r = post(fresh.url, "/api/chat", body)
     assert r.headers["content-type"].startswith("application/json")
     obj = r.json()
@@ -208,8 +236,7 @@ def test_stream_false_returns_one_object_and_options_pass(fresh):
 
 def test_think_is_passed_through(fresh):
     # Qwen3-4B-Instruct has no thinking: Ollama's 400 reaches the client with its status.
-    body = {"model": MODEL, "think": True, "messages": [{"role": "user", "content": "read it",
-                                                          "images": [IMAGE_B64]}]}
+    body = {"model": MODEL, "think": True, "messages": [{"role": "user", "content": "read it", "images": [IMAGE_B64]}]}
     r = post(fresh.url, "/api/chat", body)
     assert r.status_code == 400
     assert "does not support thinking" in r.json()["error"]
@@ -221,8 +248,10 @@ def test_history_with_earlier_image_uses_the_cache(fresh):
     turn1 = [{"role": "user", "content": "What is written here?", "images": [img1]}]
     first = post(fresh.url, "/api/chat", {"model": MODEL, "stream": False, "messages": turn1}).json()
     assert TextExpert.runs == 1
-    history = turn1 + [{"role": "assistant", "content": first["message"]["content"]},
-                       {"role": "user", "content": "And the text on this one?", "images": [img2]}]
+    history = turn1 + [
+        {"role": "assistant", "content": first["message"]["content"]},
+        {"role": "user", "content": "And the text on this one?", "images": [img2]},
+    ]
     second = post(fresh.url, "/api/chat", {"model": MODEL, "stream": False, "messages": history}).json()
     assert second["message"]["content"] == "Second answer."
     sent = fresh.fake.calls("/api/chat")[-1]["messages"]
@@ -240,8 +269,14 @@ def test_history_with_earlier_image_uses_the_cache(fresh):
 
 def test_generate_with_image_answers_in_generate_shape(fresh):
     fresh.fake.script(Reply(f"It reads {OCR_TEXT}", chunk_size=5))
-    body = {"model": MODEL, "prompt": "what is written here?", "system": "Be brief.", "images": [IMAGE_B64],
-            "context": [], "options": {"seed": 1}}
+    body = {
+        "model": MODEL,
+        "prompt": "what is written here?",
+        "system": "Be brief.",
+        "images": [IMAGE_B64],
+        "context": [],
+        "options": {"seed": 1},
+    }
     chunks = ndjson(post(fresh.url, "/api/generate", body).content)
     assert "".join(c["response"] for c in chunks) == f"It reads {OCR_TEXT}"
     assert [c["done"] for c in chunks].count(True) == 1 and chunks[-1]["eval_count"] > 0
@@ -265,8 +300,11 @@ def test_ollama_run_replay(fresh):
     load = c.post("/api/generate", json={"model": MODEL}).json()
     assert load["done_reason"] == "load"
     fresh.fake.script(Reply(f"It says {OCR_TEXT}.", chunk_size=4))
-    body = {"model": MODEL, "messages": [{"role": "user", "content": " what is written here?",
-                                          "images": [IMAGE_B64]}], "options": {}}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": " what is written here?", "images": [IMAGE_B64]}],
+        "options": {},
+    }
     with c.stream("POST", "/api/chat", json=body, headers={"Accept": "application/x-ndjson"}) as r:
         lines = [json.loads(x) for x in r.iter_lines() if x]
     for line in lines:  # the Go client checks every line for an error key
@@ -276,8 +314,10 @@ def test_ollama_run_replay(fresh):
     no_image_bytes(fresh.fake)
     # Non-interactive: one /api/generate with the image.
     fresh.fake.script("SALE.")
-    one = c.post("/api/generate", json={"model": MODEL, "prompt": "what is written here?", "context": [],
-                                        "images": [IMAGE_B64], "options": {}})
+    one = c.post(
+        "/api/generate",
+        json={"model": MODEL, "prompt": "what is written here?", "context": [], "images": [IMAGE_B64], "options": {}},
+    )
     assert ndjson(one.content)[-1]["done"] is True
     no_image_bytes(fresh.fake)
 
@@ -300,8 +340,13 @@ def test_bad_images_are_400(fresh):
 
 def test_data_url_on_native_route_is_accepted_and_stripped(fresh):
     fresh.fake.script("ok")
-    body = {"model": MODEL, "stream": False, "messages": [
-        {"role": "user", "content": "what is written here?", "images": ["data:image/png;base64," + IMAGE_B64]}]}
+    body = {
+        "model": MODEL,
+        "stream": False,
+        "messages": [
+            {"role": "user", "content": "what is written here?", "images": ["data:image/png;base64," + IMAGE_B64]}
+        ],
+    }
     assert post(fresh.url, "/api/chat", body).json()["message"]["content"] == "ok"
     no_image_bytes(fresh.fake)
 
@@ -309,8 +354,15 @@ def test_data_url_on_native_route_is_accepted_and_stripped(fresh):
 # --- health, metrics, auth ---------------------------------------------------------------------------
 def test_health_and_metrics(fresh):
     fresh.fake.script("SALE")
-    post(fresh.url, "/api/chat", {"model": MODEL, "stream": False, "messages": [
-        {"role": "user", "content": "what is written here?", "images": [IMAGE_B64]}]})
+    post(
+        fresh.url,
+        "/api/chat",
+        {
+            "model": MODEL,
+            "stream": False,
+            "messages": [{"role": "user", "content": "what is written here?", "images": [IMAGE_B64]}],
+        },
+    )
     health = httpx.get(fresh.url + "/_vision/health").json()
     assert health["status"] == "ok" and health["upstream"]["ok"] is True
     assert "ocr" in health["experts"]
@@ -343,8 +395,11 @@ def test_serve_refuses_remote_bind_without_flag():
 def test_image_bytes_stay_out_for_both_native_routes(fresh, path):
     fresh.fake.script("fine")
     if path == "/api/chat":
-        body = {"model": MODEL, "stream": False,
-                "messages": [{"role": "user", "content": "read the text", "images": [IMAGE_B64]}]}
+        body = {
+            "model": MODEL,
+            "stream": False,
+            "messages": [{"role": "user", "content": "read the text", "images": [IMAGE_B64]}],
+        }
     else:
         body = {"model": MODEL, "stream": False, "prompt": "read the text", "images": [IMAGE_B64]}
     assert post(fresh.url, path, body).status_code == 200
@@ -357,8 +412,7 @@ def test_routed_answer_streams_token_by_token(fresh):
     import time
 
     fresh.fake.script(Reply("a b c d e f", chunk_size=2, chunk_delay_s=0.25))
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "What is written here?",
-                                          "images": [IMAGE_B64]}]}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "What is written here?", "images": [IMAGE_B64]}]}
     t0 = time.monotonic()
     arrivals = []
     with httpx.stream("POST", fresh.url + "/api/chat", json=body, timeout=30) as r:
@@ -382,8 +436,9 @@ def test_serve_reads_its_defaults_from_config_and_flags_win(tmp_path, monkeypatc
     assert seen["port"] == 12345 and seen["host"] == "127.0.0.1"
     assert proxy.cfg.route == ["qwen3*"] and proxy.cfg.max_body_bytes == 2 * 1024 * 1024
     assert proxy.cfg.upstream_timeout_s == 30
-    r = CliRunner().invoke(serve_command, ["--port", "12346", "--route", "llama*", "--max-body-mib", "8"],
-                           obj={"config": str(cfg)})
+    r = CliRunner().invoke(
+        serve_command, ["--port", "12346", "--route", "llama*", "--max-body-mib", "8"], obj={"config": str(cfg)}
+    )
     assert r.exit_code == 0, r.output
     proxy = seen["app"].state.proxy
     assert seen["port"] == 12346 and proxy.cfg.route == ["llama*"] and proxy.cfg.max_body_bytes == 8 * 1024 * 1024

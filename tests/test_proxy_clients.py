@@ -42,13 +42,13 @@ def upstream_read_the_experts(fake) -> None:
 def test_ollama_python_sync_chat_stream_and_not(fresh):
     c = ollama.Client(host=fresh.url)
     fresh.fake.script(answer_reply(), answer_reply())
-    parts = list(c.chat(model=MODEL, messages=[{"role": "user", "content": QUESTION, "images": [IMAGE]}],
-                        stream=True))
+    parts = list(c.chat(model=MODEL, messages=[{"role": "user", "content": QUESTION, "images": [IMAGE]}], stream=True))
     assert [p.done for p in parts].count(True) == 1 and parts[-1].done
     assert "".join(p.message.content or "" for p in parts) == f"The image says {OCR_TEXT}."
     assert parts[-1].eval_count and parts[-1].done_reason == "stop"
-    whole = c.chat(model=MODEL, messages=[{"role": "user", "content": QUESTION, "images": [IMAGE]}],
-                   options={"temperature": 0})
+    whole = c.chat(
+        model=MODEL, messages=[{"role": "user", "content": QUESTION, "images": [IMAGE]}], options={"temperature": 0}
+    )
     assert whole.done and whole.message.content == f"The image says {OCR_TEXT}."
     upstream_read_the_experts(fresh.fake)
 
@@ -82,8 +82,12 @@ def test_ollama_python_async(fresh):
     async def main():
         c = ollama.AsyncClient(host=fresh.url)
         fresh.fake.script(answer_reply(), answer_reply(), answer_reply())
-        parts = [p async for p in await c.chat(
-            model=MODEL, messages=[{"role": "user", "content": QUESTION, "images": [IMAGE_B64]}], stream=True)]
+        parts = [
+            p
+            async for p in await c.chat(
+                model=MODEL, messages=[{"role": "user", "content": QUESTION, "images": [IMAGE_B64]}], stream=True
+            )
+        ]
         whole = await c.chat(model=MODEL, messages=[{"role": "user", "content": QUESTION, "images": [IMAGE]}])
         gen = [p async for p in await c.generate(model=MODEL, prompt=QUESTION, images=[IMAGE], stream=True)]
         shown = await c.show(MODEL)
@@ -104,10 +108,12 @@ def test_langchain_chat_ollama_with_image_block(fresh):
     from langchain_ollama import ChatOllama
 
     llm = ChatOllama(model=MODEL, base_url=fresh.url, temperature=0)
-    msg = HumanMessage(content=[
-        {"type": "text", "text": QUESTION},
-        {"type": "image_url", "image_url": f"data:image/png;base64,{IMAGE_B64}"},
-    ])
+    msg = HumanMessage(
+        content=[
+            {"type": "text", "text": QUESTION},
+            {"type": "image_url", "image_url": f"data:image/png;base64,{IMAGE_B64}"},
+        ]
+    )
     fresh.fake.script(answer_reply(), answer_reply())
     out = llm.invoke([msg])
     assert out.content == f"The image says {OCR_TEXT}."
@@ -120,10 +126,15 @@ def test_langchain_chat_ollama_with_image_block(fresh):
 
 # --- OpenAI -----------------------------------------------------------------------------------------
 def openai_messages() -> list[dict]:
-    return [{"role": "user", "content": [
-        {"type": "text", "text": QUESTION},
-        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{IMAGE_B64}"}},
-    ]}]
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": QUESTION},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{IMAGE_B64}"}},
+            ],
+        }
+    ]
 
 
 def test_openai_client_streaming_with_data_url(fresh):
@@ -131,8 +142,9 @@ def test_openai_client_streaming_with_data_url(fresh):
 
     client = OpenAI(base_url=fresh.url + "/v1", api_key="ollama")
     fresh.fake.script(answer_reply())
-    stream = client.chat.completions.create(model=MODEL, messages=openai_messages(), stream=True,
-                                            stream_options={"include_usage": True}, temperature=0)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=openai_messages(), stream=True, stream_options={"include_usage": True}, temperature=0
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == f"The image says {OCR_TEXT}."
@@ -186,8 +198,15 @@ def test_openai_errors_have_openai_shape(fresh):
     from openai import BadRequestError, NotFoundError, OpenAI
 
     client = OpenAI(base_url=fresh.url + "/v1", api_key="ollama", max_retries=0)
-    remote = [{"role": "user", "content": [{"type": "text", "text": "x"},
-                                            {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]}]
+    remote = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "x"},
+                {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}},
+            ],
+        }
+    ]
     with pytest.raises(BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=remote)
     assert "data URLs" in err.value.body["message"] and err.value.body["type"] == "invalid_request_error"

@@ -105,8 +105,10 @@ def test_oversized_headers_and_too_many_connections_are_refused():
         big = _connect(s.url)
         big.sendall(b"GET /api/tags HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 16 * 1024 + b"\r\n")
         big.settimeout(5)
-        assert big.recv(65536).split(b"\r\n")[0] in (b"HTTP/1.1 431 Request Header Fields Too Large",
-                                                      b"HTTP/1.1 400 Bad Request")
+        assert big.recv(65536).split(b"\r\n")[0] in (
+            b"HTTP/1.1 431 Request Header Fields Too Large",
+            b"HTTP/1.1 400 Bad Request",
+        )
         big.close()
         for _ in range(6):
             socks.append(_connect(s.url))
@@ -123,8 +125,10 @@ def test_slow_body_gets_408_in_ollamas_shape():
     s = start_stack(config=ProxyConfig(body_timeout_s=0.5))
     try:
         c = _connect(s.url)
-        c.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 1000\r\n\r\n{\"model\":")
+        c.sendall(
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"model":'
+        )
         t0 = time.monotonic()
         c.settimeout(5)
         data = b""
@@ -149,8 +153,10 @@ def test_concurrent_requests_are_capped_with_ollamas_503():
         s.fake.responder = lambda path, body: Reply("slow answer", chunk_size=1, chunk_delay_s=0.05)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
         with httpx.Client(timeout=10) as a, httpx.Client(timeout=10) as b:
-            with a.stream("POST", s.url + "/api/chat", json=body) as r1, \
-                    b.stream("POST", s.url + "/api/chat", json=body) as r2:
+            with (
+                a.stream("POST", s.url + "/api/chat", json=body) as r1,
+                b.stream("POST", s.url + "/api/chat", json=body) as r2,
+            ):
                 assert r1.status_code == r2.status_code == 200
                 third = httpx.post(s.url + "/api/chat", json=body, timeout=10)
                 assert third.status_code == 503 and "server busy" in third.json()["error"]
@@ -165,16 +171,32 @@ def test_concurrent_requests_are_capped_with_ollamas_503():
 NATIVE_BAD = {
     "generate images: 5": ("/api/generate", {"model": MODEL, "prompt": "read it", "images": 5}),
     "chat images: 5": ("/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "x", "images": 5}]}),
-    "content as a list": ("/api/chat", {"model": MODEL, "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "x"}], "images": [IMAGE_B64]}]}),
-    "options: x": ("/api/chat", {"model": MODEL, "options": "x", "messages": [
-        {"role": "user", "content": "x", "images": [IMAGE_B64]}]}),
+    "content as a list": (
+        "/api/chat",
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}], "images": [IMAGE_B64]}],
+        },
+    ),
+    "options: x": (
+        "/api/chat",
+        {"model": MODEL, "options": "x", "messages": [{"role": "user", "content": "x", "images": [IMAGE_B64]}]},
+    ),
     "messages: x": ("/api/chat", {"model": MODEL, "messages": "images", "stream": False}),
-    "tool_calls: x": ("/api/chat", {"model": MODEL, "messages": [
-        {"role": "assistant", "content": "", "tool_calls": "x"}, {"role": "user", "content": "x",
-                                                                   "images": [IMAGE_B64]}]}),
-    "stream: yes": ("/api/chat", {"model": MODEL, "stream": "yes", "messages": [
-        {"role": "user", "content": "x", "images": [IMAGE_B64]}]}),
+    "tool_calls: x": (
+        "/api/chat",
+        {
+            "model": MODEL,
+            "messages": [
+                {"role": "assistant", "content": "", "tool_calls": "x"},
+                {"role": "user", "content": "x", "images": [IMAGE_B64]},
+            ],
+        },
+    ),
+    "stream: yes": (
+        "/api/chat",
+        {"model": MODEL, "stream": "yes", "messages": [{"role": "user", "content": "x", "images": [IMAGE_B64]}]},
+    ),
 }
 
 
@@ -191,8 +213,10 @@ def test_wrongly_typed_native_requests_are_400_not_500(fresh, case):
 
 @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
 def test_absurd_nesting_is_400(fresh, path):
-    deep = (b'{"model": "m", "messages": [{"role": "user", "images": [], "content": [{"type": "image_url", '
-            b'"image_url": ' + b"[" * 100_000 + b"]" * 100_000 + b"}]}]}")
+    deep = (
+        b'{"model": "m", "messages": [{"role": "user", "images": [], "content": [{"type": "image_url", '
+        b'"image_url": ' + b"[" * 100_000 + b"]" * 100_000 + b"}]}]}"
+    )
     r = httpx.post(fresh.url + path, content=deep, timeout=10)
     assert r.status_code == 400
     err = r.json()["error"]
@@ -201,16 +225,28 @@ def test_absurd_nesting_is_400(fresh, path):
 
 
 def _oai_image_message() -> dict:
-    return {"role": "user", "content": [{"type": "text", "text": "read it"}, {
-        "type": "image_url", "image_url": {"url": f"data:image/png;base64,{IMAGE_B64}"}}]}
+    return {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "read it"},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{IMAGE_B64}"}},
+        ],
+    }
 
 
 OPENAI_BAD = {
     "tool_calls: x": {"messages": [{"role": "assistant", "content": "", "tool_calls": "x"}, _oai_image_message()]},
-    "tool_calls: [x]": {"messages": [{"role": "assistant", "content": "", "tool_calls": ["x"]},
-                                     _oai_image_message()]},
-    "arguments: [1]": {"messages": [{"role": "assistant", "content": "", "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}, _oai_image_message()]},
+    "tool_calls: [x]": {"messages": [{"role": "assistant", "content": "", "tool_calls": ["x"]}, _oai_image_message()]},
+    "arguments: [1]": {
+        "messages": [
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "[1]"}}],
+            },
+            _oai_image_message(),
+        ]
+    },
     "stop: 5": {"stop": 5, "messages": [_oai_image_message()]},
     "tools: 5": {"tools": 5, "messages": [_oai_image_message()]},
     "tools: [x]": {"tools": ["x"], "messages": [_oai_image_message()]},
@@ -238,8 +274,14 @@ def _rekeyed(body: dict, key: str, old: str = "images") -> bytes:
 @pytest.mark.parametrize("key", ["\\u0069mages", "IMAGES", "Images", "image\\u0073"])
 def test_images_under_an_escaped_or_recased_key_never_reach_the_model(fresh, key):
     fresh.fake.script(f"It says {OCR_TEXT}.")
-    raw = _rekeyed({"model": MODEL, "stream": False, "messages": [
-        {"role": "user", "content": "What is written here?", "images": [IMAGE_B64]}]}, key)
+    raw = _rekeyed(
+        {
+            "model": MODEL,
+            "stream": False,
+            "messages": [{"role": "user", "content": "What is written here?", "images": [IMAGE_B64]}],
+        },
+        key,
+    )
     r = httpx.post(fresh.url + "/api/chat", content=raw, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["message"]["content"] == f"It says {OCR_TEXT}."
@@ -260,8 +302,11 @@ def test_escaped_key_on_generate_and_on_a_load_request(fresh):
 
 
 def test_two_keys_for_images_are_refused(fresh):
-    raw = _rekeyed({"model": MODEL, "messages": [{"role": "user", "content": "x", "images": [],
-                                                  "IMAGES_": [IMAGE_B64]}]}, "IMAGES", old="IMAGES_")
+    raw = _rekeyed(
+        {"model": MODEL, "messages": [{"role": "user", "content": "x", "images": [], "IMAGES_": [IMAGE_B64]}]},
+        "IMAGES",
+        old="IMAGES_",
+    )
     r = httpx.post(fresh.url + "/api/chat", content=raw, timeout=10)
     assert r.status_code == 400 and "two keys" in r.json()["error"]
     assert fresh.fake.requests == []
@@ -340,13 +385,16 @@ class RawUpstream:
                         break
                     data += more
                 head, _, body = data.partition(b"\r\n\r\n")
-                length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n")
-                               if h.lower().startswith(b"content-length:")), 0)
+                length = next(
+                    (int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")), 0
+                )
                 while len(body) < length:
                     body += conn.recv(65536)
                 self.lines.append(head.split(b"\r\n")[0])
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"
-                             b"connection: close\r\n\r\n{}")
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"
+                    b"connection: close\r\n\r\n{}"
+                )
 
     def close(self) -> None:
         self.sock.close()
@@ -361,14 +409,21 @@ def test_forwarded_request_line_has_a_query_only_when_the_client_sent_one():
             httpx.post(proxy.url + "/api/chat", json={"model": MODEL, "messages": []})
             httpx.post(proxy.url + "/api/show", json={"model": MODEL})
             httpx.get(proxy.url + "/api/tags")
-        assert up.lines == [b"GET /api/ps HTTP/1.1", b"GET /api/ps?verbose=1&x=%20 HTTP/1.1",
-                            b"POST /api/chat HTTP/1.1", b"POST /api/show HTTP/1.1", b"GET /api/tags HTTP/1.1"]
+        assert up.lines == [
+            b"GET /api/ps HTTP/1.1",
+            b"GET /api/ps?verbose=1&x=%20 HTTP/1.1",
+            b"POST /api/chat HTTP/1.1",
+            b"POST /api/show HTTP/1.1",
+            b"GET /api/tags HTTP/1.1",
+        ]
     finally:
         up.close()
 
 
-@pytest.mark.parametrize("method,path,body", [("GET", "/api/tags", None), ("POST", "/api/show", {"model": MODEL}),
-                                              ("GET", "/api/version", None)])
+@pytest.mark.parametrize(
+    "method,path,body",
+    [("GET", "/api/tags", None), ("POST", "/api/show", {"model": MODEL}), ("GET", "/api/version", None)],
+)
 def test_one_date_and_one_server_header(fresh, method, path, body):
     r = httpx.request(method, fresh.url + path, json=body)
     assert r.status_code == 200

@@ -73,8 +73,9 @@ def test_200_concurrent_streams(capsys):
             assert all(text == ANSWER for _, text, _, _ in results)
             firsts = sorted(f for _, _, f, _ in results)
             chunks = sum(n for *_, n in results)
-            figures.append((round_no + 1, wall, chunks, firsts[len(firsts) // 2], firsts[int(len(firsts) * 0.95)],
-                            rss_mib()))
+            figures.append(
+                (round_no + 1, wall, chunks, firsts[len(firsts) // 2], firsts[int(len(firsts) * 0.95)], rss_mib())
+            )
         metrics = httpx.get(s.url + "/_vision/metrics").json()
         assert metrics["inflight"] == 1 and metrics["stream_errors"] == 0 and metrics["upstream_errors"] == 0
         assert metrics["requests"]["chat_routed"] == 2 * ROUTED
@@ -87,8 +88,10 @@ def test_200_concurrent_streams(capsys):
         with capsys.disabled():
             print(f"\nload: {CONCURRENT} concurrent streams ({ROUTED} with an image), RSS before {rss0:.0f} MiB")
             for n, wall, chunks, p50, p95, rss in figures:
-                print(f"  burst {n}: {wall:.2f} s wall, {chunks} NDJSON lines, first line p50 {p50 * 1000:.0f} ms"
-                      f" / p95 {p95 * 1000:.0f} ms, 0 errors, RSS after {rss:.0f} MiB")
+                print(
+                    f"  burst {n}: {wall:.2f} s wall, {chunks} NDJSON lines, first line p50 {p50 * 1000:.0f} ms"
+                    f" / p95 {p95 * 1000:.0f} ms, 0 errors, RSS after {rss:.0f} MiB"
+                )
             print(f"  cache: {metrics['cache']}")
     finally:
         stop_stack(s)

@@ -59,20 +59,29 @@ def test_images_stay_in_their_messages_decoded(route):
     a, b, c = png((1, 2, 3)), png((4, 5, 6)), png((7, 8, 9))
     if route == "chat":
         path = "/api/chat"
-        body = {"model": MODEL, "stream": False, "messages": [
-            {"role": "user", "content": "first", "images": [b64(a), b64(b)]},
-            {"role": "assistant", "content": "seen"},
-            {"role": "user", "content": "second", "images": [b64(c)]}]}
+        body = {
+            "model": MODEL,
+            "stream": False,
+            "messages": [
+                {"role": "user", "content": "first", "images": [b64(a), b64(b)]},
+                {"role": "assistant", "content": "seen"},
+                {"role": "user", "content": "second", "images": [b64(c)]},
+            ],
+        }
     else:
         path = "/v1/chat/completions"
 
         def part(raw: bytes) -> dict:
             return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(raw)}}
 
-        body = {"model": MODEL, "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "first"}, part(a), part(b)]},
-            {"role": "assistant", "content": "seen"},
-            {"role": "user", "content": [part(c), {"type": "text", "text": "second"}]}]}
+        body = {
+            "model": MODEL,
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "first"}, part(a), part(b)]},
+                {"role": "assistant", "content": "seen"},
+                {"role": "user", "content": [part(c), {"type": "text", "text": "second"}]},
+            ],
+        }
     from tests.fake_ollama import FakeOllama
 
     with FakeOllama(models()) as fake:
@@ -80,7 +89,7 @@ def test_images_stay_in_their_messages_decoded(route):
         with ProxyServer(create_app(settings(), registry(), fake.url, orchestrator=orch)) as proxy:
             r = httpx.post(proxy.url + path, json=body, timeout=30)
             assert r.status_code == 200, r.text
-    (messages, kw), = orch.calls
+    ((messages, kw),) = orch.calls
     assert "decoded" not in kw  # nothing to match back by position
     assert [m["content"] for m in messages] == ["first", "seen", "second"]
     first, middle, last = (m.get("images", []) for m in messages)
@@ -97,7 +106,7 @@ def test_generate_image_travels_with_the_prompt():
         with ProxyServer(create_app(settings(), registry(), fake.url, orchestrator=orch)) as proxy:
             body = {"model": MODEL, "stream": False, "system": "Be brief.", "prompt": "read", "images": [b64(a)]}
             assert httpx.post(proxy.url + "/api/generate", json=body, timeout=30).json()["response"] == "ok"
-    (messages, _), = orch.calls
+    ((messages, _),) = orch.calls
     assert [m["role"] for m in messages] == ["system", "user"] and "images" not in messages[0]
     assert [i.image_id for i in messages[1]["images"]] == [_id(a)]
 
@@ -111,10 +120,25 @@ def test_one_show_per_model_for_proxy_and_run_loop():
 
         async def burst() -> list[int]:
             async with httpx.AsyncClient(timeout=30) as c:
-                rs = await asyncio.gather(*(c.post(s.url + "/api/chat", json={
-                    "model": MODEL, "stream": False,
-                    "messages": [{"role": "user", "content": "What is written here?",
-                                  "images": [b64(png((i, 40, 90)))]}]}) for i in range(8)))
+                rs = await asyncio.gather(
+                    *(
+                        c.post(
+                            s.url + "/api/chat",
+                            json={
+                                "model": MODEL,
+                                "stream": False,
+                                "messages": [
+                                    {
+                                        "role": "user",
+                                        "content": "What is written here?",
+                                        "images": [b64(png((i, 40, 90)))],
+                                    }
+                                ],
+                            },
+                        )
+                        for i in range(8)
+                    )
+                )
             return [r.status_code for r in rs]
 
         assert asyncio.run(burst()) == [200] * 8
@@ -130,7 +154,8 @@ def test_unknown_model_keeps_ollamas_own_words_on_every_route(fresh):
     r = httpx.post(fresh.url + "/api/generate", json={"model": "ghost", "prompt": "x", "images": [img]})
     assert r.status_code == 404 and r.json() == {"error": "model 'ghost' not found"}
     part = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + img}}
-    r = httpx.post(fresh.url + "/v1/chat/completions",
-                   json={"model": "ghost", "messages": [{"role": "user", "content": [part]}]})
+    r = httpx.post(
+        fresh.url + "/v1/chat/completions", json={"model": "ghost", "messages": [{"role": "user", "content": [part]}]}
+    )
     assert r.status_code == 404 and r.json()["error"]["message"] == "model 'ghost' not found"
     assert r.json()["error"]["type"] == "not_found_error"

@@ -89,8 +89,12 @@ def models() -> list[FakeModel]:
     return [
         FakeModel(MODEL),  # text-only, tools: the routed model
         FakeModel("qwen3:4b-instruct-2507-q4_K_M"),
-        FakeModel("llava:7b", capabilities=["completion", "vision"], family="llama",
-                  projector_info={"clip.has_vision_encoder": True}),
+        FakeModel(
+            "llava:7b",
+            capabilities=["completion", "vision"],
+            family="llama",
+            projector_info={"clip.has_vision_encoder": True},
+        ),
         FakeModel("nomic-embed-text", capabilities=["embedding"], family="nomic-bert"),
     ]
 
@@ -115,8 +119,9 @@ class Stack:
         return self.proxy.app.state.proxy
 
 
-def start_stack(settings_: Settings | None = None, config: ProxyConfig | None = None,
-                fake: FakeOllama | None = None) -> Stack:
+def start_stack(
+    settings_: Settings | None = None, config: ProxyConfig | None = None, fake: FakeOllama | None = None
+) -> Stack:
     fake = fake or FakeOllama(models()).start()
     app = create_app(settings_ or settings(), registry(), fake.url, config=config)
     return Stack(fake, ProxyServer(app).start())
@@ -162,4 +167,4 @@ def ndjson(raw: bytes) -> list[dict[str, Any]]:
 
 
 def sse_events(raw: bytes) -> list[str]:
-    return [line[len(b"data: "):].decode() for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    return [line[len(b"data: ") :].decode() for line in raw.split(b"\n") if line.startswith(b"data: ")]

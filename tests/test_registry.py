@@ -15,7 +15,8 @@ from experts.registry import Registry, default_registry
 @pytest.fixture
 def plugin_dist(tmp_path, monkeypatch):
     """A third-party distribution on sys.path advertising experts through entry points."""
-    (tmp_path / "acme_vision.py").write_text(textwrap.dedent('''
+    (tmp_path / "acme_vision.py").write_text(
+        textwrap.dedent("""
         from experts.base import Expert, ExpertArgs
 
         class Args(ExpertArgs):
@@ -39,7 +40,9 @@ def plugin_dist(tmp_path, monkeypatch):
 
         def register(register):
             register(Blur)
-    '''), "utf-8")
+    """),
+        "utf-8",
+    )
     dist = tmp_path / "acme_vision-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-vision\nVersion: 1.0\n", "utf-8")

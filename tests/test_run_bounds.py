@@ -128,8 +128,9 @@ def test_tags_per_reply_are_capped_and_the_rest_reported(fake_ollama):
 
 
 def test_expert_runs_per_message_are_capped_across_rounds(fake_ollama):
-    fake_ollama.script('[VISION: detect "a"]\n[VISION: detect "b"]', '[VISION: detect "c"]\n[VISION: detect "d"]',
-                       "Done.")
+    fake_ollama.script(
+        '[VISION: detect "a"]\n[VISION: detect "b"]', '[VISION: detect "c"]\n[VISION: detect "d"]', "Done."
+    )
     final = orch(fake_ollama, max_expert_runs=3).ask("look", [IMG])
     assert [e.args.get("query") for e in final.trace.experts] == ["a", "b", "c"]
     assert final.trace.skipped == ["detect on image 1 (tag): over 3 expert runs"]

@@ -19,8 +19,10 @@ def test_basic_forms_and_visible_text():
 
 
 def test_free_text_key_values_and_image_index():
-    _, tags = parse_tags('[VISION: detect "person" image=2] [vision: clip "monet, cyberpunk"] '
-                         '[VISION: detect query=face min_area="0.01"]')
+    _, tags = parse_tags(
+        '[VISION: detect "person" image=2] [vision: clip "monet, cyberpunk"] '
+        '[VISION: detect query=face min_area="0.01"]'
+    )
     assert [(t.name, t.query, t.args, t.image) for t in tags] == [
         ("detect", "person", {}, 2),
         ("clip", "monet, cyberpunk", {}, None),

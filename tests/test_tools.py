@@ -31,9 +31,14 @@ from tests.test_proxy_support import (
     stop_stack,
 )
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 def call(name: str, **arguments) -> dict:
@@ -149,8 +154,9 @@ def test_client_tools_are_merged_and_their_calls_handed_back(fake):
 
     async def run():
         o = orch(fake, protocol="tools")
-        return [ev async for ev in o.stream([{"role": "user", "content": "Weather?", "images": [IMAGE]}],
-                                            tools=[WEATHER])]
+        return [
+            ev async for ev in o.stream([{"role": "user", "content": "Weather?", "images": [IMAGE]}], tools=[WEATHER])
+        ]
 
     import asyncio
 
@@ -169,8 +175,9 @@ def test_tags_protocol_still_passes_client_tools(fake):
 
     async def run():
         o = orch(fake, protocol="tags")
-        return [ev async for ev in o.stream([{"role": "user", "content": "Weather?", "images": [IMAGE]}],
-                                            tools=[WEATHER])]
+        return [
+            ev async for ev in o.stream([{"role": "user", "content": "Weather?", "images": [IMAGE]}], tools=[WEATHER])
+        ]
 
     import asyncio
 
@@ -191,8 +198,11 @@ def test_proxy_tools_protocol_end_to_end(tools_stack):
     s = tools_stack
     s.fake.reset()
     s.fake.script(Reply(tool_calls=[call("vision_ocr", image=1)]), Reply(f"It says {OCR_TEXT}.", chunk_size=3))
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about it", "images": [IMAGE_B64]}],
-            "tools": []}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me about it", "images": [IMAGE_B64]}],
+        "tools": [],
+    }
     chunks = ndjson(httpx.post(s.url + "/api/chat", json=body, timeout=30).content)
     assert "".join(c["message"]["content"] for c in chunks) == f"It says {OCR_TEXT}."
     assert [c["done"] for c in chunks].count(True) == 1
@@ -204,8 +214,11 @@ def test_proxy_hands_client_tool_calls_back_natively(tools_stack):
     s = tools_stack
     s.fake.reset()
     s.fake.script(Reply(tool_calls=[call("get_weather", city="Tokyo")]))
-    body = {"model": MODEL, "tools": [WEATHER],
-            "messages": [{"role": "user", "content": "Weather where this was taken?", "images": [IMAGE_B64]}]}
+    body = {
+        "model": MODEL,
+        "tools": [WEATHER],
+        "messages": [{"role": "user", "content": "Weather where this was taken?", "images": [IMAGE_B64]}],
+    }
     chunks = ndjson(httpx.post(s.url + "/api/chat", json=body, timeout=30).content)
     with_calls = [c for c in chunks if c["message"].get("tool_calls")]
     assert len(with_calls) == 1 and with_calls[0]["done"] is False
@@ -220,9 +233,20 @@ def test_proxy_hands_client_tool_calls_back_on_openai_route(tools_stack):
     s = tools_stack
     s.fake.reset()
     s.fake.script(Reply(tool_calls=[call("get_weather", city="Tokyo")]))
-    body = {"model": MODEL, "stream": True, "tools": [WEATHER], "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "Weather?"},
-        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{IMAGE_B64}"}}]}]}
+    body = {
+        "model": MODEL,
+        "stream": True,
+        "tools": [WEATHER],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Weather?"},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{IMAGE_B64}"}},
+                ],
+            }
+        ],
+    }
     events = sse_events(httpx.post(s.url + "/v1/chat/completions", json=body, timeout=30).content)
     assert events[-1] == "[DONE]"
     objs = [json.loads(e) for e in events[:-1]]
@@ -232,9 +256,15 @@ def test_proxy_hands_client_tool_calls_back_on_openai_route(tools_stack):
     assert [o["choices"][0]["finish_reason"] for o in objs if o["choices"][0]["finish_reason"]] == ["tool_calls"]
     # The client runs the tool and continues: its tool message finds its way back by tool_call_id.
     s.fake.script("It is sunny in Tokyo.", "It is sunny in Tokyo.")  # the fallback experts ask twice
-    follow = dict(body, stream=False, messages=body["messages"] + [
-        {"role": "assistant", "content": None, "tool_calls": [dict(calls[0], index=None)]},
-        {"role": "tool", "tool_call_id": calls[0]["id"], "content": "sunny"}])
+    follow = dict(
+        body,
+        stream=False,
+        messages=body["messages"]
+        + [
+            {"role": "assistant", "content": None, "tool_calls": [dict(calls[0], index=None)]},
+            {"role": "tool", "tool_call_id": calls[0]["id"], "content": "sunny"},
+        ],
+    )
     out = httpx.post(s.url + "/v1/chat/completions", json=follow, timeout=30).json()
     assert out["choices"][0]["message"]["content"] == "It is sunny in Tokyo."
     last = s.fake.calls("/api/chat")[-1]["messages"]

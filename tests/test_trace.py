@@ -16,17 +16,31 @@ def full_trace() -> Trace:
         ignored_tags=["[VISION: clip]"],
         malformed_tags=["[VISION: 42]"],
         experts=[
-            TraceExpert(expert="detect", image=1, args={"query": "person"}, source="keyword", timing_ms=12.345,
-                        cached=False),
+            TraceExpert(
+                expert="detect", image=1, args={"query": "person"}, source="keyword", timing_ms=12.345, cached=False
+            ),
             TraceExpert(expert="ocr", image=1, source="tag", timing_ms=0.2, cached=True),
-            TraceExpert(expert="caption", image=1, source="tag", timing_ms=1500.0, cached=False,
-                        error="caption: engine not installed: pip install 'ollama-vision-router[caption]'"),
+            TraceExpert(
+                expert="caption",
+                image=1,
+                source="tag",
+                timing_ms=1500.0,
+                cached=False,
+                error="caption: engine not installed: pip install 'ollama-vision-router[caption]'",
+            ),
         ],
         llm_calls=[
-            LLMCall(turn=1, prompt_eval_count=512, eval_count=9, total_ms=230.4, first_token_ms=40.2,
-                    tags=["[VISION: ocr]"]),
-            LLMCall(turn=2, prompt_eval_count=900, eval_count=80, total_ms=1200.0, first_token_ms=35.0,
-                    tool_calls=["vision_caption"]),
+            LLMCall(
+                turn=1, prompt_eval_count=512, eval_count=9, total_ms=230.4, first_token_ms=40.2, tags=["[VISION: ocr]"]
+            ),
+            LLMCall(
+                turn=2,
+                prompt_eval_count=900,
+                eval_count=80,
+                total_ms=1200.0,
+                first_token_ms=35.0,
+                tool_calls=["vision_caption"],
+            ),
         ],
         rounds=2,
         protocol_injected=True,
@@ -38,15 +52,17 @@ def full_trace() -> Trace:
 def test_render_trace_shows_the_decision_path():
     text = render_trace(full_trace())
     lines = text.splitlines()
-    assert lines[0] == ("trace: qwen3-vision | 1 image (960x640 PNG) | 2 expert rounds | 2 LLM calls "
-                        "(1412 prompt + 89 output tokens) | 1600 ms")
+    assert lines[0] == (
+        "trace: qwen3-vision | 1 image (960x640 PNG) | 2 expert rounds | 2 LLM calls "
+        "(1412 prompt + 89 output tokens) | 1600 ms"
+    )
     assert "  keyword    'how many' -> detect query=person" in lines
     assert "  tag        [VISION: ocr]" in lines
     assert "  ignored    [VISION: clip] (no expert rounds left)" in lines
     assert "  malformed  [VISION: 42]" in lines
     assert "  protocol   tag protocol sent as a system message" in lines
     i = lines.index("  experts")
-    header, detect, ocr, caption = lines[i + 1: i + 5]
+    header, detect, ocr, caption = lines[i + 1 : i + 5]
     assert header.split() == ["expert", "image", "asked", "by", "ms", "cache", "result"]
     assert detect.split() == ["detect", "query=person", "1", "keyword", "12.3", "miss", "ok"]
     assert ocr.split() == ["ocr", "1", "tag", "0.2", "hit", "ok"]
@@ -79,9 +95,21 @@ def test_summary_and_json():
     t = full_trace()
     s = trace_summary(t)
     assert s == {
-        "model": "qwen3-vision", "images": 1, "keywords": ["detect"], "tags": 1, "malformed_tags": 1,
-        "ignored_tags": 1, "experts": 3, "expert_errors": 1, "cache_hits": 1, "expert_ms": 1512.55,
-        "llm_calls": 2, "prompt_tokens": 1412, "output_tokens": 89, "rounds": 2, "fallback": False,
+        "model": "qwen3-vision",
+        "images": 1,
+        "keywords": ["detect"],
+        "tags": 1,
+        "malformed_tags": 1,
+        "ignored_tags": 1,
+        "experts": 3,
+        "expert_errors": 1,
+        "cache_hits": 1,
+        "expert_ms": 1512.55,
+        "llm_calls": 2,
+        "prompt_tokens": 1412,
+        "output_tokens": 89,
+        "rounds": 2,
+        "fallback": False,
         "total_ms": 1600.0,
     }
     data = trace_json(t)

@@ -37,10 +37,12 @@ def test_every_failure_maps_to_one_line_and_a_status():
     host = "http://127.0.0.1:11434"
     missing = upstream_error(ollama.ResponseError("model 'x' not found", 404), host, "x", protocol_model="x")
     assert isinstance(missing, ModelNotFound) and missing.status == 404 and missing.detail == "model 'x' not found"
-    assert str(missing) == (f"model 'x' not found at {host}: create it with "
-                            f"`ollama pull {BASE_MODEL} && ollama create x -f Modelfile`")
-    assert "run `ollama pull e`" in str(upstream_error(ollama.ResponseError("nope", 404), host, "e",
-                                                       missing="run `ollama pull e`"))
+    assert str(missing) == (
+        f"model 'x' not found at {host}: create it with `ollama pull {BASE_MODEL} && ollama create x -f Modelfile`"
+    )
+    assert "run `ollama pull e`" in str(
+        upstream_error(ollama.ResponseError("nope", 404), host, "e", missing="run `ollama pull e`")
+    )
     assert error_reply(ollama.ResponseError("out of memory", 500), host) == (500, f"Ollama at {host}: out of memory")
     assert error_reply(ollama.ResponseError("broke mid-stream"), host)[0] == 502  # no status of its own
     down = upstream_error(ConnectionError("refused"), host)

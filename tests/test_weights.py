@@ -81,5 +81,7 @@ def test_clip_pretrained_table_matches_open_clip():
         want = get_pretrained_cfg(model, tag)
         got = pretrained_cfg(model, tag.upper().replace("_", "-"))  # open_clip normalises case and dashes
         assert (got.get("hf_hub", ""), got.get("url", "")) == (want.get("hf_hub", ""), want.get("url", "")), (
-            model, tag)
+            model,
+            tag,
+        )
     assert pretrained_cfg("ViT-B-32", "no-such-tag") == {}

@@ -32,8 +32,16 @@ MAX_SIDE = 2048  # larger ones are reduced: an annotation is for looking at, not
 OCR_COLOUR = (255, 145, 0)
 # Distinct colours for detection labels (a label keeps its colour across images).
 PALETTE = [
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (145, 30, 180), (240, 50, 230),
-    (0, 128, 128), (128, 128, 0), (170, 110, 40), (0, 0, 128), (128, 0, 0),
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (145, 30, 180),
+    (240, 50, 230),
+    (0, 128, 128),
+    (128, 128, 0),
+    (170, 110, 40),
+    (0, 0, 128),
+    (128, 0, 0),
 ]
 HALO = (255, 255, 255)
 STRIP_BG = (30, 30, 30)
@@ -204,7 +212,7 @@ def render(image: DecodedImage | Image.Image, analysis: ImageAnalysis, *, font_p
             head = f"{key}:"
             draw.text((x, y), head, font=strip_font, fill=STRIP_KEY)
             x += strip_font.getlength(head)
-            part = part[len(head):]
+            part = part[len(head) :]
         draw.text((x, y), part, font=strip_font, fill=STRIP_FG)
         y += line_h
     return Annotated(canvas, scale, font_file, strip_h, labels)
@@ -343,8 +351,11 @@ def _text_offset(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) 
 def _warn_missing_cjk(a: ImageAnalysis, font_file: str) -> None:
     texts = [t.text for t in a.text] + [b.label for b in a.bbox] + [a.caption or ""]
     if any(_is_cjk(c) for s in texts for c in s) and not font_has_cjk(font_file):
-        log.warning("no CJK font found (used %s): Chinese text may show as boxes; install fonts-wqy-zenhei "
-                    "or set VISION_ROUTER_FONT", font_file)
+        log.warning(
+            "no CJK font found (used %s): Chinese text may show as boxes; install fonts-wqy-zenhei "
+            "or set VISION_ROUTER_FONT",
+            font_file,
+        )
 
 
 def _is_cjk(c: str) -> bool:

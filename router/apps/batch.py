@@ -171,10 +171,17 @@ class BatchSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "total": self.total, "done": self.done, "failed": self.failed, "skipped": self.skipped,
-            "cached": self.cached, "seconds": round(self.seconds, 3), "cache_hits": self.cache_hits,
-            "cache_misses": self.cache_misses, "hit_rate": round(self.hit_rate, 4),
-            "saved_s": round(self.saved_ms / 1000, 3), "interrupted": self.interrupted,
+            "total": self.total,
+            "done": self.done,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "cached": self.cached,
+            "seconds": round(self.seconds, 3),
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
+            "hit_rate": round(self.hit_rate, 4),
+            "saved_s": round(self.saved_ms / 1000, 3),
+            "interrupted": self.interrupted,
         }
 
     def render(self) -> str:
@@ -248,9 +255,18 @@ def read_done(out: Path, retry_failed: bool = False) -> Seen:
 # Parquet is written whole at the end (its footer comes last), so the lines go to a journal next to it
 # first: a killed run loses nothing, and the next run (with --resume) folds the journal in.
 PARQUET_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("path", "string"), ("image_id", "string"), ("width", "int64"), ("height", "int64"), ("format", "string"),
-    ("experts", "json"), ("result", "json"), ("answer", "string"), ("cached", "bool"), ("status", "string"),
-    ("error", "string"), ("seconds", "float64"),
+    ("path", "string"),
+    ("image_id", "string"),
+    ("width", "int64"),
+    ("height", "int64"),
+    ("format", "string"),
+    ("experts", "json"),
+    ("result", "json"),
+    ("answer", "string"),
+    ("cached", "bool"),
+    ("status", "string"),
+    ("error", "string"),
+    ("seconds", "float64"),
 )
 
 
@@ -291,11 +307,25 @@ def _read_parquet_rows(out: Path) -> list[dict[str, Any]]:
 def write_parquet(out: Path, lines: Iterable[dict[str, Any]]) -> None:
     """Lines (as written to JSONL) as one Parquet file; nested ``experts``/``result`` are JSON strings."""
     pa, pq = _pyarrow()
-    types = {"string": pa.string(), "json": pa.string(), "int64": pa.int64(), "bool": pa.bool_(),
-             "float64": pa.float64()}
+    types = {
+        "string": pa.string(),
+        "json": pa.string(),
+        "int64": pa.int64(),
+        "bool": pa.bool_(),
+        "float64": pa.float64(),
+    }
     schema = pa.schema([(name, types[kind]) for name, kind in PARQUET_COLUMNS])
-    rows = [{name: (json.dumps(line[name], ensure_ascii=False) if kind == "json" and line.get(name) is not None
-                    else line.get(name)) for name, kind in PARQUET_COLUMNS} for line in lines]
+    rows = [
+        {
+            name: (
+                json.dumps(line[name], ensure_ascii=False)
+                if kind == "json" and line.get(name) is not None
+                else line.get(name)
+            )
+            for name, kind in PARQUET_COLUMNS
+        }
+        for line in lines
+    ]
     tmp = out.with_name(out.name + ".tmp")
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
     os.replace(tmp, out)  # readers never see half a file
@@ -318,8 +348,12 @@ class LineSink:
     """Where lines go: a JSONL file (appended, one flushed write per line), a stream, or a Parquet file
     through its journal. ``close`` writes the Parquet file."""
 
-    def __init__(self, out: str | Path | None, stream: IO[str] | None = None,
-                 on_line: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        out: str | Path | None,
+        stream: IO[str] | None = None,
+        on_line: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.out = Path(out) if out is not None else None
         self.on_line = on_line
         if self.out is not None and is_parquet(self.out):
@@ -399,8 +433,9 @@ def failed_line(line: dict[str, Any], error: str) -> dict[str, Any]:
     return line
 
 
-def finish_line(line: dict[str, Any], results: Sequence[ExpertResult], *, answer: str | None = None,
-                answered: bool = True) -> dict[str, Any]:
+def finish_line(
+    line: dict[str, Any], results: Sequence[ExpertResult], *, answer: str | None = None, answered: bool = True
+) -> dict[str, Any]:
     """Complete a line from its expert results (and the model's answer): merged result, per-expert
     notes, status. A line whose experts all failed, or whose question got no answer, is an error line
     that keeps what was found."""
@@ -443,8 +478,14 @@ def ask_messages(question: str, system: str | None, img: DecodedImage) -> list[d
     return messages
 
 
-async def record_of(path: str | Path, orch: Any, specs: Sequence[ExpertSpec], question: str | None,
-                    system: str | None, seen: Seen | None = None) -> dict[str, Any] | None:
+async def record_of(
+    path: str | Path,
+    orch: Any,
+    specs: Sequence[ExpertSpec],
+    question: str | None,
+    system: str | None,
+    seen: Seen | None = None,
+) -> dict[str, Any] | None:
     """The whole line for one image (None when resume skips it): read, experts, model. Raises only
     for what would fail every image (model missing, Ollama unreachable)."""
     t0 = time.perf_counter()
@@ -460,8 +501,14 @@ async def record_of(path: str | Path, orch: Any, specs: Sequence[ExpertSpec], qu
     return line
 
 
-async def complete(line: dict[str, Any], img: DecodedImage, orch: Any, specs: Sequence[ExpertSpec],
-                   question: str | None, system: str | None) -> dict[str, Any]:
+async def complete(
+    line: dict[str, Any],
+    img: DecodedImage,
+    orch: Any,
+    specs: Sequence[ExpertSpec],
+    question: str | None,
+    system: str | None,
+) -> dict[str, Any]:
     """Run the experts (or, with a question, the router and the model) on a decoded image and
     finish its line."""
     if question is None:
@@ -478,8 +525,9 @@ async def complete(line: dict[str, Any], img: DecodedImage, orch: Any, specs: Se
 
 
 # --- the run ------------------------------------------------------------------------------------
-def resolve_specs(registry: Any, settings: Any, experts: Sequence[str | ExpertSpec] | None,
-                  question: str | None) -> list[ExpertSpec]:
+def resolve_specs(
+    registry: Any, settings: Any, experts: Sequence[str | ExpertSpec] | None, question: str | None
+) -> list[ExpertSpec]:
     """The experts a batch runs, checked once: named ones (unknown names and bad arguments fail now),
     else the installed fallback experts when there is no question (with one, the router decides)."""
     specs = [(e, {}) if isinstance(e, str) else (e[0], dict(e[1])) for e in experts or ()]
@@ -587,8 +635,7 @@ def progress_bar(total: int, enabled: bool, file: IO[str] | None, desc: str = "b
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", desc=desc, file=file or sys.stderr, dynamic_ncols=True,
-                mininterval=0.2)
+    return tqdm(total=total, unit="img", desc=desc, file=file or sys.stderr, dynamic_ncols=True, mininterval=0.2)
 
 
 _progress_bar = progress_bar  # the name earlier versions used

@@ -56,6 +56,7 @@ SYSTEM_TITLES = {
     "router": "router",
 }
 
+
 # --- the suite ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
@@ -203,8 +204,15 @@ class ExpertScore:
         return 2 * p * r / (p + r)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"tp": self.tp, "fp": self.fp, "fn": self.fn, "support": self.support,
-                "precision": _round(self.precision), "recall": _round(self.recall), "f1": _round(self.f1)}
+        return {
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "support": self.support,
+            "precision": _round(self.precision),
+            "recall": _round(self.recall),
+            "f1": _round(self.f1),
+        }
 
 
 @dataclass
@@ -231,8 +239,12 @@ class SystemScore:
             "overall": self.overall.as_dict(),
             "exact": self.exact,
             "exact_rate": _round(_rate(self.exact, self.prompts)),
-            "no_expert": {"prompts": self.none_needed, "ok": self.none_ok, "asked_wrongly": self.none_wrong,
-                          "rate": _round(_rate(self.none_ok, self.none_needed))},
+            "no_expert": {
+                "prompts": self.none_needed,
+                "ok": self.none_ok,
+                "asked_wrongly": self.none_wrong,
+                "rate": _round(_rate(self.none_ok, self.none_needed)),
+            },
             "silent": self.silent,
         }
 
@@ -308,9 +320,15 @@ class CaseResult:
     def as_dict(self) -> dict[str, Any]:
         c = self.case
         out: dict[str, Any] = {
-            "id": c.id, "lang": c.lang, "category": c.category, "images": c.images, "prompt": c.prompt,
-            "expect": sorted(c.expect), "accept": sorted(c.accept),
-            "keywords": self.keywords, "keyword_hits": self.keyword_hits,
+            "id": c.id,
+            "lang": c.lang,
+            "category": c.category,
+            "images": c.images,
+            "prompt": c.prompt,
+            "expect": sorted(c.expect),
+            "accept": sorted(c.accept),
+            "keywords": self.keywords,
+            "keyword_hits": self.keyword_hits,
         }
         if self.turn is not None:
             out["model"] = asdict(self.turn)
@@ -340,8 +358,9 @@ class Report:
         if self.with_model:
             ok = [r for r in self.cases if r.turn is not None and not r.turn.error]
             out["model"] = score("model", ((r.case, r.turn.asked) for r in ok), self.experts)  # type: ignore[union-attr]
-            out["router"] = score("router", ((r.case, r.router) for r in self.cases if r.router is not None),
-                                  self.experts)
+            out["router"] = score(
+                "router", ((r.case, r.router) for r in self.cases if r.router is not None), self.experts
+            )
         return out
 
     def model_stats(self) -> dict[str, Any]:
@@ -358,9 +377,12 @@ class Report:
             "prompts_with_malformed": sum(1 for t in ok if t.malformed),
             "unclosed_tags": sum(t.unclosed for t in ok),
             "unknown_experts": sum(len(t.unknown) for t in ok),
-            "latency_ms": {"mean": _round(sum(lat) / len(lat), 1) if lat else None,
-                           "p50": _round(_percentile(lat, 50), 1), "p95": _round(_percentile(lat, 95), 1),
-                           "max": _round(lat[-1], 1) if lat else None},
+            "latency_ms": {
+                "mean": _round(sum(lat) / len(lat), 1) if lat else None,
+                "p50": _round(_percentile(lat, 50), 1),
+                "p95": _round(_percentile(lat, 95), 1),
+                "max": _round(lat[-1], 1) if lat else None,
+            },
             "first_token_ms": {"p50": _round(_percentile(first, 50), 1), "p95": _round(_percentile(first, 95), 1)},
             "prompt_tokens": sum(t.prompt_tokens for t in ok),
             "output_tokens": sum(t.output_tokens for t in ok),
@@ -410,7 +432,7 @@ class Evaluator:
     def resolve_tool(self, name: str) -> str | None:
         """The canonical expert for a tool call: only ``vision_<expert>`` names are ours."""
         n = name.strip()
-        return self.resolve(n[len(TOOL_PREFIX):]) if n.startswith(TOOL_PREFIX) else None
+        return self.resolve(n[len(TOOL_PREFIX) :]) if n.startswith(TOOL_PREFIX) else None
 
     def keyword_decision(self, case: Case) -> tuple[list[str], list[str]]:
         if case.images == 0:  # the orchestrator routes keywords only when an image is attached
@@ -454,14 +476,21 @@ class Evaluator:
         report.wall_s = time.perf_counter() - t0
         return report
 
-    def _record(self, report: Report, result: CaseResult, total: int,
-                on_progress: Callable[[int, int, CaseResult], None] | None) -> None:
+    def _record(
+        self, report: Report, result: CaseResult, total: int, on_progress: Callable[[int, int, CaseResult], None] | None
+    ) -> None:
         report.cases.append(result)
         if on_progress is not None:
             on_progress(len(report.cases), total, result)
 
-    async def _with_model(self, report: Report, cases: list[Case], upstream: Upstream, inject_protocol: str,
-                          on_progress: Callable[[int, int, CaseResult], None] | None) -> None:
+    async def _with_model(
+        self,
+        report: Report,
+        cases: list[Case],
+        upstream: Upstream,
+        inject_protocol: str,
+        on_progress: Callable[[int, int, CaseResult], None] | None,
+    ) -> None:
         """Turn 1 of every case, through the run loop's gateway and with its rules."""
         assert report.model is not None and report.protocol is not None
         strategy = TOOLS if report.protocol == "tools" else TAGS
@@ -476,8 +505,14 @@ class Evaluator:
             result.turn = await self._turn(upstream, report.model, messages, tools, report.max_tokens)
             self._record(report, result, len(cases), on_progress)
 
-    async def _turn(self, upstream: Upstream, model: str, messages: list[Message], tools: list[dict[str, Any]] | None,
-                    max_tokens: int | None) -> Turn:
+    async def _turn(
+        self,
+        upstream: Upstream,
+        model: str,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None,
+        max_tokens: int | None,
+    ) -> Turn:
         turn = Turn()
         parser = TagParser()
         raw: list[str] = []
@@ -536,15 +571,24 @@ def turn1_messages(suite: Suite, case: Case, prompt: str | None) -> list[Message
 
 def _minimal_tool(expert: str) -> dict[str, Any]:
     """A tool definition for an expert that is not installed here (the benchmark still offers it)."""
-    return {"type": "function", "function": {
-        "name": f"{TOOL_PREFIX}{expert}",
-        "description": f"The {expert} vision expert.",
-        "parameters": {"type": "object", "properties": {
-            toolspec.IMAGE_ARG: {"type": "integer", "minimum": 1,
-                                 "description": "Which attached image to look at, 1-based (default: the newest)."},
-            "query": {"type": "string", "description": "Optional free text."},
-        }},
-    }}
+    return {
+        "type": "function",
+        "function": {
+            "name": f"{TOOL_PREFIX}{expert}",
+            "description": f"The {expert} vision expert.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    toolspec.IMAGE_ARG: {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Which attached image to look at, 1-based (default: the newest).",
+                    },
+                    "query": {"type": "string", "description": "Optional free text."},
+                },
+            },
+        },
+    }
 
 
 # --- output ---------------------------------------------------------------------------------------
@@ -587,13 +631,17 @@ def render_report(report: Report) -> str:
         st = report.model_stats()
         lat, ft = st["latency_ms"], st["first_token_ms"]
         lines.append("")
-        lines.append(f"model turn 1: {st['calls']} calls, {st['errors']} errors; {st['tags']} tags, "
-                     f"{st['tool_calls']} tool calls; malformed tags {st['malformed_tags']} "
-                     f"(in {st['prompts_with_malformed']} prompts), unclosed {st['unclosed_tags']}, "
-                     f"unknown experts {st['unknown_experts']}")
-        lines.append(f"latency ms: mean {_ms(lat['mean'])}, p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, "
-                     f"max {_ms(lat['max'])}; first token p50 {_ms(ft['p50'])}; "
-                     f"tokens {st['prompt_tokens']} prompt + {st['output_tokens']} output")
+        lines.append(
+            f"model turn 1: {st['calls']} calls, {st['errors']} errors; {st['tags']} tags, "
+            f"{st['tool_calls']} tool calls; malformed tags {st['malformed_tags']} "
+            f"(in {st['prompts_with_malformed']} prompts), unclosed {st['unclosed_tags']}, "
+            f"unknown experts {st['unknown_experts']}"
+        )
+        lines.append(
+            f"latency ms: mean {_ms(lat['mean'])}, p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, "
+            f"max {_ms(lat['max'])}; first token p50 {_ms(ft['p50'])}; "
+            f"tokens {st['prompt_tokens']} prompt + {st['output_tokens']} output"
+        )
         lines.append("router = the keyword decision when keywords matched, else the model's turn-1 request.")
     lines.append(f"({report.wall_s:.1f} s)")
     return "\n".join(ln.rstrip() for ln in lines)

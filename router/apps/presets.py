@@ -228,8 +228,7 @@ def prepare(preset_name: str, question: str | None, *, registry: Any = None, lan
     if missing:
         head = "未能检查（专家未安装）：" if lang == "zh" else "Not checked (expert not installed): "
         q += "\n" + head + "; ".join(missing)
-    return Prepared(question=q, experts=experts, system=preset.system(lang), lang=lang, preset=preset,
-                    missing=missing)
+    return Prepared(question=q, experts=experts, system=preset.system(lang), lang=lang, preset=preset, missing=missing)
 
 
 def _usable(registry: Any, name: str) -> tuple[bool, str]:

@@ -88,8 +88,11 @@ def expert_resources(settings: Any, name: str, overrides: dict[str, dict[str, An
             return default
         return max(lo, value)
 
-    return ExpertResources(num_cpus=num("num_cpus", base.num_cpus, 0.0), num_gpus=num("num_gpus", base.num_gpus, 0.0),
-                           replicas=int(num("replicas", base.replicas, 1)))
+    return ExpertResources(
+        num_cpus=num("num_cpus", base.num_cpus, 0.0),
+        num_gpus=num("num_gpus", base.num_gpus, 0.0),
+        replicas=int(num("replicas", base.replicas, 1)),
+    )
 
 
 def without_scale_keys(settings: Any) -> Any:
@@ -169,16 +172,16 @@ def intake_row(row: dict[str, Any], limits: dict[str, int], seen: Seen) -> dict[
     if state == "error":
         failed_line(intake.line, intake.error or "unreadable")
     keep = intake.image.data if intake.image is not None else b""
-    return {"path": path, "line": json.dumps(intake.line), "data": keep, "state": state,
-            "t": time.perf_counter() - t0}
+    return {"path": path, "line": json.dumps(intake.line), "data": keep, "state": state, "t": time.perf_counter() - t0}
 
 
 class ExpertStage:
     """One actor of an expert's pool: builds its router dispatcher (and the expert's model) once,
     then adds that expert's result to each row as JSON in column ``r<index>``."""
 
-    def __init__(self, index: int, name: str, args: dict[str, Any], settings: Any,
-                 registry_factory: RegistryFactory) -> None:
+    def __init__(
+        self, index: int, name: str, args: dict[str, Any], settings: Any, registry_factory: RegistryFactory
+    ) -> None:
         from router.core.orchestrator import Orchestrator
 
         self.column = f"r{index}"
@@ -201,8 +204,14 @@ class ExpertStage:
 class AskStage:
     """One actor of the ``-q`` pool: its own router asks the model about each image, experts included."""
 
-    def __init__(self, settings: Any, registry_factory: RegistryFactory, specs: list[ExpertSpec],
-                 question: str, system: str | None) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        registry_factory: RegistryFactory,
+        specs: list[ExpertSpec],
+        question: str,
+        system: str | None,
+    ) -> None:
         from router.core.orchestrator import Orchestrator
 
         self.orch = Orchestrator(settings, registry=registry_factory())
@@ -221,10 +230,18 @@ class AskStage:
 
 
 # --- the pipeline -------------------------------------------------------------------------------
-def build_pipeline(sources: Sequence[str], settings: Any, specs: list[ExpertSpec], *,
-                   registry_factory: RegistryFactory, seen: Seen | None = None, question: str | None = None,
-                   system: str | None = None, workers: int = 2,
-                   resources: dict[str, dict[str, Any]] | None = None) -> Any:
+def build_pipeline(
+    sources: Sequence[str],
+    settings: Any,
+    specs: list[ExpertSpec],
+    *,
+    registry_factory: RegistryFactory,
+    seen: Seen | None = None,
+    question: str | None = None,
+    system: str | None = None,
+    workers: int = 2,
+    resources: dict[str, dict[str, Any]] | None = None,
+) -> Any:
     """The Ray Dataset of result rows for ``sources`` (local file paths and/or URLs)."""
     import ray.data
 
@@ -232,27 +249,46 @@ def build_pipeline(sources: Sequence[str], settings: Any, specs: list[ExpertSpec
     urls = [s for s in sources if _is_url(s)]
     parts = []
     if local:
-        parts.append(ray.data.from_items([{"path": p, "bytes": None} for p in local],
-                                         override_num_blocks=min(len(local), 200)))
+        parts.append(
+            ray.data.from_items([{"path": p, "bytes": None} for p in local], override_num_blocks=min(len(local), 200))
+        )
     if urls:
         parts.append(ray.data.read_binary_files(urls, include_paths=True))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-    ds = ds.map(intake_row, fn_kwargs={"limits": settings.image_limits(), "seen": seen or Seen()},
-                num_cpus=INTAKE_CPUS)
+    ds = ds.map(intake_row, fn_kwargs={"limits": settings.image_limits(), "seen": seen or Seen()}, num_cpus=INTAKE_CPUS)
     if question is not None:
-        return ds.map(AskStage, fn_constructor_kwargs={
-            "settings": settings, "registry_factory": registry_factory, "specs": specs, "question": question,
-            "system": system}, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, workers)), num_cpus=0.5)
+        return ds.map(
+            AskStage,
+            fn_constructor_kwargs={
+                "settings": settings,
+                "registry_factory": registry_factory,
+                "specs": specs,
+                "question": question,
+                "system": system,
+            },
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, workers)),
+            num_cpus=0.5,
+        )
     for i, ((name, args), res) in enumerate(zip(specs, fit_to_cluster(specs, settings, resources), strict=True)):
-        ds = ds.map(ExpertStage, fn_constructor_kwargs={
-            "index": i, "name": name, "args": args, "settings": settings, "registry_factory": registry_factory},
+        ds = ds.map(
+            ExpertStage,
+            fn_constructor_kwargs={
+                "index": i,
+                "name": name,
+                "args": args,
+                "settings": settings,
+                "registry_factory": registry_factory,
+            },
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=res.replicas),
-            num_cpus=res.num_cpus, num_gpus=res.num_gpus or None)
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus or None,
+        )
     return ds
 
 
-def fit_to_cluster(specs: Sequence[ExpertSpec], settings: Any,
-                   resources: dict[str, dict[str, Any]] | None = None) -> list[ExpertResources]:
+def fit_to_cluster(
+    specs: Sequence[ExpertSpec], settings: Any, resources: dict[str, dict[str, Any]] | None = None
+) -> list[ExpertResources]:
     """Each expert's resources, checked against the cluster. One actor of every pool must fit beside the
     intake tasks, or Ray Data waits forever: CPU asks that do not fit are scaled down together (a
     2-core laptop runs ocr and detect at 0.875 CPU each), a GPU ask on a cluster without GPUs is an error."""
@@ -361,8 +397,17 @@ def run_batch_ray(
     try:
         connect(address)
         if sources:
-            ds = build_pipeline(sources, settings, specs, registry_factory=factory, seen=seen, question=question,
-                                system=system, workers=workers, resources=resources)
+            ds = build_pipeline(
+                sources,
+                settings,
+                specs,
+                registry_factory=factory,
+                seen=seen,
+                question=question,
+                system=system,
+                workers=workers,
+                resources=resources,
+            )
             _drain(iter_lines(ds, len(specs) if question is None else 0), summary, sink, bar)
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -391,8 +436,13 @@ def _drain(lines: Iterator[dict[str, Any] | None], summary: BatchSummary, sink: 
 
 
 # --- index --------------------------------------------------------------------------------------
-def ray_analyser(settings: Any, address: str | None = "auto", *, registry_factory: RegistryFactory | None = None,
-                 resources: dict[str, dict[str, Any]] | None = None) -> Callable[..., Iterator[tuple[str, Any]]]:
+def ray_analyser(
+    settings: Any,
+    address: str | None = "auto",
+    *,
+    registry_factory: RegistryFactory | None = None,
+    resources: dict[str, dict[str, Any]] | None = None,
+) -> Callable[..., Iterator[tuple[str, Any]]]:
     """For ``index --ray``: a function ``(paths, names) -> (path, line with results)`` pairs that runs
     the experts of the images to index on the cluster (the index itself is written by this process)."""
     settings = pinned(settings)
@@ -409,8 +459,11 @@ def ray_analyser(settings: Any, address: str | None = "auto", *, registry_factor
                 if row["state"] == "drop":
                     continue
                 line = json.loads(row["line"])
-                results = ([ExpertResult.model_validate_json(row[f"r{i}"]) for i in range(len(specs))]
-                           if row["state"] == "ok" else [])
+                results = (
+                    [ExpertResult.model_validate_json(row[f"r{i}"]) for i in range(len(specs))]
+                    if row["state"] == "ok"
+                    else []
+                )
                 yield row["path"], line, results
         except Exception as exc:
             cause = _router_error(exc)

@@ -49,14 +49,20 @@ SUMMARIES = {
 
 @click.group(cls=Group, lazy=COMMANDS, summaries=SUMMARIES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vision-router")
-@click.option("--config", type=click.Path(dir_okay=False), envvar="VISION_ROUTER_CONFIG",
-              help="config.toml (default ~/.config/vision-router/config.toml)")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    envvar="VISION_ROUTER_CONFIG",
+    help="config.toml (default ~/.config/vision-router/config.toml)",
+)
 @click.option("-v", "--verbose", count=True, help="log more (-vv for debug)")
 @click.pass_context
 def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
     """Give a text-only Ollama model eyes: vision experts answer [VISION: ...] tags."""
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
 

@@ -27,16 +27,40 @@ from router.core.trace import render_trace
 @click.option("--protocol", type=click.Choice(["tags", "tools", "auto"]), help="how the model asks for experts")
 @click.option("--preset", help="a worked task, e.g. ecommerce-main-image (see `vision-router preset list`)")
 @click.option("--rag", "rag_db", type=click.Path(file_okay=False), help="add context retrieved from this index")
-@click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False),
-              help="write each image with what the experts found drawn on it into this folder")
+@click.option(
+    "--annotate",
+    "annotate_dir",
+    type=click.Path(file_okay=False),
+    help="write each image with what the experts found drawn on it into this folder",
+)
 @click.pass_context
-def ask(ctx, images, question, model, ollama_host, as_json, no_stream, trace, max_rounds, no_cache, protocol,
-        preset, rag_db, annotate_dir):
+def ask(
+    ctx,
+    images,
+    question,
+    model,
+    ollama_host,
+    as_json,
+    no_stream,
+    trace,
+    max_rounds,
+    no_cache,
+    protocol,
+    preset,
+    rag_db,
+    annotate_dir,
+):
     """Ask MODEL a QUESTION about IMAGES (paths, or - for stdin)."""
     from router.core.orchestrator import Orchestrator
 
-    settings = settings_from(ctx, model=model, ollama_host=ollama_host, max_rounds=max_rounds,
-                         cache_dir="" if no_cache else None, protocol=protocol)
+    settings = settings_from(
+        ctx,
+        model=model,
+        ollama_host=ollama_host,
+        max_rounds=max_rounds,
+        cache_dir="" if no_cache else None,
+        protocol=protocol,
+    )
     forced: list[tuple[str, dict[str, Any]]] = []
     extra_context: str | None = None
     system: str | None = None
@@ -63,8 +87,7 @@ def ask(ctx, images, question, model, ollama_host, as_json, no_stream, trace, ma
     if system:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": question, "images": decoded})
-    final = orch.chat(messages, on_text=on_text if stream_out else None, experts=forced,
-                      extra_context=extra_context)
+    final = orch.chat(messages, on_text=on_text if stream_out else None, experts=forced, extra_context=extra_context)
     if as_json:
         click.echo(json.dumps(_final_json(final), ensure_ascii=False, indent=2))
     else:

@@ -7,8 +7,10 @@ import click
 from router.commands import common
 from router.commands.common import settings_from
 
-_RAY_HELP = ("run as a Ray Data pipeline, one actor pool per expert: auto (RAY_ADDRESS or a running cluster, "
-             "else a local one), local, or a cluster ADDRESS; paths may then also be URLs such as s3://bucket/dir")
+_RAY_HELP = (
+    "run as a Ray Data pipeline, one actor pool per expert: auto (RAY_ADDRESS or a running cluster, "
+    "else a local one), local, or a cluster ADDRESS; paths may then also be URLs such as s3://bucket/dir"
+)
 
 
 class PathOrURL(click.Path):
@@ -22,20 +24,37 @@ class PathOrURL(click.Path):
 
 def ray_option(f):
     """``--ray [auto|local|ADDRESS]`` (alone: auto)."""
-    return click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None,
-                        metavar="[auto|local|ADDRESS]", help=_RAY_HELP)(f)
+    return click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value="auto",
+        default=None,
+        metavar="[auto|local|ADDRESS]",
+        help=_RAY_HELP,
+    )(f)
 
 
 @click.command("batch")
 @click.argument("paths", nargs=-1, required=True, type=PathOrURL(exists=True))
-@click.option("-e", "--experts", "experts_spec", metavar="LIST",
-              help="experts to run, e.g. ocr,detect or detect:mode=measure (default: the fallback experts)")
+@click.option(
+    "-e",
+    "--experts",
+    "experts_spec",
+    metavar="LIST",
+    help="experts to run, e.g. ocr,detect or detect:mode=measure (default: the fallback experts)",
+)
 @click.option("-q", "--question", help="also ask the model this about every image (its answer goes in the line)")
 @click.option("--preset", help="run a preset's experts and question on every image (see `vision-router preset list`)")
-@click.option("-o", "--out", type=click.Path(dir_okay=False),
-              help="JSONL file to append to (default: stdout); a .parquet name writes Parquet")
-@click.option("-w", "--workers", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="images in flight at once")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="JSONL file to append to (default: stdout); a .parquet name writes Parquet",
+)
+@click.option(
+    "-w", "--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="images in flight at once"
+)
 @click.option("--resume", is_flag=True, help="skip images whose image_id is already in --out")
 @click.option("--retry-failed", is_flag=True, help="with --resume: try the images that failed before again")
 @click.option("-m", "--model", help="Ollama model for -q (default qwen3-vision)")
@@ -44,8 +63,22 @@ def ray_option(f):
 @click.option("--no-progress", is_flag=True, help="no progress bar on stderr")
 @ray_option
 @click.pass_context
-def batch_command(ctx, paths, experts_spec, question, preset, out, workers, resume, retry_failed, model,
-                  ollama_host, no_cache, no_progress, ray_address):
+def batch_command(
+    ctx,
+    paths,
+    experts_spec,
+    question,
+    preset,
+    out,
+    workers,
+    resume,
+    retry_failed,
+    model,
+    ollama_host,
+    no_cache,
+    no_progress,
+    ray_address,
+):
     """Run experts (and with -q the model) on every image under PATHS; one JSON line per image.
 
     Folders are searched recursively; images are recognised by their content, not their names. A
@@ -64,8 +97,16 @@ def batch_command(ctx, paths, experts_spec, question, preset, out, workers, resu
         question, system = prepared.question, prepared.system
         specs = specs or list(prepared.experts)
     summary = BatchSummary()
-    opts = dict(out=out, experts=specs, question=question, system=system, workers=workers, resume=resume,
-                retry_failed=retry_failed, progress=not no_progress)
+    opts = dict(
+        out=out,
+        experts=specs,
+        question=question,
+        system=system,
+        workers=workers,
+        resume=resume,
+        retry_failed=retry_failed,
+        progress=not no_progress,
+    )
     try:
         if ray_address:
             from functools import partial
@@ -81,8 +122,9 @@ def batch_command(ctx, paths, experts_spec, question, preset, out, workers, resu
             orch = Orchestrator(settings, registry=common.configured_registry(settings))
             summary = run_batch(paths, orch, **opts)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: the lines written so far are complete; rerun with --resume{_out_hint(out)}",
-                   err=True)
+        click.echo(
+            f"\ninterrupted: the lines written so far are complete; rerun with --resume{_out_hint(out)}", err=True
+        )
         raise
     click.echo(summary.render(), err=True)
     if summary.failed and not summary.done:

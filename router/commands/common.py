@@ -20,8 +20,9 @@ class Group(click.Group):
     concern per module); ``lazy`` maps a command name to ``module:attribute``.
     """
 
-    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, summaries: dict[str, str] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, lazy: dict[str, str] | None = None, summaries: dict[str, str] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.lazy = dict(lazy or {})
         self.summaries = dict(summaries or {})
@@ -87,9 +88,14 @@ def _missing_extra(name: str, module: str | None) -> click.Command:
     def fail(**_: Any) -> None:
         raise click.ClickException(message)
 
-    return click.Command(name, callback=fail, help=f"[not installed: {extra_hint(module)}]",
-                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                         params=[click.Argument(["args"], nargs=-1, required=False)], add_help_option=False)
+    return click.Command(
+        name,
+        callback=fail,
+        help=f"[not installed: {extra_hint(module)}]",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        params=[click.Argument(["args"], nargs=-1, required=False)],
+        add_help_option=False,
+    )
 
 
 def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
@@ -115,9 +121,18 @@ def parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def extra_hint(module: str | None) -> str:
     """The pip command that brings in MODULE's extra."""
-    extras = {"mcp": "mcp", "ray": "ray", "uvicorn": "serve", "starlette": "serve", "open_clip": "clip",
-              "torch": "clip or caption", "transformers": "caption", "qdrant_client": "rag", "rapidocr": "ocr",
-              "paddleocr": "ocr"}
+    extras = {
+        "mcp": "mcp",
+        "ray": "ray",
+        "uvicorn": "serve",
+        "starlette": "serve",
+        "open_clip": "clip",
+        "torch": "clip or caption",
+        "transformers": "caption",
+        "qdrant_client": "rag",
+        "rapidocr": "ocr",
+        "paddleocr": "ocr",
+    }
     top = (module or "").split(".")[0]
     extra = extras.get(top)
     return f"pip install 'ollama-vision-router[{extra}]'" if extra else "see the README"

@@ -62,8 +62,10 @@ def demo(ctx, model, ollama_host, save):
     final = orch.ask(DEMO_QUESTION, [img], on_text=lambda t: click.echo(t, nl=False))
     click.echo("")
     if not final.answered:
-        click.echo(f"(no answer from {settings.model}: it kept asking for experts or replied with nothing; small "
-                   "models sometimes do. The experts' findings are above. Try again, or a larger base model.)")
+        click.echo(
+            f"(no answer from {settings.model}: it kept asking for experts or replied with nothing; small "
+            "models sometimes do. The experts' findings are above. Try again, or a larger base model.)"
+        )
     click.echo(render_trace(final.trace), err=True)
 
 

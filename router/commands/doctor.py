@@ -63,7 +63,9 @@ async def _ollama_checks(upstream: Any, model: str) -> list[dict[str, Any]]:
     has = PROTOCOL_MARKER in (shown.modelfile or "")
     caps = ", ".join(shown.capabilities or []) or "unknown"
     detail = f"'{model}' present (capabilities: {caps}); " + (
-        "its SYSTEM teaches the tag protocol" if has
-        else "no tag protocol in its SYSTEM: the router will send it as a system message")
+        "its SYSTEM teaches the tag protocol"
+        if has
+        else "no tag protocol in its SYSTEM: the router will send it as a system message"
+    )
     checks.append({"check": "model", "ok": True, "detail": detail})
     return checks

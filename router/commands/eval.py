@@ -20,15 +20,30 @@ from router.core.keywords import KeywordRouter
 
 @click.command("eval")
 @click.option("-m", "--model", help="Ollama model to benchmark (default qwen3-vision, see Modelfile)")
-@click.option("--suite", "suite_path", type=click.Path(dir_okay=False),
-              help="labelled prompts, TOML or JSONL (default: the shipped suite)")
+@click.option(
+    "--suite",
+    "suite_path",
+    type=click.Path(dir_okay=False),
+    help="labelled prompts, TOML or JSONL (default: the shipped suite)",
+)
 @click.option("--ollama-host", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
-@click.option("--protocol", "protocol_mode", type=click.Choice(["tags", "tools"]), default="tags",
-              show_default=True, help="how the model asks for experts: [VISION: ...] tags or native tool calls")
+@click.option(
+    "--protocol",
+    "protocol_mode",
+    type=click.Choice(["tags", "tools"]),
+    default="tags",
+    show_default=True,
+    help="how the model asks for experts: [VISION: ...] tags or native tool calls",
+)
 @click.option("--limit", type=click.IntRange(1), help="only the first N prompts")
 @click.option("--keywords-only", is_flag=True, help="score the keyword router alone; no LLM, no Ollama")
-@click.option("--max-tokens", type=click.IntRange(0), default=DEFAULT_MAX_TOKENS, show_default=True,
-              help="cap each reply (num_predict; a tag comes first, so routing is unaffected); 0 = no cap")
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(0),
+    default=DEFAULT_MAX_TOKENS,
+    show_default=True,
+    help="cap each reply (num_predict; a tag comes first, so routing is unaffected); 0 = no cap",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object: scores and every prompt's decisions")
 @click.pass_context
 def eval_command(ctx, model, suite_path, ollama_host, protocol_mode, limit, keywords_only, max_tokens, as_json):
@@ -41,8 +56,10 @@ def eval_command(ctx, model, suite_path, ollama_host, protocol_mode, limit, keyw
     suite = load_suite(suite_path, ev.experts)
     progress = None
     if not as_json and not keywords_only and sys.stderr.isatty():
+
         def progress(i: int, n: int, r: CaseResult) -> None:
             click.echo(f"\r{i}/{n} {r.case.id:<24}", err=True, nl=i == n)
+
     report = ev.run(
         suite,
         model=None if keywords_only else settings.model,

@@ -16,6 +16,7 @@ from router.core.context import render_image
 
 EXPERT_LAZY_COMMANDS = {"serve": "experts.service:serve_command"}
 
+
 @click.group("expert", cls=Group, lazy=EXPERT_LAZY_COMMANDS)
 def expert() -> None:
     """List and run the vision experts directly."""
@@ -34,9 +35,16 @@ def expert_list(ctx, as_json):
         status = reg.status(name)
         if not status.get("ok"):
             status["reason"] = unavailable_reason(status)
-        rows.append({"name": name, "aliases": list(cls.aliases), "description": cls.description,
-                     "positional": cls.positional, "args": cls.args_schema().get("properties", {}),
-                     "status": status})
+        rows.append(
+            {
+                "name": name,
+                "aliases": list(cls.aliases),
+                "description": cls.description,
+                "positional": cls.positional,
+                "args": cls.args_schema().get("properties", {}),
+                "status": status,
+            }
+        )
     if as_json:
         click.echo(json.dumps({"experts": rows, "plugin_errors": reg.load_errors}, indent=2, ensure_ascii=False))
         return
@@ -58,8 +66,12 @@ def expert_list(ctx, as_json):
 @click.argument("query", required=False)
 @click.option("-a", "--arg", "args", multiple=True, metavar="KEY=VALUE", help="expert argument (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print the result schema as JSON")
-@click.option("--annotate", "annotate_path", type=click.Path(dir_okay=False),
-              help="also write IMAGE with what the expert found drawn on it (PNG)")
+@click.option(
+    "--annotate",
+    "annotate_path",
+    type=click.Path(dir_okay=False),
+    help="also write IMAGE with what the expert found drawn on it (PNG)",
+)
 @click.pass_context
 def expert_run(ctx, name, image, query, args, as_json, annotate_path):
     """Run expert NAME on IMAGE; QUERY fills the expert's free-text argument."""

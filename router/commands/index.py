@@ -12,17 +12,27 @@ from router.commands import common
 from router.commands.batch import ray_option
 from router.commands.common import settings_from
 
-_DB_HELP = ("index folder (embedded Qdrant) or Qdrant server URL; "
-            "default $VISION_ROUTER_INDEX or ~/.local/share/vision-router/index")
+_DB_HELP = (
+    "index folder (embedded Qdrant) or Qdrant server URL; "
+    "default $VISION_ROUTER_INDEX or ~/.local/share/vision-router/index"
+)
 
 
 @click.command("index")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--db", default=None, help=_DB_HELP)
-@click.option("-e", "--experts", "experts_spec", metavar="LIST",
-              help=f"experts whose results are stored (default: those of {', '.join(INDEX_EXPERTS)} installed)")
-@click.option("--embed-model", help=f"text embeddings: ollama:MODEL or st:MODEL (default {DEFAULT_EMBED_MODEL}, "
-              "or $VISION_ROUTER_EMBED_MODEL; an existing index keeps its own)")
+@click.option(
+    "-e",
+    "--experts",
+    "experts_spec",
+    metavar="LIST",
+    help=f"experts whose results are stored (default: those of {', '.join(INDEX_EXPERTS)} installed)",
+)
+@click.option(
+    "--embed-model",
+    help=f"text embeddings: ollama:MODEL or st:MODEL (default {DEFAULT_EMBED_MODEL}, "
+    "or $VISION_ROUTER_EMBED_MODEL; an existing index keeps its own)",
+)
 @click.option("--no-clip", is_flag=True, help="no CLIP image vectors even when the clip expert can give them")
 @click.option("--no-prune", is_flag=True, help="keep index entries of files that disappeared")
 @click.option("--ollama-host", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
@@ -30,8 +40,9 @@ _DB_HELP = ("index folder (embedded Qdrant) or Qdrant server URL; "
 @click.option("--no-progress", is_flag=True)
 @ray_option
 @click.pass_context
-def index_command(ctx, paths, db, experts_spec, embed_model, no_clip, no_prune, ollama_host, as_json, no_progress,
-                  ray_address):
+def index_command(
+    ctx, paths, db, experts_spec, embed_model, no_clip, no_prune, ollama_host, as_json, no_progress, ray_address
+):
     """Index the images under PATHS for `search` and `ask --rag`: OCR text, caption, objects and
     embeddings. Incremental: unchanged images are not processed again."""
     from router.apps.rag import default_db, index_images, make_embedder
@@ -50,9 +61,17 @@ def index_command(ctx, paths, db, experts_spec, embed_model, no_clip, no_prune, 
 
         factory = partial(common.configured_registry, without_scale_keys(settings))
         analyser = ray_analyser(settings, ray_address, registry_factory=factory)
-    report = index_images(paths, db, orch, embedder=embedder, experts=experts,
-                          image_embedder=False if no_clip else True, prune=not no_prune,
-                          progress=not no_progress and not as_json, analyser=analyser)
+    report = index_images(
+        paths,
+        db,
+        orch,
+        embedder=embedder,
+        experts=experts,
+        image_embedder=False if no_clip else True,
+        prune=not no_prune,
+        progress=not no_progress and not as_json,
+        analyser=analyser,
+    )
     if as_json:
         click.echo(json.dumps(dict(report.as_dict(), db=str(db)), ensure_ascii=False, indent=2))
         return
@@ -83,8 +102,13 @@ def search_command(ctx, query, image_path, k, db, ollama_host, as_json):
     img = load_image_file(image_path, **settings.image_limits()) if image_path else None
     hits = search(db, query, image=img, k=k, orchestrator=orch)
     if as_json:
-        click.echo(json.dumps({"query": query, "image": image_path, "db": str(db),
-                               "results": [h.as_dict() for h in hits]}, ensure_ascii=False, indent=2))
+        click.echo(
+            json.dumps(
+                {"query": query, "image": image_path, "db": str(db), "results": [h.as_dict() for h in hits]},
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
         return
     if not hits:
         click.echo("no results", err=True)

@@ -11,13 +11,22 @@ from router.commands.common import settings_from
 @click.command("mcp")
 @click.option("--http", "http", is_flag=True, help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio")
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP: address to listen on")
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
-              help="HTTP: port (0 picks a free one)")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="HTTP: port (0 picks a free one)"
+)
 @click.option("--allow-remote", is_flag=True, help="HTTP: allow listening on a non-loopback address")
-@click.option("--token", envvar="VISION_ROUTER_TOKEN",
-              help="HTTP: require `Authorization: Bearer TOKEN` (env VISION_ROUTER_TOKEN)")
-@click.option("--allow-dir", "allow_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="read image paths only inside this folder (repeatable); over HTTP no path is read without it")
+@click.option(
+    "--token",
+    envvar="VISION_ROUTER_TOKEN",
+    help="HTTP: require `Authorization: Bearer TOKEN` (env VISION_ROUTER_TOKEN)",
+)
+@click.option(
+    "--allow-dir",
+    "allow_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="read image paths only inside this folder (repeatable); over HTTP no path is read without it",
+)
 @click.option("--db", default=None, help="image index for the `search` tool (default: the `index` command's)")
 @click.pass_context
 def mcp_command(ctx, http, host, port, allow_remote, token, allow_dirs, db):
@@ -45,8 +54,7 @@ def mcp_command(ctx, http, host, port, allow_remote, token, allow_dirs, db):
         anyio.run(server.run_stdio)
         return
     if allow_remote and not token:
-        click.echo("warning: listening beyond loopback without --token: anyone who can reach it can use it",
-                   err=True)
+        click.echo("warning: listening beyond loopback without --token: anyone who can reach it can use it", err=True)
     _serve_http(server, host, port, token, allow_remote)
 
 
@@ -69,6 +77,9 @@ def _serve_http(server, host: str, port: int, token: str | None, allow_remote: b
     allowed = None if allow_remote else loopback_hosts()
     app = server.http_app(token=token, allowed_hosts=allowed)
     shown = f"[{host.strip('[]')}]" if family == socket.AF_INET6 else host
-    click.echo(f"vision-router mcp: streamable HTTP on http://{shown}:{port}/mcp"
-               + (" (bearer token required)" if token else ""), err=True)
+    click.echo(
+        f"vision-router mcp: streamable HTTP on http://{shown}:{port}/mcp"
+        + (" (bearer token required)" if token else ""),
+        err=True,
+    )
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

@@ -22,8 +22,17 @@ def preset_list(as_json: bool) -> None:
 
     presets = list_presets()
     if as_json:
-        rows = [{"name": p.name, "title": p.title, "title_zh": p.title_zh, "description": p.description,
-                 "experts": [e.name for e in p.experts], "source": p.source} for p in presets]
+        rows = [
+            {
+                "name": p.name,
+                "title": p.title,
+                "title_zh": p.title_zh,
+                "description": p.description,
+                "experts": [e.name for e in p.experts],
+                "source": p.source,
+            }
+            for p in presets
+        ]
         click.echo(json.dumps({"presets": rows}, ensure_ascii=False, indent=2))
         return
     for p in presets:
@@ -34,8 +43,12 @@ def preset_list(as_json: bool) -> None:
 
 @preset_command.command("show")
 @click.argument("name")
-@click.option("--prompt", "show_prompt", type=click.Choice(LANGS),
-              help="show the system prompt as sent, in this language, instead of the file")
+@click.option(
+    "--prompt",
+    "show_prompt",
+    type=click.Choice(LANGS),
+    help="show the system prompt as sent, in this language, instead of the file",
+)
 def preset_show(name: str, show_prompt: str | None) -> None:
     """Print preset NAME's file (copy it, edit it, and pass its path to --preset)."""
     preset = load_preset(name)

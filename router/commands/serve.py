@@ -16,10 +16,16 @@ from router.commands.common import settings_from
 @click.option("--port", type=int, help="port to listen on (default 11435, or [serve] port)")
 @click.option("--upstream", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
 @click.option("--allow-remote", is_flag=True, help="allow listening on a non-loopback address")
-@click.option("--token", envvar="VISION_ROUTER_TOKEN", help="require `Authorization: Bearer TOKEN` "
-              "(env VISION_ROUTER_TOKEN)")
-@click.option("--route", "route", multiple=True, metavar="MODEL",
-              help="route only these models (glob patterns, repeatable; default: every model without vision)")
+@click.option(
+    "--token", envvar="VISION_ROUTER_TOKEN", help="require `Authorization: Bearer TOKEN` (env VISION_ROUTER_TOKEN)"
+)
+@click.option(
+    "--route",
+    "route",
+    multiple=True,
+    metavar="MODEL",
+    help="route only these models (glob patterns, repeatable; default: every model without vision)",
+)
 @click.option("--skip", "skip", multiple=True, metavar="MODEL", help="never route these models (glob, repeatable)")
 @click.option("--protocol", type=click.Choice(["tags", "tools", "auto"]), help="how the model asks for experts")
 @click.option("--max-body-mib", type=click.IntRange(1, 4096), help="largest request body accepted (default 64)")
@@ -27,8 +33,21 @@ from router.commands.common import settings_from
 @click.option("--max-rounds", type=click.IntRange(0, 8), help="expert rounds per message (default 2)")
 @click.option("--no-cache", is_flag=True, help="keep expert results in memory only")
 @click.pass_context
-def serve_command(ctx, host, port, upstream, allow_remote, token, route, skip, protocol, max_body_mib,
-                  upstream_timeout, max_rounds, no_cache):
+def serve_command(
+    ctx,
+    host,
+    port,
+    upstream,
+    allow_remote,
+    token,
+    route,
+    skip,
+    protocol,
+    max_body_mib,
+    upstream_timeout,
+    max_rounds,
+    no_cache,
+):
     """Serve an Ollama-compatible API that gives text-only models vision.
 
     Clients point at it instead of Ollama, e.g. `OLLAMA_HOST=127.0.0.1:11435 ollama run qwen3-vision`.
@@ -38,8 +57,9 @@ def serve_command(ctx, host, port, upstream, allow_remote, token, route, skip, p
     from router import __version__
     from router.serve.proxy import ProxyConfig, VisionProxy, create_app, server_options
 
-    settings = settings_from(ctx, ollama_host=upstream, protocol=protocol, max_rounds=max_rounds,
-                         cache_dir="" if no_cache else None)
+    settings = settings_from(
+        ctx, ollama_host=upstream, protocol=protocol, max_rounds=max_rounds, cache_dir="" if no_cache else None
+    )
     conf = settings.serve  # config.toml's [serve] table; flags win
     port = port or conf.port
     token = token or conf.token
@@ -48,16 +68,27 @@ def serve_command(ctx, host, port, upstream, allow_remote, token, route, skip, p
     except AccessError as exc:
         raise click.UsageError(str(exc)) from None
     if not token and not is_loopback_host(host):
-        click.echo("warning: listening beyond loopback without --token: anyone who can reach it can use it",
-                   err=True)
-    cfg = ProxyConfig(route=list(route) or list(conf.route), skip=list(skip) or list(conf.skip), token=token or None,
-                      max_body_bytes=(max_body_mib or conf.max_body_mib) * 1024 * 1024,
-                      upstream_timeout_s=upstream_timeout or conf.upstream_timeout)
+        click.echo("warning: listening beyond loopback without --token: anyone who can reach it can use it", err=True)
+    cfg = ProxyConfig(
+        route=list(route) or list(conf.route),
+        skip=list(skip) or list(conf.skip),
+        token=token or None,
+        max_body_bytes=(max_body_mib or conf.max_body_mib) * 1024 * 1024,
+        upstream_timeout_s=upstream_timeout or conf.upstream_timeout,
+    )
     app = create_app(settings, common.configured_registry(settings), config=cfg)
     proxy: VisionProxy = app.state.proxy
-    click.echo(f"vision-router {__version__} on http://{host}:{port} -> Ollama at {proxy.cfg.upstream} "
-               f"(protocol {settings.protocol}; experts: {', '.join(proxy.orch.registry.names()) or 'none'})",
-               err=True)
+    click.echo(
+        f"vision-router {__version__} on http://{host}:{port} -> Ollama at {proxy.cfg.upstream} "
+        f"(protocol {settings.protocol}; experts: {', '.join(proxy.orch.registry.names()) or 'none'})",
+        err=True,
+    )
     click.echo(f"use it: OLLAMA_HOST={host}:{port} ollama run {settings.model}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("VISION_ROUTER_LOG", "warning"),
-                timeout_graceful_shutdown=5, **server_options(cfg))
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=os.environ.get("VISION_ROUTER_LOG", "warning"),
+        timeout_graceful_shutdown=5,
+        **server_options(cfg),
+    )

@@ -14,8 +14,14 @@ from router.core.toolspec import ollama_tools, openai_tools
 
 
 @click.command("tools")
-@click.option("--format", "fmt", type=click.Choice(["ollama", "openai"]), default="ollama", show_default=True,
-              help="tool definition format")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["ollama", "openai"]),
+    default="ollama",
+    show_default=True,
+    help="tool definition format",
+)
 @click.option("--expert", "experts", multiple=True, help="only these experts (repeatable)")
 @click.pass_context
 def tools_command(ctx: click.Context, fmt: str, experts: tuple[str, ...]) -> None:

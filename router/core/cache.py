@@ -161,8 +161,13 @@ class ResultCache:
         except (ValidationError, ValueError, TypeError) as exc:
             # Not JSON, or not a result of this schema: a miss. Deleted so it is recomputed and rewritten.
             self.stats.bad_rows += 1
-            self._warn_once("row", "result cache %s: dropped an unreadable entry (%s); it is recomputed "
-                            "(further ones are counted in bad_rows, not logged)", self.disk_path, _short(exc))
+            self._warn_once(
+                "row",
+                "result cache %s: dropped an unreadable entry (%s); it is recomputed "
+                "(further ones are counted in bad_rows, not logged)",
+                self.disk_path,
+                _short(exc),
+            )
             self._disk_run("delete", "DELETE FROM results WHERE key = ?", (key,))
             return None
 
@@ -193,9 +198,15 @@ class ResultCache:
             self.stats.disk = False
             self.stats.disk_note = f"{op} failed: {exc}"
         # One line per process, whatever follows: the counters in stats tell the rest.
-        self._warn_once("disk", "result cache %s: %s failed (%s); serving from memory only while it fails "
-                        "(the disk is left alone after %d failures in a row)", self.disk_path, op, exc,
-                        MAX_DISK_FAILURES)
+        self._warn_once(
+            "disk",
+            "result cache %s: %s failed (%s); serving from memory only while it fails "
+            "(the disk is left alone after %d failures in a row)",
+            self.disk_path,
+            op,
+            exc,
+            MAX_DISK_FAILURES,
+        )
 
     def _open(self, path: Path) -> sqlite3.Connection | None:
         try:

@@ -245,8 +245,7 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         text = raw.decode("utf-8-sig")  # a UTF-8 BOM (Notepad) is harmless
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): "
-            "TOML files are UTF-8"
+            f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): TOML files are UTF-8"
         ) from None
     try:
         return tomllib.loads(text)
@@ -269,8 +268,12 @@ _EXPECTED = {
     "model_attributes_type": "a table",
     "url": "an http(s) URL string",
 }
-_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
-           "less_than_equal": ("le", "<=")}
+_BOUNDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
 
 
 def _problem(err: Any) -> str:

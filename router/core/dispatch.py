@@ -126,12 +126,13 @@ class Dispatcher:
                     image.image_id, name, args, f"timed out after {limit:g} s while {what}", elapsed
                 )
             except VisionRouterError as exc:
-                return ExpertResult.failure(
-                    image.image_id, name, args, str(exc), (time.perf_counter() - t0) * 1000
-                )
+                return ExpertResult.failure(image.image_id, name, args, str(exc), (time.perf_counter() - t0) * 1000)
             except Exception as exc:  # an expert bug is an error line, not a failed request
                 return ExpertResult.failure(
-                    image.image_id, name, args, f"{type(exc).__name__}: {exc}",
+                    image.image_id,
+                    name,
+                    args,
+                    f"{type(exc).__name__}: {exc}",
                     (time.perf_counter() - t0) * 1000,
                 )
         self.cache.put(key, result)

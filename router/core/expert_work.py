@@ -26,8 +26,9 @@ Pending = tuple[ExpertCall, "asyncio.Future[ExpertResult]"]
 class ExpertWork:
     """Starts expert calls on the request's images, within the caps, and turns results into context."""
 
-    def __init__(self, registry: Registry, dispatcher: Dispatcher, trace: Trace, *, max_runs: int,
-                 max_per_reply: int) -> None:
+    def __init__(
+        self, registry: Registry, dispatcher: Dispatcher, trace: Trace, *, max_runs: int, max_per_reply: int
+    ) -> None:
         self.registry = registry
         self.dispatcher = dispatcher
         self.trace = trace
@@ -121,8 +122,13 @@ class ExpertWork:
             per_image.setdefault(call.image_index, []).append(res)
             self.trace.experts.append(
                 TraceExpert(
-                    expert=res.expert, image=call.image_index, args=res.args, source=call.source,
-                    timing_ms=round(res.timing_ms, 2), cached=res.cached, error=res.error,
+                    expert=res.expert,
+                    image=call.image_index,
+                    args=res.args,
+                    source=call.source,
+                    timing_ms=round(res.timing_ms, 2),
+                    cached=res.cached,
+                    error=res.error,
                 )
             )
         return render_context(self._merge(per_image), self._take_notes())
@@ -130,8 +136,10 @@ class ExpertWork:
     def _take_notes(self) -> list[str]:
         notes, self.notes = self.notes, []
         if self._over_reply:
-            notes.append(f"{self._over_reply} more expert request(s) in your reply were skipped: "
-                         f"at most {self.max_per_reply} per reply.")
+            notes.append(
+                f"{self._over_reply} more expert request(s) in your reply were skipped: "
+                f"at most {self.max_per_reply} per reply."
+            )
         if self._over_runs:
             notes.append(f"{self._over_runs} expert run(s) were skipped: at most {self.max_runs} per message.")
         self._over_reply = self._over_runs = 0

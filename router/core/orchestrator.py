@@ -36,8 +36,17 @@ from router.core.keywords import KeywordRouter
 from router.core.run import Request, Run
 from router.core.upstream import SHOW_TTL_S, STAT_FIELDS, Upstream
 
-__all__ = ["SHOW_TTL_S", "STAT_FIELDS", "Event", "Final", "ImageInput", "Orchestrator", "TextDelta", "ThinkingDelta",
-           "ToolCalls"]
+__all__ = [
+    "SHOW_TTL_S",
+    "STAT_FIELDS",
+    "Event",
+    "Final",
+    "ImageInput",
+    "Orchestrator",
+    "TextDelta",
+    "ThinkingDelta",
+    "ToolCalls",
+]
 
 ImageInput = DecodedImage | bytes | str | Path
 Messages = Sequence[Mapping[str, Any] | ollama.Message]  # Ollama's JSON, or the client's typed messages
@@ -124,15 +133,11 @@ class Orchestrator:
         messages = [{"role": "user", "content": question, "images": attached}]
         return self.chat(messages, on_text=on_text, **kwargs)
 
-    def chat(
-        self, messages: Messages, *, on_text: Callable[[str], None] | None = None, **kwargs: Any
-    ) -> Final:
+    def chat(self, messages: Messages, *, on_text: Callable[[str], None] | None = None, **kwargs: Any) -> Final:
         """Sync: a whole conversation (Ollama message dicts, images on any user message)."""
         return run_coroutine(self.achat(messages, on_text=on_text, **kwargs))
 
-    async def achat(
-        self, messages: Messages, *, on_text: Callable[[str], None] | None = None, **kwargs: Any
-    ) -> Final:
+    async def achat(self, messages: Messages, *, on_text: Callable[[str], None] | None = None, **kwargs: Any) -> Final:
         final: Final | None = None
         async for ev in self.stream(messages, **kwargs):
             if isinstance(ev, TextDelta) and on_text is not None:
@@ -169,7 +174,11 @@ class Orchestrator:
         ``protocol``: ``tags``, ``tools`` or ``auto`` for this request (default: the settings').
         """
         req = Request(
-            model=model or self.settings.model, options=options, format=format, keep_alive=keep_alive, think=think,
+            model=model or self.settings.model,
+            options=options,
+            format=format,
+            keep_alive=keep_alive,
+            think=think,
             forced=[(e, {}) if isinstance(e, str) else (e[0], dict(e[1])) for e in experts or ()],
             extra_context=extra_context,
             client_tools=[t for t in tools or () if isinstance(t, dict)],

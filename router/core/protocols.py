@@ -68,8 +68,9 @@ class Protocol:
     prompt = ""
     offers_tools = False
 
-    def tools_for_turn(self, registry: Registry, client_tools: Sequence[Mapping[str, Any]],
-                       final: bool) -> list[Mapping[str, Any]]:
+    def tools_for_turn(
+        self, registry: Registry, client_tools: Sequence[Mapping[str, Any]], final: bool
+    ) -> list[Mapping[str, Any]]:
         """Ours (unless this is the last round) merged with the client's; ours win a name clash."""
         ours = toolspec.ollama_tools(registry) if self.offers_tools and not final else []
         names = {t["function"]["name"] for t in ours}
@@ -102,8 +103,9 @@ class Protocol:
             out.bad.append((ToolCall(function=ToolCall.Function(name="?", arguments={})), "tool call written as text"))
         return out
 
-    def follow_up(self, reply: str, sorted_calls: SortedCalls, tool_answers: Sequence[str],
-                  context: str | None, last: bool) -> list[Message]:
+    def follow_up(
+        self, reply: str, sorted_calls: SortedCalls, tool_answers: Sequence[str], context: str | None, last: bool
+    ) -> list[Message]:
         """The messages after a round of experts: the model's reply, then the results."""
         answered = sorted_calls.answered
         if not answered:

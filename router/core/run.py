@@ -113,8 +113,13 @@ class Run:
         self.max_rounds = orch.settings.max_rounds
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.trace = Trace(model=req.model)
-        self.work = ExpertWork(orch.registry, orch.dispatcher, self.trace, max_runs=orch.settings.max_expert_runs,
-                               max_per_reply=orch.settings.max_tags_per_reply)
+        self.work = ExpertWork(
+            orch.registry,
+            orch.dispatcher,
+            self.trace,
+            max_runs=orch.settings.max_expert_runs,
+            max_per_reply=orch.settings.max_tags_per_reply,
+        )
         self.stats = dict.fromkeys(STAT_FIELDS, 0)
         self.done_reason = "stop"
         self.answer: list[str] = []
@@ -172,12 +177,15 @@ class Run:
             if msg.role == "user":
                 self.user_text = msg.content or ""
             if images:
-                idxs = [self.work.attach(pre.pop(0) if pre else self.o.decode(r, len(self.work.images) + 1))
-                        for r in images]
+                idxs = [
+                    self.work.attach(pre.pop(0) if pre else self.o.decode(r, len(self.work.images) + 1)) for r in images
+                ]
                 if msg.role == "user":
                     self.work.latest = idxs
-                notes = [tag_text.image_note(x, self.work.img(x).width, self.work.img(x).height,
-                                             self.work.img(x).format) for x in idxs]
+                notes = [
+                    tag_text.image_note(x, self.work.img(x).width, self.work.img(x).height, self.work.img(x).format)
+                    for x in idxs
+                ]
                 msg = msg.model_copy(update={"content": with_image_notes(msg.content, notes)})
             out.append(msg)
         if self.work.images and not self.work.latest:
@@ -244,8 +252,13 @@ class Run:
         reader.close()
         reply = reader.reply
         reply.text = "".join(reader.raw)
-        rules = CallRules(self.o.registry, {tool_name_of(t) for t in self.req.client_tools}, len(self.work.images),
-                          self.work.latest, max(0, self.work.max_per_reply - len(reader.keys)))
+        rules = CallRules(
+            self.o.registry,
+            {tool_name_of(t) for t in self.req.client_tools},
+            len(self.work.images),
+            self.work.latest,
+            max(0, self.work.max_per_reply - len(reader.keys)),
+        )
         reply.calls = self.protocol.sort_calls(reader.tool_calls, reply.text, rules, final)
         reply.asked_again = reply.asked_again or bool(reply.calls.ignored)
         self.trace.ignored_tags.extend(reply.calls.ignored)
@@ -257,8 +270,11 @@ class Run:
 
     def _turn_args(self, final: bool, step: Step) -> dict[str, Any]:
         req = self.req
-        args = {k: v for k, v in (("options", req.options), ("keep_alive", req.keep_alive), ("think", req.think))
-                if v is not None}
+        args = {
+            k: v
+            for k, v in (("options", req.options), ("keep_alive", req.keep_alive), ("think", req.think))
+            if v is not None
+        }
         if req.format is not None and (final or not self.work.images or not step.buffer):
             args["format"] = req.format
         tools = self.protocol.tools_for_turn(self.o.registry, req.client_tools, final)
@@ -320,8 +336,9 @@ class Run:
         """Run our tool calls; the reply's calls and one ``tool`` message each follow it."""
         calls = r.calls
         started = [
-            self.work.start_all(ExpertCall(self.work.img(i), i, oc.expert, dict(oc.args), source="tool")
-                                for i in oc.images)
+            self.work.start_all(
+                ExpertCall(self.work.img(i), i, oc.expert, dict(oc.args), source="tool") for i in oc.images
+            )
             for oc in calls.ours
         ]
         answers = [await self.work.collect(p) for p in started]
@@ -379,17 +396,19 @@ class Run:
         self.trace.rounds = self.step.rounds
         self.trace.cache = self.o.dispatcher.cache.stats.as_dict()
         self.trace.total_ms = round((time.perf_counter() - t0) * 1000, 2)
-        self._put(Final(
-            answer="".join(self.answer),
-            model=self.req.model,
-            done_reason=self.done_reason,
-            stats=dict(self.stats),
-            trace=self.trace,
-            analyses=self.work.analyses(),
-            thinking="".join(self.thinking),
-            tool_calls=list(self.client_calls),
-            answered=answered,
-        ))
+        self._put(
+            Final(
+                answer="".join(self.answer),
+                model=self.req.model,
+                done_reason=self.done_reason,
+                stats=dict(self.stats),
+                trace=self.trace,
+                analyses=self.work.analyses(),
+                thinking="".join(self.thinking),
+                tool_calls=list(self.client_calls),
+                answered=answered,
+            )
+        )
 
 
 class _TurnReader:

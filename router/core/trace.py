@@ -55,38 +55,60 @@ def render_trace(trace: Trace) -> str:
     expert, what ran (timings, cache hits, errors) and what the LLM calls cost."""
     tokens_in = sum(c.prompt_eval_count for c in trace.llm_calls)
     tokens_out = sum(c.eval_count for c in trace.llm_calls)
-    images = ", ".join(f"{i.get('width', '?')}x{i.get('height', '?')} {i.get('format', '')}".rstrip()
-                       for i in trace.images)
-    head = (f"trace: {trace.model} | {_n(len(trace.images), 'image')}"
-            + (f" ({images})" if images else "")
-            + f" | {_n(trace.rounds, 'expert round')} | {_n(len(trace.llm_calls), 'LLM call')}"
-            + f" ({tokens_in} prompt + {tokens_out} output tokens) | {trace.total_ms:.0f} ms")
+    images = ", ".join(
+        f"{i.get('width', '?')}x{i.get('height', '?')} {i.get('format', '')}".rstrip() for i in trace.images
+    )
+    head = (
+        f"trace: {trace.model} | {_n(len(trace.images), 'image')}"
+        + (f" ({images})" if images else "")
+        + f" | {_n(trace.rounds, 'expert round')} | {_n(len(trace.llm_calls), 'LLM call')}"
+        + f" ({tokens_in} prompt + {tokens_out} output tokens) | {trace.total_ms:.0f} ms"
+    )
     lines = [head] + [f"  {k:<10} {v}" for k, v in _decision_rows(trace)]
 
     if trace.experts:
         table = [("expert", "image", "asked by", "ms", "cache", "result")]
         for e in trace.experts:
             label = e.expert + (f" {_args(e.args)}" if e.args else "")
-            table.append((_clip(label, 32), str(e.image), e.source, f"{e.timing_ms:.1f}",
-                          "hit" if e.cached else "miss", f"error: {_clip(e.error, 60)}" if e.error else "ok"))
+            table.append(
+                (
+                    _clip(label, 32),
+                    str(e.image),
+                    e.source,
+                    f"{e.timing_ms:.1f}",
+                    "hit" if e.cached else "miss",
+                    f"error: {_clip(e.error, 60)}" if e.error else "ok",
+                )
+            )
         lines.append("  experts")
         lines.extend("    " + r for r in _table(table, right=frozenset({1, 3})))
     if trace.llm_calls:
         table = [("turn", "prompt tok", "output tok", "ms", "first token ms", "asked for")]
         for c in trace.llm_calls:
             asked = ", ".join([*c.tags, *(f"{n}()" for n in c.tool_calls)]) or "-"
-            table.append((str(c.turn), str(c.prompt_eval_count), str(c.eval_count), f"{c.total_ms:.0f}",
-                          f"{c.first_token_ms:.0f}" if c.first_token_ms is not None else "-", _clip(asked, 60)))
+            table.append(
+                (
+                    str(c.turn),
+                    str(c.prompt_eval_count),
+                    str(c.eval_count),
+                    f"{c.total_ms:.0f}",
+                    f"{c.first_token_ms:.0f}" if c.first_token_ms is not None else "-",
+                    _clip(asked, 60),
+                )
+            )
         if len(trace.llm_calls) > 1:
-            table.append(("all", str(tokens_in), str(tokens_out),
-                          f"{sum(c.total_ms for c in trace.llm_calls):.0f}", "", ""))
+            table.append(
+                ("all", str(tokens_in), str(tokens_out), f"{sum(c.total_ms for c in trace.llm_calls):.0f}", "", "")
+            )
         lines.append("  llm calls")
         lines.extend("    " + r for r in _table(table, right=frozenset({0, 1, 2, 3, 4})))
     if trace.cache:
         c = trace.cache
         hits = sum(1 for e in trace.experts if e.cached)
-        lines.append(f"  cache      this request {hits}/{len(trace.experts)} hits; process "
-                     f"{c.get('hits', 0)} hits / {c.get('misses', 0)} misses")
+        lines.append(
+            f"  cache      this request {hits}/{len(trace.experts)} hits; process "
+            f"{c.get('hits', 0)} hits / {c.get('misses', 0)} misses"
+        )
     return "\n".join(lines)
 
 
@@ -147,8 +169,10 @@ def _n(count: int, noun: str) -> str:
 
 
 def _args(args: dict[str, Any]) -> str:
-    return " ".join(f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, str) or ' ' in v else v}"
-                    for k, v in sorted(args.items()))
+    return " ".join(
+        f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, str) or ' ' in v else v}"
+        for k, v in sorted(args.items())
+    )
 
 
 def _clip(text: str, width: int) -> str:

@@ -19,8 +19,10 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 def _raw_response(status: int, reason: str, message: str) -> bytes:
     body = json.dumps({"error": message}).encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json; charset=utf-8\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
     return head.encode("latin-1") + body
 
 
@@ -88,8 +90,11 @@ class _Guarded:
 
 def guarded_protocol(header_timeout_s: float, max_connections: int, max_header_bytes: int) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol class with the guards; pass it as ``uvicorn.run(..., http=...)``."""
-    attrs = {"header_timeout_s": header_timeout_s, "max_connections": max_connections,
-             "max_header_bytes": max_header_bytes}
+    attrs = {
+        "header_timeout_s": header_timeout_s,
+        "max_connections": max_connections,
+        "max_header_bytes": max_header_bytes,
+    }
     return type("GuardedHTTPProtocol", (_Guarded, AutoHTTPProtocol), attrs)
 
 

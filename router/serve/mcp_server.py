@@ -94,8 +94,10 @@ class ImagePolicy:
         if not self.paths:
             return "The image as a data: URL (data:image/png;base64,...) or bare base64."
         where = f" inside {', '.join(str(r) for r in self.roots)}" if self.roots else ""
-        return (f"The image: an absolute file path on the server's machine{where}, a data: URL "
-                "(data:image/png;base64,...) or bare base64.")
+        return (
+            f"The image: an absolute file path on the server's machine{where}, a data: URL "
+            "(data:image/png;base64,...) or bare base64."
+        )
 
     def load(self, ref: str, limits: dict[str, int]) -> DecodedImage:
         """Decode the image a tool call names; one-line :class:`ImageError` / :class:`McpToolError` otherwise."""
@@ -110,14 +112,17 @@ class ImagePolicy:
             return decode_base64_image(value, **limits)
         if self.paths:
             return self._file(value, limits)  # says "no such file" in one line
-        raise McpToolError("image: not a data: URL or base64, and this server reads no local files "
-                           "(start it with --allow-dir DIR to allow paths under DIR)")
+        raise McpToolError(
+            "image: not a data: URL or base64, and this server reads no local files "
+            "(start it with --allow-dir DIR to allow paths under DIR)"
+        )
 
     def _file(self, value: str, limits: dict[str, int]) -> DecodedImage:
         real = Path(os.path.realpath(Path(value).expanduser()))
         if self.roots and not any(real.is_relative_to(root) for root in self.roots):
-            raise McpToolError(f"image: {value} is outside the allowed folders "
-                               f"({', '.join(str(r) for r in self.roots)})")
+            raise McpToolError(
+                f"image: {value} is outside the allowed folders ({', '.join(str(r) for r in self.roots)})"
+            )
         return load_image_file(real, **limits)
 
 
@@ -194,8 +199,11 @@ class VisionMcp:
             if prop.get("default", 0) is None:  # "default: null" on a string confuses schema-strict clients
                 del prop["default"]
             props[key] = prop
-        props[ANNOTATE_ARG] = {"type": "boolean", "default": False,
-                               "description": "Also return the image with what was found drawn on it (PNG)."}
+        props[ANNOTATE_ARG] = {
+            "type": "boolean",
+            "default": False,
+            "description": "Also return the image with what was found drawn on it (PNG).",
+        }
         description = cls.description.strip() or f"The {name} vision expert."
         if cls.positional:
             description += f" `{cls.positional}` is optional free text."
@@ -203,8 +211,7 @@ class VisionMcp:
             name=name,
             title=f"Vision: {name}",
             description=description,
-            inputSchema={"type": "object", "properties": props, "required": [IMAGE_ARG],
-                         "additionalProperties": False},
+            inputSchema={"type": "object", "properties": props, "required": [IMAGE_ARG], "additionalProperties": False},
             outputSchema=_result_schema(),
             annotations=types.ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False),
         )
@@ -262,7 +269,8 @@ class VisionMcp:
 
         # The embedding model stays loaded in this process between calls (router.apps.rag keeps it).
         hits = await anyio.to_thread.run_sync(
-            lambda: search(self.search_db, query, k=k, orchestrator=self.orchestrator))
+            lambda: search(self.search_db, query, k=k, orchestrator=self.orchestrator)
+        )
         results = [h.as_dict() for h in hits]
         lines = [f"{i}. {r['path']} (score {r['score']:.4f}): {'; '.join(r['why'])}" for i, r in enumerate(results, 1)]
         return types.CallToolResult(
@@ -285,9 +293,14 @@ class VisionMcp:
 
         @server.list_prompts()
         async def list_prompts() -> list[types.Prompt]:
-            return [types.Prompt(name=PROTOCOL_PROMPT_NAME, title="Vision tag protocol",
-                                 description="The [VISION: ...] tag protocol a text-only model uses to ask the "
-                                 "vision experts (the SYSTEM prompt of the project's Modelfile).")]
+            return [
+                types.Prompt(
+                    name=PROTOCOL_PROMPT_NAME,
+                    title="Vision tag protocol",
+                    description="The [VISION: ...] tag protocol a text-only model uses to ask the "
+                    "vision experts (the SYSTEM prompt of the project's Modelfile).",
+                )
+            ]
 
         @server.get_prompt()
         async def get_prompt(name: str, arguments: dict[str, str] | None) -> types.GetPromptResult:
@@ -295,15 +308,22 @@ class VisionMcp:
                 raise ValueError(f"unknown prompt {name!r}; prompts: {PROTOCOL_PROMPT_NAME}")
             return types.GetPromptResult(
                 description="The vision tag protocol",
-                messages=[types.PromptMessage(role="user", content=types.TextContent(type="text",
-                                                                                      text=PROTOCOL_PROMPT))],
+                messages=[
+                    types.PromptMessage(role="user", content=types.TextContent(type="text", text=PROTOCOL_PROMPT))
+                ],
             )
 
         @server.list_resources()
         async def list_resources() -> list[types.Resource]:
-            return [types.Resource(uri=AnyUrl(PROTOCOL_URI), name="protocol", title="Vision tag protocol",
-                                   mimeType="text/plain",
-                                   description="The [VISION: ...] tag protocol (the Modelfile's SYSTEM prompt).")]
+            return [
+                types.Resource(
+                    uri=AnyUrl(PROTOCOL_URI),
+                    name="protocol",
+                    title="Vision tag protocol",
+                    mimeType="text/plain",
+                    description="The [VISION: ...] tag protocol (the Modelfile's SYSTEM prompt).",
+                )
+            ]
 
         @server.read_resource()
         async def read_resource(uri: AnyUrl) -> str:
@@ -343,8 +363,11 @@ class VisionMcp:
         from starlette.applications import Starlette
         from starlette.routing import Route
 
-        security = (TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=list(allowed_hosts))
-                    if allowed_hosts is not None else TransportSecuritySettings(enable_dns_rebinding_protection=False))
+        security = (
+            TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=list(allowed_hosts))
+            if allowed_hosts is not None
+            else TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        )
         # A base64 image is 4/3 of its bytes: let the largest accepted image through the body limit.
         body_limit = max(4 * 1024 * 1024, self.settings.max_image_bytes * 4 // 3 + 64 * 1024)
         options: dict[str, Any] = {"security_settings": security}
@@ -386,10 +409,17 @@ class BearerGuard:
             auth = headers.get(b"authorization")
             if not token_matches(auth.decode("latin-1") if auth is not None else None, self.token):
                 body = json.dumps({"error": UNAUTHORIZED}).encode()
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode()),
-                                        (b"www-authenticate", b'Bearer realm="vision-router"')]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"www-authenticate", b'Bearer realm="vision-router"'),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
@@ -407,14 +437,23 @@ def _search_tool() -> types.Tool:
         title="Search the image index",
         description="Find indexed images by what they show or say (OCR text, caption, objects, style); "
         "returns paths with scores and why each matched. Build the index with `vision-router index PATH`.",
-        inputSchema={"type": "object", "additionalProperties": False, "required": ["query"], "properties": {
-            "query": {"type": "string", "description": "Words to look for (any language the index was built in)."},
-            "k": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5, "description": "How many results."},
-        }},
-        outputSchema={"type": "object", "required": ["query", "results"], "properties": {
-            "query": {"type": "string"},
-            "results": {"type": "array", "items": {"type": "object"}},
-        }},
+        inputSchema={
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["query"],
+            "properties": {
+                "query": {"type": "string", "description": "Words to look for (any language the index was built in)."},
+                "k": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5, "description": "How many results."},
+            },
+        },
+        outputSchema={
+            "type": "object",
+            "required": ["query", "results"],
+            "properties": {
+                "query": {"type": "string"},
+                "results": {"type": "array", "items": {"type": "object"}},
+            },
+        },
         annotations=types.ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False),
     )
 

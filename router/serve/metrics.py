@@ -37,21 +37,25 @@ class Metrics:
         t = final.trace
         self.llm_turns += len(t.llm_calls)
         for e in t.experts:
-            s = self.experts.setdefault(e.expert, {"runs": 0, "errors": 0, "cached": 0, "total_ms": 0.0,
-                                                   "max_ms": 0.0})
+            s = self.experts.setdefault(e.expert, {"runs": 0, "errors": 0, "cached": 0, "total_ms": 0.0, "max_ms": 0.0})
             s["runs"] += 1
             s["errors"] += 1 if e.error else 0
             s["cached"] += 1 if e.cached else 0
             s["total_ms"] += e.timing_ms
             s["max_ms"] = max(s["max_ms"], e.timing_ms)
         if self.traces.maxlen:
-            self.traces.append({"time": now_rfc3339(), "route": route, "model": final.model,
-                                "trace": t.model_dump(mode="json")})
+            self.traces.append(
+                {"time": now_rfc3339(), "route": route, "model": final.model, "trace": t.model_dump(mode="json")}
+            )
 
     def snapshot(self, cache: dict[str, Any]) -> dict[str, Any]:
         experts = {
-            name: {**s, "total_ms": round(s["total_ms"], 2), "max_ms": round(s["max_ms"], 2),
-                   "mean_ms": round(s["total_ms"] / s["runs"], 2) if s["runs"] else 0.0}
+            name: {
+                **s,
+                "total_ms": round(s["total_ms"], 2),
+                "max_ms": round(s["max_ms"], 2),
+                "mean_ms": round(s["total_ms"] / s["runs"], 2) if s["runs"] else 0.0,
+            }
             for name, s in self.experts.items()
         }
         return {

@@ -100,13 +100,19 @@ class Pipeline:
                 return codec.error(status_of(exc, 500), str(exc))
             body = json.dumps(writer.whole(events), ensure_ascii=False, separators=(",", ":")).encode()
             return Response(body, media_type=getattr(writer, "content_type", "application/json"))
-        return StreamingResponse(self._stream(run, first, writer), media_type=codec.media_type,
-                                 background=_Background(run.cancel))
+        return StreamingResponse(
+            self._stream(run, first, writer), media_type=codec.media_type, background=_Background(run.cancel)
+        )
 
     def _start(self, request: Request, kind: str, req: Routed) -> RunTask:
         agen = self.proxy.orch.stream(
-            [m.to_ollama() for m in req.messages], model=req.model, options=req.options, format=req.format,
-            keep_alive=req.keep_alive, think=req.think, tools=req.tools or None,
+            [m.to_ollama() for m in req.messages],
+            model=req.model,
+            options=req.options,
+            format=req.format,
+            keep_alive=req.keep_alive,
+            think=req.think,
+            tools=req.tools or None,
         )
         return RunTask(agen, request, lambda final: self.metrics.final(kind, final), self.proxy.cfg.upstream)
 

@@ -55,15 +55,39 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # Ollama's own proxy caps request bodies at 64 MiB
 # Requests that change nothing upstream: safe to resend once when a pooled connection turns out dead.
-RETRY_SAFE = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/embed", "/api/embeddings",
-                        "/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
-    "transfer-encoding", "upgrade", "host", "content-length",
-})
+RETRY_SAFE = frozenset(
+    {
+        "/api/chat",
+        "/api/generate",
+        "/api/show",
+        "/api/embed",
+        "/api/embeddings",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+    }
+)
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-CODECS = {"/api/chat": NativeCodec(chat=True), "/api/generate": NativeCodec(chat=False),
-          "/v1/chat/completions": OpenAICodec()}
+CODECS = {
+    "/api/chat": NativeCodec(chat=True),
+    "/api/generate": NativeCodec(chat=False),
+    "/v1/chat/completions": OpenAICodec(),
+}
 
 
 @dataclass
@@ -142,8 +166,10 @@ class VisionProxy:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
         # Several small connection pools rather than one big one: httpcore's pool does work
         # proportional to its size on every request, which turns quadratic under hundreds of streams.
-        self._pool = [httpx.AsyncClient(base_url=base, timeout=timeout, limits=limits, trust_env=False)
-                      for _ in range(max(1, cfg.upstream_pools))]
+        self._pool = [
+            httpx.AsyncClient(base_url=base, timeout=timeout, limits=limits, trust_env=False)
+            for _ in range(max(1, cfg.upstream_pools))
+        ]
         self._next_pool = 0
         self.http = self._pool[0]
         if orchestrator is None:
@@ -256,8 +282,9 @@ class VisionProxy:
         """Send the request on to Ollama unchanged and stream its answer back unchanged."""
         path = request.url.path
         http = self._client()
-        req = http.build_request(request.method, _upstream_url(path, request), headers=self._upstream_headers(request),
-                                 content=body or None)
+        req = http.build_request(
+            request.method, _upstream_url(path, request), headers=self._upstream_headers(request), content=body or None
+        )
         try:
             try:
                 upstream = await http.send(req, stream=True)
@@ -336,8 +363,12 @@ class VisionProxy:
 
     async def _fetch(self, request: Request, body: bytes | None) -> httpx.Response | Response:
         """A buffered upstream call for the routes whose answer the proxy edits."""
-        req = self.http.build_request(request.method, _upstream_url(request.url.path, request),
-                                      headers=self._upstream_headers(request), content=body or None)
+        req = self.http.build_request(
+            request.method,
+            _upstream_url(request.url.path, request),
+            headers=self._upstream_headers(request),
+            content=body or None,
+        )
         try:
             return await self.http.send(req)
         except httpx.TransportError as exc:
@@ -355,13 +386,15 @@ class VisionProxy:
         except (httpx.HTTPError, ValueError) as exc:
             upstream["ok"] = False
             upstream["error"] = str(upstream_failure(exc, self.cfg.upstream))
-        return JSONResponse({
-            "status": "ok" if upstream["ok"] else "degraded",
-            "version": __version__,
-            "upstream": upstream,
-            "experts": self.orch.registry.names(),
-            "protocol": self.settings.protocol,
-        })
+        return JSONResponse(
+            {
+                "status": "ok" if upstream["ok"] else "degraded",
+                "version": __version__,
+                "upstream": upstream,
+                "experts": self.orch.registry.names(),
+                "protocol": self.settings.protocol,
+            }
+        )
 
 
 class _Inflight:
@@ -396,8 +429,11 @@ def _copy(r: httpx.Response) -> Response:
 
 def _passable(headers: httpx.Headers) -> dict[str, str]:
     # uvicorn writes its own date and server: Ollama's would make two of each
-    return {k: v for k, v in headers.items()
-            if k.lower() not in HOP_BY_HOP and k.lower() not in ("content-encoding", "date", "server")}
+    return {
+        k: v
+        for k, v in headers.items()
+        if k.lower() not in HOP_BY_HOP and k.lower() not in ("content-encoding", "date", "server")
+    }
 
 
 def _upstream_url(path: str, request: Request) -> httpx.URL:
@@ -414,8 +450,8 @@ def _mib(n: int) -> str:
 class ProxyServer(LocalServer):
     """The proxy on a real socket in a background thread (tests, benchmarks, notebooks)::
 
-        with ProxyServer(create_app(settings, upstream=url)) as proxy:
-            ollama.Client(host=proxy.url).chat(...)
+    with ProxyServer(create_app(settings, upstream=url)) as proxy:
+        ollama.Client(host=proxy.url).chat(...)
     """
 
     def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0) -> None:

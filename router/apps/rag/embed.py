@@ -178,4 +178,3 @@ def _normalise_rows(m: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(m, axis=1, keepdims=True)
     n[n == 0] = 1.0
     return (m / n).astype(np.float32)
-

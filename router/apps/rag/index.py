@@ -37,15 +37,25 @@ class IndexReport:
     total: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"added": self.added, "updated": self.updated, "relinked": self.relinked,
-                "unchanged": self.unchanged, "removed": self.removed, "failed": len(self.failed),
-                "errors": [{"path": p, "error": e} for p, e in self.failed], "experts_run": self.experts_run,
-                "seconds": round(self.seconds, 3), "total": self.total}
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "relinked": self.relinked,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            "failed": len(self.failed),
+            "errors": [{"path": p, "error": e} for p, e in self.failed],
+            "experts_run": self.experts_run,
+            "seconds": round(self.seconds, 3),
+            "total": self.total,
+        }
 
     def render(self) -> str:
-        return (f"index: {self.added} added, {self.updated} updated, {self.relinked} relinked, "
-                f"{self.unchanged} unchanged, {self.removed} removed, {len(self.failed)} failed "
-                f"({self.total} images, {self.seconds:.1f} s)")
+        return (
+            f"index: {self.added} added, {self.updated} updated, {self.relinked} relinked, "
+            f"{self.unchanged} unchanged, {self.removed} removed, {len(self.failed)} failed "
+            f"({self.total} images, {self.seconds:.1f} s)"
+        )
 
 
 def index_images(
@@ -94,8 +104,9 @@ def index_images(
     return report
 
 
-def index_embedder(idx: ImageIndex, db: str | Path, embedder: TextEmbedder | None,
-                   ollama_host: str | None) -> TextEmbedder:
+def index_embedder(
+    idx: ImageIndex, db: str | Path, embedder: TextEmbedder | None, ollama_host: str | None
+) -> TextEmbedder:
     """The text embedder for an index: the one it was built with, unless another is given (which is
     refused when the index already holds vectors of a different model)."""
     meta = idx.meta()
@@ -116,9 +127,17 @@ class Indexer:
     """One indexing pass over an open index: what is known, what changed here, what waits for embedding.
     With ``defer``, new images wait for :meth:`analyse_deferred` instead of running their experts here."""
 
-    def __init__(self, idx: ImageIndex, orchestrator: Any, names: list[str], embedder: TextEmbedder,
-                 image_embedder: ImageEmbedder | None | bool, report: IndexReport,
-                 on_file: Callable[[str, str], None] | None = None, defer: bool = False) -> None:
+    def __init__(
+        self,
+        idx: ImageIndex,
+        orchestrator: Any,
+        names: list[str],
+        embedder: TextEmbedder,
+        image_embedder: ImageEmbedder | None | bool,
+        report: IndexReport,
+        on_file: Callable[[str, str], None] | None = None,
+        defer: bool = False,
+    ) -> None:
         self.idx = idx
         self.orchestrator = orchestrator
         self.names = names
@@ -197,12 +216,18 @@ class Indexer:
             return self.fail(sp, str(exc))
         status = "updated" if changed else "added"
         if self.deferred is not None:
-            self.deferred[image_id] = {"image_id": image_id, "files": [entry], "paths": [sp], "format": img.format,
-                                       "status": status}
+            self.deferred[image_id] = {
+                "image_id": image_id,
+                "files": [entry],
+                "paths": [sp],
+                "format": img.format,
+                "status": status,
+            }
         else:
             results = self._run_experts(img)
-            self.pending.append((self._payload(image_id, img.format, img.width, img.height, results, [entry]),
-                                 img, status))
+            self.pending.append(
+                (self._payload(image_id, img.format, img.width, img.height, results, [entry]), img, status)
+            )
         self.note(sp, status)
         if len(self.pending) >= _BATCH:
             self.flush()
@@ -230,13 +255,21 @@ class Indexer:
         calls = [ExpertCall(img, 1, n, source="index") for n in self.names]
         return self.orchestrator.dispatcher.run_sync(calls) if calls else []
 
-    def _payload(self, image_id: str, fmt: str, width: int, height: int, results: list[ExpertResult],
-                 files: list[dict[str, Any]]) -> dict[str, Any]:
+    def _payload(
+        self, image_id: str, fmt: str, width: int, height: int, results: list[ExpertResult], files: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         self.report.experts_run += sum(1 for r in results if not r.cached)
         analysis = ImageAnalysis.merge(image_id, 1, results, width, height)
-        payload = {"image_id": image_id, "files": files, "paths": [f["path"] for f in files], "format": fmt,
-                   "experts": self.names, "indexed_at": time.time(), "text_model": self.embedder.id,
-                   **document(analysis)}
+        payload = {
+            "image_id": image_id,
+            "files": files,
+            "paths": [f["path"] for f in files],
+            "format": fmt,
+            "experts": self.names,
+            "indexed_at": time.time(),
+            "text_model": self.embedder.id,
+            **document(analysis),
+        }
         payload["document"] = document_text(payload)
         return payload
 
@@ -251,8 +284,9 @@ class Indexer:
             if line.get("status") == "error" or line.get("width") is None:
                 self._fail_deferred(item, line.get("error") or "unreadable")
                 continue
-            payload = self._payload(item["image_id"], item["format"], line["width"], line["height"], results,
-                                    item["files"])
+            payload = self._payload(
+                item["image_id"], item["format"], line["width"], line["height"], results, item["files"]
+            )
             self.pending.append((payload, None, item["status"]))  # the image is read again only for CLIP
             if len(self.pending) >= _BATCH:
                 self.flush()
@@ -320,4 +354,3 @@ def usable_experts(registry: Any, names: Iterable[str]) -> list[str]:
         except Exception:  # a broken status means a broken engine: leave it out of the index
             continue
     return out
-

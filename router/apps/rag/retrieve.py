@@ -32,8 +32,15 @@ class Hit:
 
     def as_dict(self) -> dict[str, Any]:
         keep = ("ocr_text", "caption", "objects", "styles", "width", "height")
-        return {"image_id": self.image_id, "path": self.path, "paths": self.paths, "score": round(self.score, 6),
-                "channels": self.channels, "why": self.why, **{k: self.payload.get(k) for k in keep}}
+        return {
+            "image_id": self.image_id,
+            "path": self.path,
+            "paths": self.paths,
+            "score": round(self.score, 6),
+            "channels": self.channels,
+            "why": self.why,
+            **{k: self.payload.get(k) for k in keep},
+        }
 
 
 # --- search -------------------------------------------------------------------------------------
@@ -99,8 +106,12 @@ def _image_document(idx: ImageIndex, image: DecodedImage, orchestrator: Any) -> 
     return document_text(document(analysis))
 
 
-def fuse(lists: dict[str, list[tuple[str, float, dict[str, Any]]]], k: int, query: str | None = None,
-         min_similarity: float = 0.0) -> list[Hit]:
+def fuse(
+    lists: dict[str, list[tuple[str, float, dict[str, Any]]]],
+    k: int,
+    query: str | None = None,
+    min_similarity: float = 0.0,
+) -> list[Hit]:
     """Reciprocal rank fusion: score = sum over lists of 1 / (60 + rank). Within each list, results at
     or below ``min_similarity`` are no match at all: they get no rank (a list where nothing matches,
     e.g. the text list for a colour word, must not push its arbitrary first result up)."""
@@ -125,8 +136,11 @@ def _why(h: Hit, query: str | None) -> list[str]:
     why = [f"{ch}: #{c['rank']}, similarity {c['similarity']:.2f}" for ch, c in h.channels.items()]
     if query:
         terms = {w.lower() for w in _WORD.findall(query) if len(w) > 1} | set(_CJK_RUN.findall(query))
-        fields = {"text": h.payload.get("ocr_text") or "", "caption": h.payload.get("caption") or "",
-                  "objects": " ".join(h.payload.get("objects") or [])}
+        fields = {
+            "text": h.payload.get("ocr_text") or "",
+            "caption": h.payload.get("caption") or "",
+            "objects": " ".join(h.payload.get("objects") or []),
+        }
         for name, value in fields.items():
             low = value.lower()
             words = {w.lower() for w in _WORD.findall(low)}

@@ -145,8 +145,9 @@ class ImageIndex:
             return out
         offset = None
         while True:
-            points, offset = self.client.scroll(COLLECTION, limit=256, offset=offset,
-                                                with_payload=["image_id", "files"])
+            points, offset = self.client.scroll(
+                COLLECTION, limit=256, offset=offset, with_payload=["image_id", "files"]
+            )
             for p in points:
                 pl = p.payload or {}
                 for f in pl.get("files", []):
@@ -164,8 +165,9 @@ class ImageIndex:
         from qdrant_client import models
 
         if files:
-            self.client.set_payload(COLLECTION, payload={"files": files, "paths": [f["path"] for f in files]},
-                                    points=[point_id(image_id)])
+            self.client.set_payload(
+                COLLECTION, payload={"files": files, "paths": [f["path"] for f in files]}, points=[point_id(image_id)]
+            )
         else:
             self.client.delete(COLLECTION, points_selector=models.PointIdsList(points=[point_id(image_id)]))
 
@@ -173,11 +175,11 @@ class ImageIndex:
         from qdrant_client import models
 
         if items:
-            self.client.upsert(COLLECTION, points=[
-                models.PointStruct(id=point_id(pl["image_id"]), vector=vec, payload=pl) for pl, vec in items
-            ])
+            self.client.upsert(
+                COLLECTION,
+                points=[models.PointStruct(id=point_id(pl["image_id"]), vector=vec, payload=pl) for pl, vec in items],
+            )
 
     def query(self, vector: np.ndarray, using: str, limit: int) -> list[tuple[str, float, dict[str, Any]]]:
         res = self.client.query_points(COLLECTION, query=vector.tolist(), using=using, limit=limit, with_payload=True)
         return [(str((p.payload or {}).get("image_id")), float(p.score), dict(p.payload or {})) for p in res.points]
-

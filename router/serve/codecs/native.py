@@ -15,8 +15,14 @@ from router.serve.wire import NativeRequest, may_hold, validate
 
 NDJSON = "application/x-ndjson"
 JSON_CT = "application/json; charset=utf-8"
-STAT_FIELDS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
-               "eval_duration")
+STAT_FIELDS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
 _MAY_HOLD_IMAGES = may_hold("image")  # "images" in any case or spelling Go's decoder accepts
 
 
@@ -47,16 +53,30 @@ class NativeCodec:
     def parse(self, doc: Any) -> Routed:
         req: NativeRequest = validate(NativeRequest, doc)
         if self.chat:
-            messages = [ChatMessage(m.role.lower() or "user", m.content or "", list(m.images or []),
-                                    {k: v for k, v in m.as_dict().items() if k not in ("role", "content")})
-                        for m in req.messages or []]
+            messages = [
+                ChatMessage(
+                    m.role.lower() or "user",
+                    m.content or "",
+                    list(m.images or []),
+                    {k: v for k, v in m.as_dict().items() if k not in ("role", "content")},
+                )
+                for m in req.messages or []
+            ]
         else:
             messages = []
             if req.system:
                 messages.append(ChatMessage("system", req.system))
             messages.append(ChatMessage("user", req.prompt or "", list(req.images or [])))
-        out = Routed(str(req.model or ""), messages, stream=req.stream is not False, options=req.options,
-                     format=req.format, keep_alive=req.keep_alive, think=req.think, tools=list(req.tools or []))
+        out = Routed(
+            str(req.model or ""),
+            messages,
+            stream=req.stream is not False,
+            options=req.options,
+            format=req.format,
+            keep_alive=req.keep_alive,
+            think=req.think,
+            tools=list(req.tools or []),
+        )
         if not self.chat and not req.prompt:
             # A load request: no image reaches the text model, even one nobody will look at.
             out.load = req.without_images()

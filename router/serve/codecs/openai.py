@@ -118,8 +118,16 @@ def to_native(body: Any) -> Routed:
 
     stream = req.stream is True
     include_usage = bool(stream and req.stream_options is not None and req.stream_options.include_usage)
-    return Routed(req.model, messages, stream=stream, options=options or None, format=fmt, think=think,
-                  tools=list(req.tools or []), include_usage=include_usage)
+    return Routed(
+        req.model,
+        messages,
+        stream=stream,
+        options=options or None,
+        format=fmt,
+        think=think,
+        tools=list(req.tools or []),
+        include_usage=include_usage,
+    )
 
 
 def _options(req: OARequest) -> dict[str, Any]:
@@ -160,7 +168,8 @@ def _parts(content: Any, i: int) -> tuple[list[str], list[str]]:
         else:
             raise OpenAIRequestError(
                 f"messages[{i}].content[{j}]: unsupported content part type {kind!r} (text and "
-                "image_url are supported)", f"messages[{i}].content"
+                "image_url are supported)",
+                f"messages[{i}].content",
             )
     return texts, images
 
@@ -193,8 +202,9 @@ def _tool_call(tc: OAToolCall, i: int, call_names: dict[str, str]) -> dict[str, 
                 f"messages[{i}].tool_calls: arguments are not valid JSON", f"messages[{i}].tool_calls"
             ) from None
     if args is not None and not isinstance(args, dict):
-        raise OpenAIRequestError(f"messages[{i}].tool_calls: arguments must be a JSON object",
-                                 f"messages[{i}].tool_calls")
+        raise OpenAIRequestError(
+            f"messages[{i}].tool_calls: arguments must be a JSON object", f"messages[{i}].tool_calls"
+        )
     name = fn.name or ""
     if tc.id:
         call_names[tc.id] = name
@@ -233,13 +243,17 @@ def wire_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, c in enumerate(calls):
         fn = c.get("function") or {}
         args = fn.get("arguments", {})
-        out.append({
-            "id": c.get("id") or "call_" + secrets.token_hex(4),
-            "index": i,
-            "type": "function",
-            "function": {"name": fn.get("name", ""),
-                         "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)},
-        })
+        out.append(
+            {
+                "id": c.get("id") or "call_" + secrets.token_hex(4),
+                "index": i,
+                "type": "function",
+                "function": {
+                    "name": fn.get("name", ""),
+                    "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False),
+                },
+            }
+        )
     return out
 
 
@@ -287,14 +301,22 @@ class ChunkWriter:
         return self._chunk({"role": "assistant", "content": ""}, reason)
 
     def usage(self, stats: dict[str, int]) -> bytes:
-        return sse({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "system_fingerprint": "fp_ollama", "choices": [], "usage": usage(stats),
-        })
+        return sse(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [],
+                "usage": usage(stats),
+            }
+        )
 
 
-def completion(model: str, answer: str, thinking: str, tool_calls: list[dict[str, Any]], done_reason: str,
-               stats: dict[str, int]) -> dict[str, Any]:
+def completion(
+    model: str, answer: str, thinking: str, tool_calls: list[dict[str, Any]], done_reason: str, stats: dict[str, int]
+) -> dict[str, Any]:
     """The single ``chat.completion`` object of a non-streamed request."""
     message: dict[str, Any] = {"role": "assistant", "content": answer}
     if thinking:

@@ -66,8 +66,9 @@ def build(out_name: str, source: str, index: int | None, chars: set[str]) -> str
 def main() -> None:
     chars = wanted_characters()
     coverage = {name: build(name, src, idx, chars) for name, (src, idx) in SOURCES.items()}
-    (HERE / "coverage.json").write_text(json.dumps(coverage, ensure_ascii=False, indent=0, sort_keys=True) + "\n",
-                                        encoding="utf-8")
+    (HERE / "coverage.json").write_text(
+        json.dumps(coverage, ensure_ascii=False, indent=0, sort_keys=True) + "\n", encoding="utf-8"
+    )
     for name in SOURCES:
         print(f"{name}: {len(coverage[name])} characters, {(HERE / name).stat().st_size / 1024:.0f} KiB")
 
