@@ -499,3 +499,15 @@ def test_real_ocr_and_detect_index_then_search(tmp_path, fake):
     acc, got = top1(db, queries, embedder=emb)
     print(f"\nreal ocr+detect, all-MiniLM-L6-v2: top-1 {acc:.0%} {got}")
     assert acc == 1.0, got
+
+
+def test_ollama_embedder_failures_read_like_the_routers_with_the_local_fix(fake_ollama):
+    from router.apps.rag import ImageIndexError
+
+    with pytest.raises(ImageIndexError) as info:
+        make_embedder("ollama:no-such-embedder", fake_ollama.url).embed(["a receipt"])
+    msg = str(info.value)
+    assert "model 'no-such-embedder' not found" in msg and "ollama pull no-such-embedder" in msg
+    assert "st:all-MiniLM-L6-v2" in msg and "\n" not in msg
+    with pytest.raises(ImageIndexError, match=r"cannot reach Ollama at .*st:all-MiniLM-L6-v2"):
+        make_embedder("ollama:nomic-embed-text", "127.0.0.1:9").embed(["a receipt"])

@@ -50,8 +50,9 @@ class OllamaEmbedder(TextEmbedder):
         self._client: Any = None
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        import httpx
         import ollama
+
+        from router.core.upstream import UPSTREAM_ERRORS, upstream_error
 
         if not texts:
             return np.zeros((0, 0), np.float32)
@@ -59,18 +60,16 @@ class OllamaEmbedder(TextEmbedder):
             self._client = ollama.Client(host=self.host)
         try:
             resp = self._client.embed(model=self.model, input=list(texts))
-        except ollama.ResponseError as exc:
-            if exc.status_code == 404:
-                raise ImageIndexError(
-                    f"embedding model '{self.model}' not found at {self.host}: run `ollama pull {self.model}`, "
-                    "or embed locally with --embed-model st:all-MiniLM-L6-v2"
-                ) from None
-            raise ImageIndexError(f"Ollama at {self.host} (embed): {exc.error}") from None
-        except (httpx.HTTPError, ConnectionError):
-            raise ImageIndexError(
-                f"cannot reach Ollama at {self.host} for embeddings: start `ollama serve`, set OLLAMA_HOST, "
-                "or embed locally with --embed-model st:all-MiniLM-L6-v2"
-            ) from None
+        except UPSTREAM_ERRORS as exc:  # the one gateway's wording, with the local alternative as the fix
+            local = "or embed locally with --embed-model st:all-MiniLM-L6-v2"
+            err = upstream_error(
+                exc,
+                self.host,
+                self.model,
+                missing=f"run `ollama pull {self.model}`, {local}",
+                unreachable=f"start `ollama serve`, set OLLAMA_HOST, {local}",
+            )
+            raise ImageIndexError(str(err)) from None
         return _normalise_rows(np.asarray(resp.embeddings, dtype=np.float32))
 
 
