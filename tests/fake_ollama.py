@@ -530,10 +530,6 @@ def main(argv: list[str] | None = None) -> None:
         fake.stop()
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _capability_error(m: Any, body: dict[str, Any], chat: bool) -> str | None:
     """Ollama's 400 for a request the model cannot serve (server/images.go CheckCapabilities)."""
     if "completion" not in m.capabilities:
@@ -597,3 +593,7 @@ class _Turn:
             if not self.chat:
                 c["context"] = [1, 2, 3]
         return c
+
+
+if __name__ == "__main__":
+    main()
