@@ -4,19 +4,14 @@ Experts never import the router. The router sees only :mod:`experts.registry`,
 :mod:`experts.schema` and :mod:`experts.images`.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:  # the distribution version, so the result cache notices an upgrade
-    __version__ = version("ollama-vision-router")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
-
+from experts.base import PACKAGE_VERSION as __version__
 from experts.base import Expert
 from experts.errors import ExpertError, ImageError, VisionRouterError
 from experts.images import DecodedImage, decode_image, load_image_file
 from experts.schema import BBox, ExpertResult, ImageAnalysis, Style, TextLine
 
 __all__ = [
+    "__version__",
     "BBox",
     "DecodedImage",
     "Expert",

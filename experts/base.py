@@ -21,6 +21,18 @@ ARG_MAX_CHARS = 2000
 """Longest string any expert argument accepts: a query, a question or a label list, never a document."""
 
 
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # the distribution's version: the result cache notices an upgrade
+        return version("ollama-vision-router")
+    except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+        return "0.0.0"
+
+
+PACKAGE_VERSION = _package_version()
+
+
 class ExpertArgs(BaseModel):
     """Base for an expert's arguments. Unknown keys are refused so typos surface as errors; strings are
     bounded (:data:`ARG_MAX_CHARS`) so a runaway argument is a short error, not work or an echo."""
@@ -61,10 +73,8 @@ class Expert:
         import hashlib
         import json
 
-        from experts import __version__ as package_version
-
         conf = json.dumps(self.config, sort_keys=True, default=str).encode()
-        return f"{package_version}.{self.version}.{hashlib.sha256(conf).hexdigest()[:10]}"
+        return f"{PACKAGE_VERSION}.{self.version}.{hashlib.sha256(conf).hexdigest()[:10]}"
 
     # --- schema -------------------------------------------------------------------------------
     @classmethod

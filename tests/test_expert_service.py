@@ -53,12 +53,12 @@ class Service:
 
 @contextlib.contextmanager
 def service(name: str, *args: str, tmp_path: Path, entry_points: str = "none", wait_s: float = 90):
-    """Start ``python -m experts.service NAME`` on a free loopback port, wait for /healthz, and
+    """Start ``python -m router.commands.expert_serve NAME`` on a free loopback port, wait for /healthz, and
     always kill it afterwards."""
     port = free_port()
     log = tmp_path / f"service-{name}-{port}.log"
     env = {**os.environ, "VISION_ROUTER_EXPERTS": entry_points, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "experts.service", name, "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "router.commands.expert_serve", name, "--port", str(port), *args]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -241,7 +241,7 @@ def test_killed_service_mid_request_is_an_error_not_a_hang(tmp_path):
 def test_service_refuses_to_start_with_one_line(tmp_path):
     env = {**os.environ, "VISION_ROUTER_EXPERTS": "none"}
     r = subprocess.run(
-        [sys.executable, "-m", "experts.service", "nosuch", "--port", str(free_port())],
+        [sys.executable, "-m", "router.commands.expert_serve", "nosuch", "--port", str(free_port())],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -255,7 +255,8 @@ def test_service_refuses_to_start_with_one_line(tmp_path):
 def test_serve_command_options():
     from click.testing import CliRunner
 
-    from experts.service import _parse_config, serve_command
+    from router.commands.expert_serve import parse_config as _parse_config
+    from router.commands.expert_serve import serve_command
 
     out = CliRunner().invoke(serve_command, ["--help"])
     assert out.exit_code == 0 and "--host" in out.output and "--port" in out.output
@@ -446,7 +447,7 @@ def _start(*args: str) -> subprocess.CompletedProcess:
         [
             sys.executable,
             "-m",
-            "experts.service",
+            "router.commands.expert_serve",
             "echo",
             "--import",
             "tests.service_experts",
@@ -474,7 +475,7 @@ def test_non_loopback_host_needs_allow_remote(host):
 def test_missing_serve_extra_is_one_line():
     code = (
         "import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None\n"
-        "from experts.service import serve_command; serve_command(['echo'])"
+        "from router.commands.expert_serve import serve_command; serve_command(['echo'])"
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "Traceback" not in r.stderr

@@ -14,7 +14,7 @@ from router.commands import common
 from router.commands.common import Group, load_image_arg, parse_kv, settings_from
 from router.core.context import render_image
 
-EXPERT_LAZY_COMMANDS = {"serve": "experts.service:serve_command"}
+EXPERT_LAZY_COMMANDS = {"serve": "router.commands.expert_serve:serve_command"}
 
 
 @click.group("expert", cls=Group, lazy=EXPERT_LAZY_COMMANDS)
