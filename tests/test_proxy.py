@@ -442,3 +442,21 @@ def test_serve_reads_its_defaults_from_config_and_flags_win(tmp_path, monkeypatc
     assert r.exit_code == 0, r.output
     proxy = seen["app"].state.proxy
     assert seen["port"] == 12346 and proxy.cfg.route == ["llama*"] and proxy.cfg.max_body_bytes == 8 * 1024 * 1024
+
+
+# --- never an empty bubble ---------------------------------------------------------------------------
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_model_that_only_repeats_tags_still_gets_the_client_an_answer(fresh, stream):
+    """Small models repeat tags: the client sees a clear no-answer message with what the experts found,
+    never `content: ""` with done_reason stop (an empty bubble in Open WebUI)."""
+    fresh.fake.responder = lambda path, body: Reply("[VISION: ocr]")
+    body = {
+        "model": MODEL,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Tell me about it", "images": [IMAGE_B64]}],
+    }
+    r = post(fresh.url, "/api/chat", body)
+    chunks = ndjson(r.content) if stream else [r.json()]
+    text = "".join(c["message"]["content"] for c in chunks)
+    assert text.startswith("The model gave no answer") and OCR_TEXT in text and "[VISION" not in text
+    assert [c["done"] for c in chunks].count(True) == 1
