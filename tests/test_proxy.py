@@ -60,6 +60,19 @@ def test_tags_consistent_with_show(fresh):
     assert models[f"{MODEL}:latest"]["size"] == 2_497_293_931
 
 
+def test_routed_models_are_listed_under_their_own_digest(fresh):
+    """llm-ollama caches capabilities by digest: after using the model directly it would keep saying the
+    model takes no attachments. Routed models get a stable digest of their own; others keep Ollama's."""
+    direct = {m["name"]: m["digest"] for m in httpx.get(fresh.fake.url + "/api/tags").json()["models"]}
+    listed = {m["name"]: m["digest"] for m in httpx.get(fresh.url + "/api/tags").json()["models"]}
+    again = {m["name"]: m["digest"] for m in httpx.get(fresh.url + "/api/tags").json()["models"]}
+    routed = f"{MODEL}:latest"
+    assert listed[routed] != direct[routed] and listed[routed] == again[routed]
+    assert len(listed[routed]) == len(direct[routed]) and int(listed[routed], 16) >= 0
+    assert listed["llava:7b"] == direct["llava:7b"]  # sees on its own: untouched
+    assert listed["nomic-embed-text:latest"] == direct["nomic-embed-text:latest"]
+
+
 def test_route_and_skip_lists():
     s = start_stack(config=ProxyConfig(route=["qwen3*"], skip=["qwen3:4b-*"]))
     try:

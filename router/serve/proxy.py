@@ -359,6 +359,8 @@ class VisionProxy:
                 name = m.get("model") or m.get("name") or m.get("id") or ""
                 if self.routes.routed_by_caps(name, m["capabilities"]):
                     m["capabilities"] = [*m["capabilities"], "vision"]
+                    if isinstance(m.get("digest"), str):
+                        m["digest"] = routed_digest(m["digest"])
         return JSONResponse(data, status_code=200, headers=_passable(r.headers))
 
     async def _fetch(self, request: Request, body: bytes | None) -> httpx.Response | Response:
@@ -421,6 +423,16 @@ class _Inflight:
             await self.app(scope, receive, send)
         finally:
             m.inflight -= 1
+
+
+def routed_digest(digest: str) -> str:
+    """The digest a routed model is listed under: the model seen through the proxy has other capabilities
+    than the same model seen directly, and clients that cache capabilities by digest (llm-ollama) must not
+    reuse what they learnt from Ollama itself. Stable, and in Ollama's form (64 hex digits, or sha256:...)."""
+    import hashlib
+
+    prefix = "sha256:" if digest.startswith("sha256:") else ""
+    return prefix + hashlib.sha256(f"{digest}+vision-router".encode()).hexdigest()
 
 
 def _copy(r: httpx.Response) -> Response:
