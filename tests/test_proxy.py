@@ -457,6 +457,28 @@ def test_serve_reads_its_defaults_from_config_and_flags_win(tmp_path, monkeypatc
     assert seen["port"] == 12346 and proxy.cfg.route == ["llama*"] and proxy.cfg.max_body_bytes == 8 * 1024 * 1024
 
 
+def test_serve_limits_for_slow_clients_come_from_config_and_reach_uvicorn(tmp_path, monkeypatch):
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        "[serve]\nmax_concurrent = 7\nmax_connections = 9\nheader_timeout = 2.5\nbody_timeout = 30\n", "utf-8"
+    )
+    r = CliRunner().invoke(serve_command, ["--upstream", "127.0.0.1:9"], obj={"config": str(cfg)})
+    assert r.exit_code == 0, r.output
+    pc = seen["app"].state.proxy.cfg
+    assert (pc.max_concurrent, pc.max_connections, pc.header_timeout_s, pc.body_timeout_s) == (7, 9, 2.5, 30)
+    r = CliRunner().invoke(
+        serve_command, ["--upstream", "127.0.0.1:9", "--max-concurrent", "3"], obj={"config": str(cfg)}
+    )
+    assert r.exit_code == 0 and seen["app"].state.proxy.cfg.max_concurrent == 3  # the flag wins
+    cfg.write_text("[serve]\nheader_timeout = 0\n", "utf-8")
+    r = CliRunner().invoke(serve_command, ["--upstream", "127.0.0.1:9"], obj={"config": str(cfg)})
+    assert r.exit_code == 1 and "serve.header_timeout: expected a number > 0" in str(r.exception)
+
+
 # --- never an empty bubble ---------------------------------------------------------------------------
 @pytest.mark.parametrize("stream", [True, False])
 def test_a_model_that_only_repeats_tags_still_gets_the_client_an_answer(fresh, stream):

@@ -32,6 +32,9 @@ from router.commands.common import settings_from
 @click.option("--upstream-timeout", type=float, help="seconds Ollama may stay silent mid-request (default 600)")
 @click.option("--max-rounds", type=click.IntRange(0, 8), help="expert rounds per message (default 2)")
 @click.option("--no-cache", is_flag=True, help="keep expert results in memory only")
+@click.option(
+    "--max-concurrent", type=click.IntRange(1), help="requests in flight; more get Ollama's 503 (default 512)"
+)
 @click.pass_context
 def serve_command(
     ctx,
@@ -47,6 +50,7 @@ def serve_command(
     upstream_timeout,
     max_rounds,
     no_cache,
+    max_concurrent,
 ):
     """Serve an Ollama-compatible API that gives text-only models vision.
 
@@ -75,6 +79,10 @@ def serve_command(
         token=token or None,
         max_body_bytes=(max_body_mib or conf.max_body_mib) * 1024 * 1024,
         upstream_timeout_s=upstream_timeout or conf.upstream_timeout,
+        max_concurrent=max_concurrent or conf.max_concurrent,
+        max_connections=conf.max_connections,
+        header_timeout_s=conf.header_timeout,
+        body_timeout_s=conf.body_timeout,
     )
     app = create_app(settings, common.configured_registry(settings), config=cfg)
     proxy: VisionProxy = app.state.proxy

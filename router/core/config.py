@@ -116,6 +116,10 @@ class ServeSettings(BaseModel):
     token: str | None = Field(None, description="require `Authorization: Bearer <token>`")
     max_body_mib: int = Field(64, ge=1, le=4096)
     upstream_timeout: float = Field(600.0, gt=0, description="seconds Ollama may stay silent mid-request")
+    max_concurrent: int = Field(512, ge=1, description="requests in flight; more get Ollama's 503 'server busy'")
+    max_connections: int = Field(1024, ge=1, description="open client connections")
+    header_timeout: float = Field(10.0, gt=0, description="seconds a request's headers may take (slow clients)")
+    body_timeout: float = Field(120.0, gt=0, description="seconds a request's body may take")
 
 
 class Settings(BaseModel):
