@@ -526,10 +526,16 @@ def fix_word_spacing(gray: np.ndarray, seg: Segment) -> str:
     """:func:`restore_spaces` for one segment, reading the gaps from the image under its box."""
     if not any(is_latin_word_char(c) for c in seg.text):
         return seg.text
+    if any(script_of(c) in _CJK_SCRIPTS for c in seg.text):
+        # Glyph widths mislead in mixed lines (a Latin word between Han characters was split on the real set).
+        return seg.text
     crop = rectified_crop(gray, seg.box)
     if crop.size == 0:
         return seg.text
     return restore_spaces(seg.text, seg.char_x, ink_gaps(crop), ink_span(crop))
+
+
+_CJK_SCRIPTS = ("han", "kana", "hangul")
 
 
 # --- script --------------------------------------------------------------------------------------
