@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 from experts.base import Expert, ExpertArgs  # noqa: E402
 from experts.images import decode_image  # noqa: E402
@@ -41,6 +41,7 @@ from experts.registry import Registry  # noqa: E402
 from router.apps.batch import run_batch  # noqa: E402
 from router.core.config import Settings  # noqa: E402
 from router.core.orchestrator import Orchestrator  # noqa: E402
+from tests.scenes import font  # noqa: E402
 
 QUESTIONS = [
     "What does the label say?",
@@ -67,9 +68,7 @@ BRANDS = [
 
 
 def product_shot(i: int) -> bytes:
-    font_path = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
-    f = ImageFont.truetype(font_path, 48) if Path(font_path).exists() else ImageFont.load_default(48)
-    small = ImageFont.truetype(font_path, 26) if Path(font_path).exists() else ImageFont.load_default(26)
+    f, small = font("sans-bold", 48), font("sans-bold", 26)  # the fonts shipped in tests/data/fonts
     img = Image.new("RGB", (800, 800), (250, 250, 250))
     d = ImageDraw.Draw(img)
     w = 300 + (i * 37) % 200
