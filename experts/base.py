@@ -70,11 +70,14 @@ class Expert:
         """What besides the image and arguments decides a result: the package and expert versions and
         this instance's configuration (an engine or model setting). Part of every result-cache key, so
         an upgrade or a config change never serves results made by other code or settings."""
-        import hashlib
-        import json
+        tag = self.__dict__.get("_cache_tag")
+        if tag is None:  # once per instance: a new configuration makes a new instance (Registry.configure)
+            import hashlib
+            import json
 
-        conf = json.dumps(self.config, sort_keys=True, default=str).encode()
-        return f"{PACKAGE_VERSION}.{self.version}.{hashlib.sha256(conf).hexdigest()[:10]}"
+            conf = json.dumps(self.config, sort_keys=True, default=str).encode()
+            tag = self._cache_tag = f"{PACKAGE_VERSION}.{self.version}.{hashlib.sha256(conf).hexdigest()[:10]}"
+        return tag
 
     # --- schema -------------------------------------------------------------------------------
     @classmethod

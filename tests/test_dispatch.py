@@ -120,7 +120,7 @@ def test_a_new_expert_version_or_config_does_not_reuse_old_disk_results(tmp_path
     assert FakeOcr.calls == 2 and not r.cached
     d2.cache.close()
     reg = make_registry()
-    reg.get("ocr").config["engine"] = "paddle"  # another engine setting gives other results
+    reg.configure("ocr", engine="paddle")  # another engine setting gives other results
     (r,) = Dispatcher(reg, ResultCache(disk_dir=tmp_path)).run_sync([ExpertCall(image, 1, "ocr")])
     assert FakeOcr.calls == 3 and not r.cached
 
