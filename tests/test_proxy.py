@@ -495,3 +495,21 @@ def test_a_model_that_only_repeats_tags_still_gets_the_client_an_answer(fresh, s
     text = "".join(c["message"]["content"] for c in chunks)
     assert text.startswith("The model gave no answer") and OCR_TEXT in text and "[VISION" not in text
     assert [c["done"] for c in chunks].count(True) == 1
+
+
+def test_decoded_images_are_freed_when_the_answer_is_complete(fresh):
+    """The pixel budget bounds decoding; the proxy also lets go of the pixels once a request is answered
+    instead of waiting for the garbage collector (memory stays bounded under big images)."""
+    TextExpert.seen.clear()
+    fresh.fake.script("The sign reads SALE.")
+    unseen = b64(png(size=(97, 61)))  # new to this module's cache: the expert really runs
+    body = {
+        "model": MODEL,
+        "stream": False,
+        "messages": [{"role": "user", "content": "read it", "images": [unseen]}],
+    }
+    r = post(fresh.url, "/api/chat", body)
+    assert r.json()["message"]["content"] == "The sign reads SALE.", r.text
+    (image,) = TextExpert.seen
+    with pytest.raises(Exception, match="closed|freed"):
+        image.bgr()

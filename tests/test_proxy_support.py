@@ -37,9 +37,11 @@ class TextExpert(Expert):
     Args = OcrArgs
     positional = "query"
     runs = 0
+    seen: list = []  # the images it was given (tests check the proxy frees them)
 
     def _analyze(self, image, args):
         type(self).runs += 1
+        type(self).seen.append(image)
         return self.new_result(image, full_text=OCR_TEXT)
 
 

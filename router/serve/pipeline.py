@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from experts.errors import ImageError, VisionRouterError
-from experts.images import decode_base64_image
+from experts.images import DecodedImage, decode_base64_image
 from router.core.errors import UpstreamError
 from router.core.orchestrator import Final
 from router.serve.codecs import ChatMessage, Codec, Routed, Writer
@@ -114,7 +114,8 @@ class Pipeline:
             think=req.think,
             tools=req.tools or None,
         )
-        return RunTask(agen, request, lambda final: self.metrics.final(kind, final), self.proxy.cfg.upstream)
+        images = [im for m in req.messages for im in m.decoded]
+        return RunTask(agen, request, lambda final: self.metrics.final(kind, final), self.proxy.cfg.upstream, images)
 
     async def _stream(self, run: RunTask, first: Any, writer: Writer) -> AsyncIterator[bytes]:
         try:
@@ -142,7 +143,17 @@ class RunTask:
 
     _END = object()
 
-    def __init__(self, agen: Any, request: Request, on_final: Callable[[Final], None], host: str) -> None:
+    def __init__(
+        self,
+        agen: Any,
+        request: Request,
+        on_final: Callable[[Final], None],
+        host: str,
+        images: Sequence[DecodedImage] = (),
+    ) -> None:
+        # Freed as soon as the answer is complete: the pixel budget bounds decoding, this bounds the holding.
+        # Not on a cancelled run: an expert still running may share the image with a concurrent request.
+        self.images = images
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
         self.request = request
         self.on_final = on_final
@@ -154,6 +165,8 @@ class RunTask:
             async for ev in agen:
                 if isinstance(ev, Final):
                     self.on_final(ev)
+                    for image in self.images:
+                        image.close()
                 await self.queue.put(ev)
         except asyncio.CancelledError:
             raise
