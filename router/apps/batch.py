@@ -456,12 +456,6 @@ def finish_line(
     return line
 
 
-def answered(final: Any) -> bool:
-    """Whether the model gave an answer (the run loop's ``Final.answered``; an empty text is none)."""
-    flag = getattr(final, "answered", None)
-    return bool(final.answer.strip()) if flag is None else bool(flag)
-
-
 def _expert_note(r: ExpertResult) -> dict[str, Any]:
     note: dict[str, Any] = {"timing_ms": round(r.timing_ms, 1), "cached": r.cached}
     if r.args:
@@ -521,7 +515,7 @@ async def complete(
     except VisionRouterError as exc:
         return failed_line(line, str(exc))
     results = [r for a in final.analyses for r in a.results]
-    return finish_line(line, results, answer=final.answer, answered=answered(final))
+    return finish_line(line, results, answer=final.answer, answered=final.answered)
 
 
 # --- the run ------------------------------------------------------------------------------------
