@@ -15,7 +15,14 @@ writes it (JSONL or Parquet) and counts progress. With ``-q`` the model step is 
 (``--workers`` actors), each with its own router.
 
 Ray Data retries the work of an actor that dies (``max_restarts=-1``, ``max_task_retries=-1``): a
-killed worker costs time, not images. Each image's line is written once, by the driver.
+killed worker, or a lost node, costs time, not images. Each image's line is written once, by the driver.
+
+Resources are planned per node, not against the cluster's total: a cluster is many small nodes, and an
+actor runs on one. One actor of every pool must fit on the nodes alive at the start (packed, biggest
+first), or the asks are scaled down together; an ask that no node can meet is one error line at once.
+Intake asks for no CPU, so it always runs beside actors that fill their nodes (the driver does the
+writing). An actor that still cannot start (a node lost, a packing Ray did not find) says so within
+``start_timeout`` seconds, and a run where nothing moves prints what waits for which resources.
 
 Every node needs this package and the experts' extras installed (or a ``runtime_env``); local paths
 must be readable at the same place on every node (a shared file system), or use a URL.
@@ -27,6 +34,8 @@ import asyncio
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -59,7 +68,12 @@ log = logging.getLogger(__name__)
 
 # Keys of ``[experts.NAME]`` read here (the router's, not the expert's own settings).
 SCALE_KEYS = ("num_cpus", "num_gpus", "replicas")
-INTAKE_CPUS = 0.25  # reading and hashing is light: it must not take the CPUs the experts need
+# Reading and hashing is light, and any CPU ask can be starved on nodes whose CPUs the expert actors
+# fill (2 nodes x 1 CPU with two experts hung at 0/N): intake asks for none, its concurrency is capped.
+INTAKE_CPUS = 0.0
+ASK_CPUS = 0.5  # one actor of the -q pool: it waits on the model more than it computes
+START_TIMEOUT_S = 120.0  # how long an actor pool may wait for room on the nodes before the run fails
+NOTICE_S = 15.0  # no image finished for this long: say what waits for which resources
 RegistryFactory = Callable[[], Any]
 
 
@@ -241,10 +255,17 @@ def build_pipeline(
     system: str | None = None,
     workers: int = 2,
     resources: dict[str, dict[str, Any]] | None = None,
+    start_timeout: float = START_TIMEOUT_S,
 ) -> Any:
-    """The Ray Dataset of result rows for ``sources`` (local file paths and/or URLs)."""
+    """The Ray Dataset of result rows for ``sources`` (local file paths and/or URLs), its actor pools
+    planned against the nodes alive now (:func:`plan_pools`)."""
     import ray.data
 
+    nodes = alive_nodes()
+    # An actor pool whose first actor finds no room fails the run after this long, rather than waiting
+    # for ever (Ray Data's default); the driver's own watch says what waits meanwhile.
+    ray.data.DataContext.get_current().wait_for_min_actors_s = max(1, int(start_timeout))
+    light = {"num_cpus": INTAKE_CPUS, "compute": ray.data.TaskPoolStrategy(size=max(2, len(nodes)))}
     local = [s for s in sources if not _is_url(s)]
     urls = [s for s in sources if _is_url(s)]
     parts = []
@@ -253,10 +274,12 @@ def build_pipeline(
             ray.data.from_items([{"path": p, "bytes": None} for p in local], override_num_blocks=min(len(local), 200))
         )
     if urls:
-        parts.append(ray.data.read_binary_files(urls, include_paths=True))
+        reads = {"ray_remote_args": {"num_cpus": INTAKE_CPUS}, "concurrency": max(2, len(nodes))}
+        parts.append(ray.data.read_binary_files(urls, include_paths=True, **reads))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-    ds = ds.map(intake_row, fn_kwargs={"limits": settings.image_limits(), "seen": seen or Seen()}, num_cpus=INTAKE_CPUS)
+    ds = ds.map(intake_row, fn_kwargs={"limits": settings.image_limits(), "seen": seen or Seen()}, **light)
     if question is not None:
+        (pool,) = plan_pools(["the -q model step"], [ExpertResources(ASK_CPUS, 0.0, max(1, workers))], nodes)
         return ds.map(
             AskStage,
             fn_constructor_kwargs={
@@ -266,10 +289,17 @@ def build_pipeline(
                 "question": question,
                 "system": system,
             },
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, workers)),
-            num_cpus=0.5,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool.replicas),
+            num_cpus=pool.num_cpus,
         )
-    for i, ((name, args), res) in enumerate(zip(specs, fit_to_cluster(specs, settings, resources), strict=True)):
+    names = [name for name, _ in specs]
+    planned = plan_pools(names, [expert_resources(settings, n, resources) for n in names], nodes)
+    # Biggest ask first: Ray Data starts the pools in this order and spreads their actors over the
+    # nodes with room, so the big actors find a node while most room is free (the columns keep the
+    # experts' order).
+    order = sorted(range(len(specs)), key=lambda i: (planned[i].num_gpus, planned[i].num_cpus), reverse=True)
+    for i in order:
+        (name, args), res = specs[i], planned[i]
         ds = ds.map(
             ExpertStage,
             fn_constructor_kwargs={
@@ -286,30 +316,189 @@ def build_pipeline(
     return ds
 
 
-def fit_to_cluster(
-    specs: Sequence[ExpertSpec], settings: Any, resources: dict[str, dict[str, Any]] | None = None
-) -> list[ExpertResources]:
-    """Each expert's resources, checked against the cluster. One actor of every pool must fit beside the
-    intake tasks, or Ray Data waits forever: CPU asks that do not fit are scaled down together (a
-    2-core laptop runs ocr and detect at 0.875 CPU each), a GPU ask on a cluster without GPUs is an error."""
+# --- planning per node --------------------------------------------------------------------------
+_EPS = 1e-9
+_SHOWN = ("CPU", "GPU")  # what the lines below name; memory and node: labels are Ray's own business
+
+
+@dataclass(frozen=True)
+class NodeOffer:
+    """What one alive node offers Ray's tasks and actors in all (not what is free now)."""
+
+    address: str
+    cpus: float
+    gpus: float = 0.0
+
+    def __str__(self) -> str:
+        gpus = f" + {self.gpus:g} GPU" if self.gpus else ""
+        return f"{self.cpus:g} CPU{gpus} ({self.address})"
+
+
+def alive_nodes() -> list[NodeOffer]:
+    """The cluster's alive nodes and their CPUs/GPUs (``ray.nodes()``)."""
     import ray
 
-    wanted = [expert_resources(settings, name, resources) for name, _ in specs]
-    total = ray.cluster_resources()
-    cpus, gpus = float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0))
-    for (name, _), res in zip(specs, wanted, strict=True):
-        if res.num_gpus > gpus:
+    return [
+        NodeOffer(
+            str(n.get("NodeManagerAddress") or n.get("NodeID", "?")[:8]),
+            float((n.get("Resources") or {}).get("CPU", 0.0)),
+            float((n.get("Resources") or {}).get("GPU", 0.0)),
+        )
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+
+
+def describe_nodes(nodes: Sequence[NodeOffer]) -> str:
+    """``1 CPU (10.0.0.1), 2 CPU + 1 GPU (10.0.0.2)``: what a one-line error shows of the cluster."""
+    return ", ".join(str(n) for n in nodes) or "no alive node"
+
+
+def _ask(res: ExpertResources) -> str:
+    gpus = f" + {res.num_gpus:g} GPU" if res.num_gpus else ""
+    return f"{res.num_cpus:g} CPU{gpus}"
+
+
+def _fits(free: list[float], res: ExpertResources) -> bool:
+    return free[0] + _EPS >= res.num_cpus and free[1] + _EPS >= res.num_gpus
+
+
+def _take(free: list[list[float]], res: ExpertResources) -> bool:
+    """Place one actor on the first node with room (``free`` is changed); False when none has."""
+    for f in free:
+        if _fits(f, res):
+            f[0] -= res.num_cpus
+            f[1] -= res.num_gpus
+            return True
+    return False
+
+
+def pack(asks: Sequence[ExpertResources], nodes: Sequence[NodeOffer]) -> list[list[float]] | None:
+    """One actor per ask, biggest first, each on the first node with room: the free ``[cpus, gpus]``
+    per node afterwards, or None when some actor finds no room."""
+    free = [[n.cpus, n.gpus] for n in nodes]
+    for res in sorted(asks, key=lambda r: (r.num_gpus, r.num_cpus), reverse=True):
+        if not _take(free, res):
+            return None
+    return free
+
+
+def _scaled(asks: Sequence[ExpertResources], factor: float) -> list[ExpertResources]:
+    return [ExpertResources(r.num_cpus * factor, r.num_gpus, r.replicas) for r in asks]
+
+
+def _unmet(name: str, res: ExpertResources, nodes: Sequence[NodeOffer]) -> VisionRouterError | None:
+    """The one-line error for an actor ask that no single node can meet (None when one can)."""
+    if any(_fits([n.cpus, n.gpus], res) for n in nodes):
+        return None
+    if not any(n.gpus + _EPS >= res.num_gpus for n in nodes):
+        fix = f"set [experts.{name}] num_gpus = 0 (or a fraction) in the config, or add GPU nodes"
+        return VisionRouterError(
+            f"expert {name} asks for {res.num_gpus:g} GPU per actor, no Ray node has that many "
+            f"(nodes: {describe_nodes(nodes)}): {fix}"
+        )
+    most = max(n.cpus for n in nodes if n.gpus + _EPS >= res.num_gpus)
+    return VisionRouterError(
+        f"expert {name} asks for {_ask(res)} per actor, no Ray node has that much "
+        f"(nodes: {describe_nodes(nodes)}): set [experts.{name}] num_cpus to at most {most:g} in the config, "
+        "or add a bigger node"
+    )
+
+
+def plan_pools(
+    names: Sequence[str], wanted: Sequence[ExpertResources], nodes: Sequence[NodeOffer]
+) -> list[ExpertResources]:
+    """Each pool's actor ask and size, planned against what each node offers (an actor runs on one
+    node, so the cluster's total says nothing). An ask no node can meet is an error; one actor of every
+    pool must pack onto the nodes, or the CPU asks are scaled down together (one 1-CPU laptop runs ocr
+    and detect at 0.5 CPU each); ``replicas`` is capped at the actors that fit beside the others."""
+    if not nodes:
+        raise VisionRouterError("the Ray cluster has no alive node")
+    for name, res in zip(names, wanted, strict=True):
+        err = _unmet(name, res, nodes)
+        if err is not None:
+            raise err
+    factor = 1.0
+    if pack(wanted, nodes) is None:
+        if pack(_scaled(wanted, 0.0), nodes) is None:  # the GPUs do not go round, whatever the CPUs
+            asks = ", ".join(f"{n} {_ask(r)}" for n, r in zip(names, wanted, strict=True))
             raise VisionRouterError(
-                f"expert {name} asks for {res.num_gpus:g} GPU per actor, the Ray cluster has {gpus:g}: "
-                f"set [experts.{name}] num_gpus = 0 in the config, or add GPU nodes"
+                f"one actor of each expert ({asks}) does not fit on the Ray nodes ({describe_nodes(nodes)}): "
+                "lower [experts.NAME] num_gpus (a fraction shares a GPU), or add GPU nodes"
             )
-    need = sum(r.num_cpus for r in wanted)
-    budget = cpus - INTAKE_CPUS
-    if need > budget > 0:
-        factor = budget / need
-        log.warning("experts ask for %.2f CPUs, the Ray cluster has %.2f: scaled by %.2f to fit", need, cpus, factor)
-        wanted = [ExpertResources(r.num_cpus * factor, r.num_gpus, r.replicas) for r in wanted]
-    return wanted
+        lo, hi = 0.0, 1.0
+        for _ in range(30):  # the largest factor that packs
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if pack(_scaled(wanted, mid), nodes) is not None else (lo, mid)
+        factor = lo
+        asks = ", ".join(f"{n} {_ask(r)}" for n, r in zip(names, wanted, strict=True))
+        log.warning(
+            "one actor of each expert (%s) does not fit on the Ray nodes (%s): CPU asks scaled by %.2f",
+            asks,
+            describe_nodes(nodes),
+            factor,
+        )
+    planned = _scaled(wanted, factor)
+    free = pack(planned, nodes) or []
+    counts = [1] * len(planned)
+    grew = True
+    while grew:  # round robin, so that one expert does not take all the room
+        grew = False
+        for i, res in enumerate(planned):
+            if counts[i] < res.replicas and _take(free, res):
+                counts[i] += 1
+                grew = True
+    for name, res, n in zip(names, planned, counts, strict=True):
+        if n < res.replicas:
+            log.warning("expert %s: %d actors asked, the Ray nodes fit %d beside the others", name, res.replicas, n)
+    return [ExpertResources(r.num_cpus, r.num_gpus, n) for r, n in zip(planned, counts, strict=True)]
+
+
+def _resources_text(res: dict[str, float]) -> str:
+    shown = {k: v for k, v in res.items() if k in _SHOWN or not (k.startswith("node:") or "memory" in k)}
+    return " + ".join(f"{v:g} {k}" for k, v in sorted(shown.items())) or "nothing"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What waits for resources on the cluster now (Ray's pending demands), in one line."""
+
+    line: str
+    impossible: bool  # some ask fits no alive node at all: waiting will not help
+
+
+def waiting_for() -> Waiting | None:
+    """Ray's pending task/actor demands against what each node has free (as ``ray status`` shows
+    them); None when nothing waits, or when Ray cannot tell (a ``ray://`` client)."""
+    try:
+        import ray
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        status = get_cluster_status(ray.get_runtime_context().gcs_address)
+    except Exception:  # best effort: this only words a message
+        return None
+    asks = [
+        (dict(b.bundle), b.count)
+        for d in list(status.resource_demands.ray_task_actor_demand)
+        + list(status.resource_demands.placement_group_demand)
+        for b in getattr(d, "bundles_by_count", [])
+    ]
+    if not asks:
+        return None
+    nodes = list(status.active_nodes) + list(status.idle_nodes)
+    totals = [dict(n.total_resources()) for n in nodes]
+
+    def fits_somewhere(bundle: dict[str, float]) -> bool:
+        return any(all(t.get(k, 0.0) + _EPS >= v for k, v in bundle.items()) for t in totals)
+
+    wanted = ", ".join(f"{n} x {_resources_text(b)}" for b, n in asks)
+    offer = ", ".join(
+        f"{_resources_text({k: v for k, v in dict(n.available_resources()).items() if k in _SHOWN})} free of "
+        f"{_resources_text({k: v for k, v in t.items() if k in _SHOWN})} ({n.ip_address})"
+        for n, t in zip(nodes, totals, strict=True)
+    )
+    impossible = not all(fits_somewhere(b) for b, _ in asks)
+    return Waiting(f"{wanted}; nodes: {offer or 'no alive node'}", impossible)
 
 
 def line_of(row: dict[str, Any], n_experts: int) -> dict[str, Any] | None:
@@ -325,11 +514,11 @@ def line_of(row: dict[str, Any], n_experts: int) -> dict[str, Any] | None:
     return line
 
 
-def iter_lines(ds: Any, n_experts: int) -> Iterator[dict[str, Any] | None]:
+def iter_lines(ds: Any, n_experts: int, start_timeout: float = START_TIMEOUT_S) -> Iterator[dict[str, Any] | None]:
     """Lines as the pipeline finishes them; an error in a stage that would fail every image (the model
     missing, Ollama unreachable) is raised as the router's own one-line error."""
     try:
-        for row in ds.iter_rows():
+        for row in watched_rows(ds, start_timeout):
             if row["state"] != "drop":  # dropped rather than filtered: a filter task would want a CPU of its own
                 yield line_of(row, n_experts)
     except Exception as exc:
@@ -337,6 +526,76 @@ def iter_lines(ds: Any, n_experts: int) -> Iterator[dict[str, Any] | None]:
         if cause is not None:
             raise cause from None
         raise
+
+
+def watched_rows(
+    ds: Any, start_timeout: float = START_TIMEOUT_S, notice_s: float = NOTICE_S
+) -> Iterator[dict[str, Any]]:
+    """``ds.iter_rows()``, read on a thread so that this one can watch: when no row came for
+    ``notice_s`` and something waits for resources, a warning says what waits and what the nodes have
+    free; an actor pool that cannot start within ``start_timeout``, or an ask that fits no alive node
+    for that long, ends the run with one line instead of a hang."""
+    rows: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=16)
+    stop = threading.Event()
+
+    def pump() -> None:
+        def put(item: tuple[str, Any]) -> bool:
+            while not stop.is_set():
+                try:
+                    rows.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for row in ds.iter_rows():
+                if not put(("row", row)):
+                    return  # the reader left: leaving the loop closes Ray Data's iterator
+            put(("end", None))
+        except BaseException as exc:  # handed to the reading thread, which raises it
+            put(("error", exc))
+
+    threading.Thread(target=pump, name="vision-router-ray-rows", daemon=True).start()
+    last = time.monotonic()
+    next_notice = notice_s
+    try:
+        while True:
+            try:
+                kind, item = rows.get(timeout=1.0)
+            except queue.Empty:
+                idle = time.monotonic() - last
+                if idle >= next_notice:
+                    next_notice = idle + max(notice_s, 60.0)
+                    _notice(idle, start_timeout)
+                continue
+            if kind == "row":
+                last, next_notice = time.monotonic(), notice_s
+                yield item
+            elif kind == "end":
+                return
+            else:
+                raise _start_error(item, start_timeout) or item
+    finally:
+        stop.set()
+
+
+def _notice(idle: float, start_timeout: float) -> None:
+    waiting = waiting_for()
+    if waiting is None:
+        return
+    if waiting.impossible and idle >= start_timeout:
+        raise VisionRouterError(f"the Ray pipeline cannot go on, an ask fits no alive node: {waiting.line}")
+    log.warning("no image finished for %.0f s; waiting for resources: %s", idle, waiting.line)
+
+
+def _start_error(exc: BaseException, start_timeout: float) -> VisionRouterError | None:
+    """Ray Data's timeout on an actor pool that found no room, as one line naming what waits."""
+    if "Timed out while starting actors" not in str(exc):
+        return None
+    waiting = waiting_for()
+    what = waiting.line if waiting else f"nodes: {describe_nodes(alive_nodes())}"
+    return VisionRouterError(f"the experts' Ray actors found no room within {start_timeout:g} s: {what}")
 
 
 def _router_error(exc: BaseException) -> VisionRouterError | None:
@@ -377,11 +636,13 @@ def run_batch_ray(
     registry_factory: RegistryFactory | None = None,
     resources: dict[str, dict[str, Any]] | None = None,
     on_line: Callable[[dict[str, Any]], None] | None = None,
+    start_timeout: float = START_TIMEOUT_S,
 ) -> BatchSummary:
     """:func:`router.apps.batch.run_batch` on Ray: the same lines (timings aside), written by this
     process as the cluster finishes them. ``registry_factory`` builds the expert registry in each
     actor (default: the configured default registry); ``resources`` overrides the per-expert
-    ``num_cpus``/``num_gpus``/``replicas`` of the config."""
+    ``num_cpus``/``num_gpus``/``replicas`` of the config; ``start_timeout``: how long an actor pool may
+    wait for room on the nodes before the run fails with one line."""
     t0 = time.perf_counter()
     settings = pinned(settings)
     factory = registry_factory or partial(registry_for, settings)
@@ -407,8 +668,9 @@ def run_batch_ray(
                 system=system,
                 workers=workers,
                 resources=resources,
+                start_timeout=start_timeout,
             )
-            _drain(iter_lines(ds, len(specs) if question is None else 0), summary, sink, bar)
+            _drain(iter_lines(ds, len(specs) if question is None else 0, start_timeout), summary, sink, bar)
     except KeyboardInterrupt:
         summary.interrupted = True
         raise
@@ -442,6 +704,7 @@ def ray_analyser(
     *,
     registry_factory: RegistryFactory | None = None,
     resources: dict[str, dict[str, Any]] | None = None,
+    start_timeout: float = START_TIMEOUT_S,
 ) -> Callable[..., Iterator[tuple[str, Any]]]:
     """For ``index --ray``: a function ``(paths, names) -> (path, line with results)`` pairs that runs
     the experts of the images to index on the cluster (the index itself is written by this process)."""
@@ -453,9 +716,11 @@ def ray_analyser(
         if not paths:
             return
         connect(address)
-        ds = build_pipeline(list(paths), settings, specs, registry_factory=factory, resources=resources)
+        ds = build_pipeline(
+            list(paths), settings, specs, registry_factory=factory, resources=resources, start_timeout=start_timeout
+        )
         try:
-            for row in ds.iter_rows():
+            for row in watched_rows(ds, start_timeout):
                 if row["state"] == "drop":
                     continue
                 line = json.loads(row["line"])
