@@ -159,6 +159,8 @@ def _quiet_ray_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours is per image, on the driver
     ctx.print_on_execution_start = False
+    # Ray Data logs a failed start's stack trace as its own internal error; the run says it in one line.
+    logging.getLogger("ray.data.exceptions").setLevel(logging.CRITICAL)
     for name in ("ray.data", "ray.data._internal", "ray"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -529,7 +531,7 @@ def iter_lines(ds: Any, n_experts: int, start_timeout: float = START_TIMEOUT_S) 
 
 
 def watched_rows(
-    ds: Any, start_timeout: float = START_TIMEOUT_S, notice_s: float = NOTICE_S
+    ds: Any, start_timeout: float = START_TIMEOUT_S, notice_s: float | None = None
 ) -> Iterator[dict[str, Any]]:
     """``ds.iter_rows()``, read on a thread so that this one can watch: when no row came for
     ``notice_s`` and something waits for resources, a warning says what waits and what the nodes have
@@ -556,6 +558,7 @@ def watched_rows(
         except BaseException as exc:  # handed to the reading thread, which raises it
             put(("error", exc))
 
+    notice_s = NOTICE_S if notice_s is None else notice_s
     threading.Thread(target=pump, name="vision-router-ray-rows", daemon=True).start()
     last = time.monotonic()
     next_notice = notice_s
@@ -565,9 +568,8 @@ def watched_rows(
                 kind, item = rows.get(timeout=1.0)
             except queue.Empty:
                 idle = time.monotonic() - last
-                if idle >= next_notice:
-                    next_notice = idle + max(notice_s, 60.0)
-                    _notice(idle, start_timeout)
+                if idle >= next_notice:  # said once, then every minute; asked again each second until then
+                    next_notice = idle + (max(notice_s, 60.0) if _notice(idle, start_timeout) else 1.0)
                 continue
             if kind == "row":
                 last, next_notice = time.monotonic(), notice_s
@@ -580,13 +582,15 @@ def watched_rows(
         stop.set()
 
 
-def _notice(idle: float, start_timeout: float) -> None:
+def _notice(idle: float, start_timeout: float) -> bool:
+    """Warn about what waits for resources (True when something does)."""
     waiting = waiting_for()
     if waiting is None:
-        return
+        return False
     if waiting.impossible and idle >= start_timeout:
         raise VisionRouterError(f"the Ray pipeline cannot go on, an ask fits no alive node: {waiting.line}")
     log.warning("no image finished for %.0f s; waiting for resources: %s", idle, waiting.line)
+    return True
 
 
 def _start_error(exc: BaseException, start_timeout: float) -> VisionRouterError | None:
