@@ -104,28 +104,33 @@ def node_env(home: Path) -> Iterator[None]:
         reset_auth_token_state()
 
 
-@contextmanager
-def started(home: Path, cpus: list[int]) -> Iterator[tuple[str, list]]:
-    """A cluster of one node per entry of ``cpus`` (the first is the head); no driver connected."""
-    if ray.is_initialized():
-        ray.shutdown()
-    with node_env(home):
-        head = {"num_cpus": cpus[0], "include_dashboard": False, "node_ip_address": HOST}
-        cluster = cluster_utils.Cluster(initialize_head=True, head_node_args=head)
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Two nodes of one CPU each (head and one worker), token auth on; no driver connected. The
+    three-node tests add a third node of 2 CPUs to it (one start-up saved on 2 shared cores)."""
+    disconnect()
+    with node_env(tmp_path_factory.mktemp("ray-nodes")):
+        head = {"num_cpus": 1, "include_dashboard": False, "node_ip_address": HOST}
+        started = cluster_utils.Cluster(initialize_head=True, head_node_args=head)
         try:
-            nodes = [cluster.head_node] + [cluster.add_node(num_cpus=n, node_ip_address=HOST) for n in cpus[1:]]
-            cluster.wait_for_nodes()
-            yield cluster.address, nodes, cluster
+            started.add_node(num_cpus=1, node_ip_address=HOST)
+            started.wait_for_nodes()
+            yield started
         finally:
-            if ray.is_initialized():
-                ray.shutdown()
-            cluster.shutdown()
+            disconnect()
+            started.shutdown()
 
 
 def disconnect() -> None:
     """No driver in this process: the CLI's `--ray ADDRESS` must connect by itself."""
     if ray.is_initialized():
         ray.shutdown()
+
+
+def alive_cpus(address: str) -> list[float]:
+    """The CPUs of each alive node, as the driver sees them."""
+    join(address)
+    return sorted(float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"])
 
 
 def join(address: str) -> None:
@@ -185,9 +190,9 @@ def cli_batch(folder: Path, out: Path, *extra: str) -> object:
 class TestTwoNodesOfOneCpu:
     @pytest.fixture(scope="class")
     @classmethod
-    def two_nodes(cls, tmp_path_factory):
-        with started(tmp_path_factory.mktemp("ray-two"), [1, 1]) as (address, nodes, cluster):
-            yield address
+    def two_nodes(cls, cluster):
+        assert alive_cpus(cluster.address) == [1.0, 1.0]
+        return cluster.address
 
     def test_batch_cli_with_ocr_and_detect_gives_the_local_records(self, two_nodes, small_photos, tmp_path, caplog):
         pytest.importorskip("experts.ocr_engines", reason="needs the OCR engine (the [onnx] extra)")
@@ -270,9 +275,11 @@ class TestTwoNodesOfOneCpu:
 class TestThreeNodesOfDifferentSizes:
     @pytest.fixture(scope="class")
     @classmethod
-    def three_nodes(cls, tmp_path_factory):
-        with started(tmp_path_factory.mktemp("ray-three"), [1, 2, 1]) as started_cluster:
-            yield started_cluster
+    def three_nodes(cls, cluster):
+        cluster.add_node(num_cpus=2, node_ip_address=HOST)  # in the module's node_env: the same token
+        cluster.wait_for_nodes()
+        assert alive_cpus(cluster.address) == [1.0, 1.0, 2.0]
+        return cluster.address, cluster
 
     def test_batch_cli_gives_the_local_records_with_an_ask_only_one_node_meets(
         self, three_nodes, small_photos, tmp_path, caplog
@@ -310,7 +317,7 @@ class TestThreeNodesOfDifferentSizes:
 
     def test_a_node_lost_mid_run_loses_nothing(self, three_nodes, tmp_path):
         """Last in its class: the cluster keeps two nodes afterwards."""
-        address, nodes, cluster = three_nodes
+        address, cluster = three_nodes
         join(address)
         coloured_pngs(tmp_path / "c", 16)
         marks = tmp_path / "marks"
@@ -322,7 +329,7 @@ class TestThreeNodesOfDifferentSizes:
             ran = {p.name for p in marks.iterdir()} - {head}
             if lost or not ran:
                 return
-            node = next(n for n in nodes[1:] if n.node_id in ran)
+            node = next(n for n in cluster.worker_nodes if n.node_id in ran)
             lost.append(node.node_id)
             cluster.remove_node(node, allow_graceful=False)  # killed, as a lost machine
 
