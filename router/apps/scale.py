@@ -136,7 +136,8 @@ def connect(address: str | None = "auto") -> None:
         import ray
     except ImportError:
         raise VisionRouterError("--ray needs Ray: pip install 'ollama-vision-router[ray]'") from None
-    if ray.is_initialized():
+    if ray.is_initialized():  # the caller joined a cluster itself: only Ray Data's own output is turned down
+        _quiet_ray_data()
         return
     opts: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     address = address or "auto"
