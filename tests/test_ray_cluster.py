@@ -350,3 +350,35 @@ class TestThreeNodesOfDifferentSizes:
         lines = [json.loads(x) for x in buf.getvalue().splitlines()]
         assert len(lines) == 16 and len({x["path"] for x in lines}) == 16 and (s.done, s.failed) == (16, 0)
         assert records(lines) == local_records(tmp_path / "c", ["stamp", "tally"])
+
+    def test_a_lost_node_that_nothing_replaces_ends_the_run_with_its_line(self, three_nodes, tmp_path, monkeypatch):
+        """After the node loss above: a 3-CPU node joins, the only one a 3-CPU actor fits, and is lost."""
+        address, cluster = three_nodes
+        join(address)  # before the node joins: the driver must not attach to the node the test removes
+        big = cluster.add_node(num_cpus=3, node_ip_address=HOST)
+        cluster.wait_for_nodes()
+        coloured_pngs(tmp_path / "c", 12)
+        monkeypatch.setattr(scale, "NOTICE_S", 2.0)
+        lost: list[bool] = []
+
+        def lose_the_big_node(line: dict) -> None:
+            if not lost:
+                lost.append(True)
+                cluster.remove_node(big, allow_graceful=False)
+
+        t0 = time.monotonic()
+        with pytest.raises(VisionRouterError) as err:
+            run_batch_ray(
+                [tmp_path / "c"],
+                Settings(cache_dir=""),
+                stream=io.StringIO(),
+                experts=["stamp"],
+                progress=False,
+                resources={"stamp": {"num_cpus": 3}},
+                registry_factory=partial(two_experts, 1.0),  # 12 s of work: the loss comes mid-run
+                on_line=lose_the_big_node,
+                start_timeout=8,
+            )
+        assert lost and time.monotonic() - t0 < 120
+        assert "cannot go on, an ask fits no alive node: 1 x 3 CPU" in str(err.value), str(err.value)
+        assert ray.is_initialized() and ray.cluster_resources().get("CPU", 0) >= 2.0  # the driver and the rest go on

@@ -562,36 +562,55 @@ def watched_rows(
     notice_s = NOTICE_S if notice_s is None else notice_s
     threading.Thread(target=pump, name="vision-router-ray-rows", daemon=True).start()
     last = time.monotonic()
-    next_notice = notice_s
+    say_at = notice_s  # idle seconds before the next warning: once, then every minute
+    finished = False
     try:
         while True:
             try:
                 kind, item = rows.get(timeout=1.0)
             except queue.Empty:
                 idle = time.monotonic() - last
-                if idle >= next_notice:  # said once, then every minute; asked again each second until then
-                    next_notice = idle + (max(notice_s, 60.0) if _notice(idle, start_timeout) else 1.0)
+                if idle >= notice_s:  # stalled: ask Ray each second what waits (one cheap GCS call)
+                    say_at = _notice(idle, start_timeout, say_at, notice_s)
                 continue
             if kind == "row":
-                last, next_notice = time.monotonic(), notice_s
+                last, say_at = time.monotonic(), notice_s
                 yield item
             elif kind == "end":
+                finished = True
                 return
             else:
                 raise _start_error(item, start_timeout) or item
     finally:
         stop.set()
+        if not finished:
+            _shut_down(ds)
 
 
-def _notice(idle: float, start_timeout: float) -> bool:
-    """Warn about what waits for resources (True when something does)."""
+def _shut_down(ds: Any) -> None:
+    """Stop a pipeline this process leaves before its end (an error, a stall that cannot end): its
+    executor would otherwise keep the cluster's actors until the process exits. Ray Data keeps the
+    executor of a running ``iter_rows`` on the Dataset (private; best effort)."""
+    executor = getattr(ds, "_current_executor", None)
+    if executor is not None:
+        try:
+            executor.shutdown(force=True)
+        except Exception as exc:  # best effort: the error being raised matters more
+            log.debug("could not stop the Ray Data executor: %s", exc)
+
+
+def _notice(idle: float, start_timeout: float, say_at: float, notice_s: float) -> float:
+    """Warn about what waits for resources when it is time to (returns when to say it next); an ask
+    that fits no alive node for ``start_timeout`` ends the run (a lost node that nothing replaces)."""
     waiting = waiting_for()
     if waiting is None:
-        return False
+        return say_at
     if waiting.impossible and idle >= start_timeout:
         raise VisionRouterError(f"the Ray pipeline cannot go on, an ask fits no alive node: {waiting.line}")
+    if idle < say_at:
+        return say_at
     log.warning("no image finished for %.0f s; waiting for resources: %s", idle, waiting.line)
-    return True
+    return idle + max(notice_s, 60.0)
 
 
 def _start_error(exc: BaseException, start_timeout: float) -> VisionRouterError | None:
