@@ -319,7 +319,7 @@ class TestThreeNodesOfDifferentSizes:
         """Last in its class: the cluster keeps two nodes afterwards."""
         address, cluster = three_nodes
         join(address)
-        coloured_pngs(tmp_path / "c", 16)
+        coloured_pngs(tmp_path / "c", 12)
         marks = tmp_path / "marks"
         marks.mkdir()
         head = ray.get_runtime_context().get_node_id()
@@ -348,7 +348,7 @@ class TestThreeNodesOfDifferentSizes:
         assert lost, "no worker node ran an expert: the test proved nothing"
         assert lost[0] not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         lines = [json.loads(x) for x in buf.getvalue().splitlines()]
-        assert len(lines) == 16 and len({x["path"] for x in lines}) == 16 and (s.done, s.failed) == (16, 0)
+        assert len(lines) == 12 and len({x["path"] for x in lines}) == 12 and (s.done, s.failed) == (12, 0)
         assert records(lines) == local_records(tmp_path / "c", ["stamp", "tally"])
 
     def test_a_lost_node_that_nothing_replaces_ends_the_run_with_its_line(self, three_nodes, tmp_path, monkeypatch):

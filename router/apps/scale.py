@@ -150,7 +150,14 @@ def connect(address: str | None = "auto") -> None:
         else:
             ray.init(address=None if address == "auto" else address, **opts)
     except Exception as exc:  # Ray raises many kinds; the user needs one line
-        raise VisionRouterError(f"cannot start or reach Ray at {address}: {' '.join(str(exc).split())}") from None
+        msg = " ".join(str(exc).split())
+        if "Failed to connect" in msg and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            # Without the token a node with token auth (Ray's default from 2.60) only looks unreachable.
+            msg += (
+                "; if the cluster uses token auth, set RAY_AUTH_MODE=token and its token "
+                "(RAY_AUTH_TOKEN, or ~/.ray/auth_token from the head: `ray get-auth-token` there prints it)"
+            )
+        raise VisionRouterError(f"cannot start or reach Ray at {address}: {msg}") from None
     _quiet_ray_data()
 
 
