@@ -284,7 +284,7 @@ def build_pipeline(
             ray.data.from_items([{"path": p, "bytes": None} for p in local], override_num_blocks=min(len(local), 200))
         )
     if urls:
-        reads = {"ray_remote_args": {"num_cpus": INTAKE_CPUS}, "concurrency": max(2, len(nodes))}
+        reads = {"num_cpus": INTAKE_CPUS, "concurrency": max(2, len(nodes))}
         parts.append(ray.data.read_binary_files(urls, include_paths=True, **reads))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     ds = ds.map(intake_row, fn_kwargs={"limits": settings.image_limits(), "seen": seen or Seen()}, **light)
