@@ -197,3 +197,37 @@ def test_routed_models_get_their_own_digest_from_an_ollama_without_tags_capabili
     finally:
         stop_stack(s)
         stop_stack(new)
+
+
+# --- the docs a newcomer follows ---------------------------------------------------------------------
+def test_every_relative_link_in_the_readme_and_docs_points_at_a_file():
+    link = re.compile(r"\]\(([^)\s]+)\)")
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", page.read_text("utf-8"), flags=re.S)  # links in code are not links
+        for target in link.findall(text):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = (page.parent / target.split("#", 1)[0]).resolve()
+            if not path.exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
+
+
+def test_the_readme_is_a_front_page():
+    lines = (ROOT / "README.md").read_text("utf-8").splitlines()
+    assert len(lines) <= 300, len(lines)
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "docs" / "recipes").glob("*.sh")), ids=lambda p: p.name)
+def test_recipe_scripts_parse_and_pin_what_they_install(script):
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text("utf-8")
+    installs = re.findall(r"(?:pip\"? install|npm install)[^\n]*", text)
+    assert installs, "a recipe installs its client in a place of its own"
+    for cmd in installs:
+        pkgs = [w.strip("'\"") for w in cmd.split() if not w.startswith("-") and w not in ("install", 'pip"')]
+        pkgs = [p for p in pkgs if re.match(r"^[@a-z]", p) and p not in ("pip", "npm")]
+        assert pkgs and all(re.search(r"==|@\d|<", p) for p in pkgs), cmd
+    referenced = (ROOT / "docs" / "clients.md").read_text("utf-8")
+    assert f"recipes/{script.name}" in referenced
