@@ -10,7 +10,7 @@ import cv2
 from pydantic import Field
 
 from experts.base import Expert, ExpertArgs
-from experts.detect.backends import Backend, candidates, choose
+from experts.detect.backends import BACKENDS, Backend, candidates, choose
 from experts.detect.backends.haar import CASCADE_FILES, cascade_dir, cascades_present
 from experts.detect.boxes import nms
 from experts.detect.contours import analyse
@@ -44,11 +44,13 @@ class DetectExpert(Expert):
     description = (
         "Find and measure things with OpenCV: with no query, every object's box, size (pixels and share of "
         "the image), aspect ratio, shape and colour, and the count; 'measure' for sizes, ratios, placement "
-        "and DPI; or a label (face, person, cat, eye, smile, plate, qr, barcode) for labelled boxes, with "
-        "QR/barcode contents decoded."
+        "and DPI; or a label (face, person, cat, eye, smile, plate, qr, barcode) for labelled boxes and their "
+        "count, with QR/barcode contents decoded. Faces and people come from learned detectors (MediaPipe) "
+        "where installed, else from OpenCV's Haar and HOG detectors."
     )
     Args = DetectArgs
     positional = "query"
+    version = "2"  # 2: faces and people from learned detectors where installed
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
@@ -56,24 +58,43 @@ class DetectExpert(Expert):
         self._backend_lock = threading.Lock()
         # Minimum object area as a share of the image (config: min_area_share).
         self.min_area_share = float(config.get("min_area_share", 0.0005))
+        # learned = false keeps to OpenCV's detectors even where a learned one is installed.
+        self.learned = bool(config.get("learned", True))
 
     def status(self) -> dict[str, Any]:
         """OpenCV's version, its cascades, and which detector runs for each label here."""
-        runs = {label: choose(label) for label in LABELS}
+        runs = {label: choose(label, self.learned) for label in LABELS}
+        by_engine: dict[str, list[str]] = {}
+        for label, b in runs.items():
+            by_engine.setdefault(b.engine if b else "nothing", []).append(label)
         out: dict[str, Any] = {
             "ok": all(runs.values()),
             "engine": f"opencv {cv2.__version__}",
             "cascades": f"{len(cascades_present())}/{len(CASCADE_FILES)} in {cascade_dir() or '(none)'}",
             "labels": sorted(LABELS),
             "detectors": {label: b.engine if b else "none" for label, b in runs.items()},
+            # One line for `expert list`: which detector answers which labels here.
+            "runs": "; ".join(f"{', '.join(labels)}: {engine}" for engine, labels in by_engine.items()),
         }
+        idle = [b for b in BACKENDS if b.learned and not b.available()[0]]
+        if idle and self.learned:
+            out["learned"] = "; ".join(f"{b.engine} not available: {b.available()[1]}" for b in idle)
         if not out["ok"]:
             out["hint"] = "pip install 'opencv-python-headless>=4.9,<5' (OpenCV 5 has no cascades or HOG)"
         return out
 
+    def cache_tag(self) -> str:
+        """The base tag plus which learned detectors run here: installing the ``[people]`` extra changes
+        face and person answers without any change of configuration."""
+        tag = self.__dict__.get("_detect_tag")
+        if tag is None:
+            learned = sorted(b.name for b in BACKENDS if b.learned and self.learned and b.available()[0])
+            tag = self._detect_tag = f"{super().cache_tag()}.{'+'.join(learned) or 'opencv'}"
+        return tag
+
     def _backend(self, label: str) -> Backend:
         """The backend instance that runs for ``label``, made once per expert (it keeps its engines)."""
-        cls = choose(label)
+        cls = choose(label, self.learned)
         if cls is None:
             reasons = "; ".join(f"{b.name}: {b.available()[1]}" for b in candidates(label)) or "none registered"
             raise EngineMissing(f"detect: no detector for {label!r} can run here ({reasons})")

@@ -10,6 +10,7 @@ the fallback. A new label (or a better detector for an old one) is one more back
 from __future__ import annotations
 
 from experts.detect.backends.base import Backend
+from experts.detect.backends.blaze import BlazeBackend
 from experts.detect.backends.codes import BarcodeBackend, QrBackend
 from experts.detect.backends.haar import HaarBackend
 from experts.detect.backends.hog import HogBackend
@@ -34,15 +35,17 @@ def candidates(label: str) -> list[type[Backend]]:
     return [b for b in BACKENDS if label in b.labels]
 
 
-def choose(label: str) -> type[Backend] | None:
-    """The backend that runs for ``label`` here: the first registered one that is available."""
+def choose(label: str, learned: bool = True) -> type[Backend] | None:
+    """The backend that runs for ``label`` here: the first registered one that is available (``learned``
+    False: the first that is not a learned model, e.g. to compare with OpenCV's detectors)."""
     for b in candidates(label):
-        if b.available()[0]:
+        if (learned or not b.learned) and b.available()[0]:
             return b
     return None
 
 
-for _cls in (HaarBackend, HogBackend, QrBackend, BarcodeBackend):
+# Learned detectors first: where their extra is installed they serve their labels; OpenCV's are the fallback.
+for _cls in (BlazeBackend, HaarBackend, HogBackend, QrBackend, BarcodeBackend):
     register(_cls)
 
 __all__ = ["BACKENDS", "Backend", "candidates", "choose", "register"]
