@@ -124,6 +124,8 @@ def _product(sk: Any, p: dict[str, Any]) -> tuple[np.ndarray, list[np.ndarray]]:
             ((46, 260, 28), 2.5, (820, 480)),
         ):
             pieces.append((*_cutout(coins, _ellipse_mask(coins.shape[:2], [((cx, cy), (r, r))])), scale, at))
+    elif cut == "banded-jar":
+        pieces.append((*_banded_jar(sk, p), 1.0, None))
     else:
         raise ValueError(f"unknown cutout {cut!r}")
     looks = p.get("look", [])
@@ -152,6 +154,33 @@ def _product(sk: Any, p: dict[str, Any]) -> tuple[np.ndarray, list[np.ndarray]]:
         r2 = ((xx - cw / 2) / (cw / 2)) ** 2 + ((yy - ch / 2) / (ch / 2)) ** 2
         canvas *= (1.0 - 0.1 * r2)[..., None]
     return np.clip(canvas, 0, 255).astype(np.uint8), masks
+
+
+def _banded_jar(sk: Any, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A jar or tin: a body printed with the coffee photo, a near-white paper label band across its middle
+    (skimage's book scan, its uneven light flattened, paper at ``paper`` grey), and a near-white cap (the
+    cup's white porcelain rim). Returns the object's RGB and its mask (the whole silhouette)."""
+    w, h = p["size"]
+    cap_w, cap_h = p.get("cap", [0, 0])
+    body = cv2.resize(np.ascontiguousarray(np.rot90(sk.coffee())), (w, h), interpolation=cv2.INTER_AREA)
+    body = body.astype(np.float32)
+    page = sk.page().astype(np.float32)
+    # The scan's own paper level (closed over the print, blurred) divided out: white paper, real grain.
+    level = cv2.GaussianBlur(cv2.morphologyEx(page, cv2.MORPH_CLOSE, np.ones((15, 15), np.uint8)), (0, 0), 8)
+    paper = np.clip(page / np.maximum(level, 1.0) * float(p["paper"]), 0, 255)
+    band_h = int(h * p["band"])
+    label = cv2.resize(paper[30:130, 30:330], (w, band_h), interpolation=cv2.INTER_AREA)
+    top = (h - band_h) // 2
+    body[top : top + band_h] = label[..., None]
+    obj = np.zeros((h + cap_h, w, 3), np.float32)
+    mask = np.zeros((h + cap_h, w), np.uint8)
+    obj[cap_h:], mask[cap_h:] = body, 255
+    if cap_h:
+        x0 = (w - cap_w) // 2
+        rim = sk.coffee()[22:34, 225:375].astype(np.float32)  # the cup's white inner rim
+        obj[:cap_h, x0 : x0 + cap_w] = cv2.resize(rim, (cap_w, cap_h), interpolation=cv2.INTER_CUBIC)
+        mask[:cap_h, x0 : x0 + cap_w] = 255
+    return obj, mask
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -408,25 +437,32 @@ def measure_people(photos: list[PeoplePhoto] | None = None, repeats: int = 3) ->
 
 
 def person_ms_at(photos: list[PeoplePhoto], side: int = SPEED_SIDE, repeats: int = 3) -> dict[str, float]:
-    """Median ms of ``detect person`` per photo scaled to ``side`` px on its longer side, per side."""
+    """Median ms of ``detect person`` per photo scaled to ``side`` px on its longer side, per side; and the
+    same in CPU ms of this process (``cpu:`` keys): on a shared machine wall time counts the neighbours too."""
     learned, opencv = DetectExpert(), DetectExpert(learned=False)
     times: dict[str, list[float]] = {s: [] for s in SIDES}
+    cpu: dict[str, list[float]] = {s: [] for s in SIDES}
     for ph in photos:
         bgr = decode_image(ph.data).bgr()
         scale = side / max(bgr.shape[:2])
         small = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         image = decode_image(_png(small[..., ::-1]))
         for s in SIDES:
-            best = float("inf")
+            best, best_cpu = float("inf"), float("inf")
             for _ in range(repeats):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 if s == "raw":
                     raw_people(image.bgr(), "person")
                 else:
                     (learned if s == "learned" else opencv).analyze(image, {"query": "person"})
                 best = min(best, (time.perf_counter() - t0) * 1000)
+                best_cpu = min(best_cpu, (time.process_time() - c0) * 1000)
             times[s].append(best)
-    return {s: float(np.median(v)) for s, v in times.items()}
+            cpu[s].append(best_cpu)
+    return {
+        **{s: float(np.median(v)) for s, v in times.items()},
+        **{f"cpu:{s}": float(np.median(v)) for s, v in cpu.items()},
+    }
 
 
 def people_totals(rows: list[PeopleRow], label: str) -> dict[str, dict[str, float]]:
@@ -482,6 +518,8 @@ def people_table(rows: list[PeopleRow], speed: dict[str, float] | None = None) -
         lines.append(
             f"\ndetect person, photos scaled to {SPEED_SIDE} px (median ms): "
             + ", ".join(f"{s} {speed[s]:.0f}" for s in SIDES)
+            + "; CPU ms of this process: "
+            + ", ".join(f"{s} {speed['cpu:' + s]:.0f}" for s in SIDES)
         )
     return lines
 

@@ -36,6 +36,7 @@ class ContourFindings:
 # every small part (< 5% of the image) and every sparse one is a mark.
 TEXT_INK_SHARE = 0.67
 MARK_INK_SHARE = 0.85
+BIG_MARK_INK_SHARE = 0.5
 MIN_MARKS_FOR_TEXT = 8
 CLUTTERED_MIN_SHARE = 0.005  # smallest object in a busy scene (share of the image)
 SMALL_PART_SHARE = 0.05
@@ -63,14 +64,15 @@ def analyse(bgr: np.ndarray, min_area_share: float = 0.0005) -> ContourFindings:
         if i not in marks:
             pieces.extend(split_touching(c, min_area))
     outlines = []
-    for c in pieces:
-        c = _refine(c, dist, h, w)
-        if c is None or cv2.contourArea(c) < min_area:
+    for c in (r for p in pieces for r in _refine(p, dist, h, w)):
+        if cv2.contourArea(c) < min_area:
             continue
         x, y, bw, bh = cv2.boundingRect(c)
         if bw * bh >= 0.98 * image_area:  # the frame of the picture itself
             continue
         outlines.append(c)
+    if not cluttered:
+        outlines = join_across_bands(outlines, dist, ink, mask)
     rgb = bgr[:, :, ::-1]
     found = [measure_object(c, rgb, image_area) for c in merge_nested(outlines, h, w)]
     found.sort(key=lambda o: -o["area"])
@@ -95,7 +97,9 @@ def text_marks(parts: list[np.ndarray], ink: np.ndarray, image_area: float) -> s
             small.append(i)
     if len(small) < MIN_MARKS_FOR_TEXT or float(np.median([share[i] for i in small])) >= TEXT_INK_SHARE:
         return set()
-    return set(small) | {i for i, s in share.items() if s < MARK_INK_SHARE}
+    # A large part is a mark only when very sparse (a scrawl); a product whose label splits its outline
+    # is large and mostly solid, even with its shadow.
+    return set(small) | {i for i, s in share.items() if s < (MARK_INK_SHARE if i in small else BIG_MARK_INK_SHARE)}
 
 
 # must be this convex (coins, cups, pebbles); a horse's legs or a hand's fingers stay one object.
@@ -214,12 +218,14 @@ EDGE_SLOPE = 0.12
 STAIN_LEVEL = 30.0
 
 
-def _refine(contour: np.ndarray, dist: np.ndarray, h: int, w: int) -> np.ndarray | None:
+def _refine(contour: np.ndarray, dist: np.ndarray, h: int, w: int) -> list[np.ndarray]:
     """Redraw one object's outline at half its own contrast.
 
     One global threshold shrinks low-contrast objects (a yellow square on white loses a pixel all round)
     and grows high-contrast ones; each object's edge is where the image is halfway between background
-    and that object. Objects whose inside barely differs from the background (stains) are dropped."""
+    and that object. Objects whose inside barely differs from the background (stains) are dropped. A part
+    that the redrawing cuts in two (two halves of a product joined only by their shadow) stays two outlines;
+    crumbs under a fifth of the largest go."""
     x, y, bw, bh = cv2.boundingRect(contour)
     pad = 4
     x0, y0, x1, y1 = max(x - pad, 0), max(y - pad, 0), min(x + bw + pad, w), min(y + bh + pad, h)
@@ -229,18 +235,19 @@ def _refine(contour: np.ndarray, dist: np.ndarray, h: int, w: int) -> np.ndarray
     region = dist[y0:y1, x0:x1]
     core = region[inner > 0] if inner.any() else region[comp > 0]
     if core.size == 0:
-        return None
+        return []
     level = float(np.median(core))
     if level < MIN_OBJECT_CONTRAST:
-        return None
+        return []
     near = cv2.dilate(comp, np.ones((3, 3), np.uint8))
     refined = ((region > 0.5 * level) & (near > 0)).astype(np.uint8) * 255
     refined = cv2.morphologyEx(refined, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     # Every outline point (not just a rectangle's four corners) is needed for the edge test below.
     cs, _ = cv2.findContours(refined, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     if not cs:
-        return None
+        return []
     best = max(cs, key=cv2.contourArea)
+    others = [c + [x0, y0] for c in cs if c is not best and cv2.contourArea(c) >= 0.2 * cv2.contourArea(best)]
     # A thing has an edge; a stain or a patch of shadow fades out. Compare the slope across the
     # outline with the object's contrast: a sharp edge climbs a fifth of it per pixel, a stain far less.
     smooth = cv2.GaussianBlur(region, (5, 5), 0)
@@ -253,5 +260,102 @@ def _refine(contour: np.ndarray, dist: np.ndarray, h: int, w: int) -> np.ndarray
     if len(pts) and level < STAIN_LEVEL:
         slope = float(np.median(np.hypot(gx[pts[:, 1], pts[:, 0]], gy[pts[:, 1], pts[:, 0]])))
         if slope < EDGE_SLOPE * level:
-            return None
-    return best + [x0, y0]
+            return []
+    return [best + [x0, y0], *others]
+
+
+# Two large pieces stacked with a near-white band between them (a white label round a tin, a white cap on a
+# bottle) are one object: their facing edges are straight, their sides line up, the band is no taller than
+# the pieces, and something is there (print, or a faint difference from the background above its noise).
+BAND_MIN_SHARE = 0.01  # pieces at least this share of the image
+BAND_ALIGN = 0.06  # the pieces' sides line up within this share of their width
+BAND_STRAIGHT = 0.7  # rows (columns) next to the band are on average this full across the piece
+BAND_MAX_GAP = 1.5  # band height at most this many times the smaller piece's height
+BAND_INK = 0.01  # print on the band: this share of its pixels
+BAND_FAINT = 2.0  # or its median distance from the background this many times the background's
+
+
+def join_across_bands(
+    outlines: list[np.ndarray], dist: np.ndarray, ink: np.ndarray, mask: np.ndarray
+) -> list[np.ndarray]:
+    """Outlines with pairs cut apart by a near-white band joined into one, band included."""
+    h, w = mask.shape[:2]
+    bg = mask[::4, ::4] == 0
+    noise = float(np.median(dist[::4, ::4][bg])) if bg.any() else 0.0
+    # Ink on the plain background (grain, specks): print on a band must stand well above it.
+    bg_ink = float((ink[::4, ::4][bg] > 0).mean()) if bg.any() else 0.0
+    out = list(outlines)
+    joined = True
+    while joined:
+        joined = False
+        big = sorted((c for c in out if cv2.contourArea(c) >= BAND_MIN_SHARE * h * w), key=cv2.contourArea)
+        for i, a in enumerate(big):
+            for b in big[i + 1 :]:
+                band = _band_between(a, b, dist, ink, (noise, bg_ink), h, w)
+                if band is None:
+                    continue
+                canvas = np.zeros((h, w), np.uint8)
+                cv2.drawContours(canvas, [a, b], -1, 255, thickness=cv2.FILLED)
+                x0, y0, x1, y1 = band
+                canvas[y0:y1, x0:x1] = 255
+                cs, _ = cv2.findContours(canvas, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+                out = [c for c in out if c is not a and c is not b] + [max(cs, key=cv2.contourArea)]
+                joined = True
+                break
+            if joined:
+                break
+    return out
+
+
+def _band_between(
+    a: np.ndarray, b: np.ndarray, dist: np.ndarray, ink: np.ndarray, background: tuple[float, float], h: int, w: int
+) -> tuple[int, int, int, int] | None:
+    """The band [x0, y0, x1, y1] between two pieces stacked one above the other or side by side, when it
+    holds them together as one object (see join_across_bands); else None."""
+    ra, rb = cv2.boundingRect(a), cv2.boundingRect(b)
+    for axis in (1, 0):  # 1: one above the other; 0: side by side
+        la, lb = ra[axis + 2], rb[axis + 2]
+        (first, f_rect), (second, s_rect) = sorted(((a, ra), (b, rb)), key=lambda t: t[1][axis])
+        gap0, gap1 = f_rect[axis] + f_rect[axis + 2], s_rect[axis]
+        if gap1 <= gap0 or gap1 - gap0 > BAND_MAX_GAP * min(la, lb):
+            continue
+        o = 1 - axis  # the other axis: the edges' span
+        lo, hi = max(ra[o], rb[o]), min(ra[o] + ra[o + 2], rb[o] + rb[o + 2])
+        # One object cut by a band leaves two pieces of the same width: their sides line up.
+        span = max(ra[o + 2], rb[o + 2])
+        if abs(ra[o] - rb[o]) > BAND_ALIGN * span or abs(ra[o] + ra[o + 2] - rb[o] - rb[o + 2]) > BAND_ALIGN * span:
+            continue
+        if not (
+            _straight(first, f_rect, axis, end=True, h=h, w=w) and _straight(second, s_rect, axis, end=False, h=h, w=w)
+        ):
+            continue
+        box = (lo, gap0, hi, gap1) if axis == 1 else (gap0, lo, gap1, hi)
+        # The evidence is read inside the band, clear of the pieces' anti-aliased edges.
+        m = max(3, (gap1 - gap0) // 10)
+        x0, y0, x1, y1 = (lo, gap0 + m, hi, gap1 - m) if axis == 1 else (gap0 + m, lo, gap1 - m, hi)
+        region_d, region_i = dist[y0:y1, x0:x1], ink[y0:y1, x0:x1]
+        if region_d.size == 0:
+            continue
+        noise, bg_ink = background
+        printed = cv2.countNonZero(region_i) >= max(BAND_INK, BAND_FAINT * 2 * bg_ink) * region_i.size
+        faint = float(np.median(region_d)) >= max(BAND_FAINT * noise, 1.0)
+        if printed or faint:
+            return box
+    return None
+
+
+def _straight(c: np.ndarray, rect: tuple[int, int, int, int], axis: int, end: bool, h: int, w: int) -> bool:
+    """Whether the piece's edge facing the band (its far end along ``axis`` when ``end``, else its near end)
+    is a straight cut: across the last fifth of the piece its rows (or columns) stay mostly full (print on the
+    band can leave a few crumbs attached beyond the cut; they are not counted)."""
+    x, y, bw, bh = rect
+    piece = np.zeros((bh, bw), np.uint8)
+    cv2.drawContours(piece, [c - [x, y]], -1, 255, thickness=cv2.FILLED)
+    if axis == 0:
+        piece = piece.T
+    depth = max(3, piece.shape[0] // 5)
+    rows = piece[-depth:] if end else piece[:depth]
+    fill = (rows > 0).mean(axis=1)
+    body = fill[fill >= 0.2]  # rows of the piece itself, not crumbs of print left on the cut
+    # A cut keeps the piece's width up to the edge; a round end (a coin, a cup) narrows towards it.
+    return len(body) >= 0.5 * len(fill) and float(body.mean()) >= BAND_STRAIGHT
