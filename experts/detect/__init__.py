@@ -12,8 +12,11 @@ Three modes:
   sizes: pixels and share of the image, ratios between the largest objects, where the subject sits
   (centre, rule-of-thirds cell), resolution and DPI.
 - labelled detection (query ``face``, ``person``, ``cat``, ``eye``, ``smile``, ``plate``, ``qr``,
-  ``barcode`` and their plurals and synonyms): the Haar cascades in ``cv2.data.haarcascades``, the
-  HOG people detector, and the QR and barcode detectors, whose decoded payloads become text lines.
+  ``barcode`` and their plurals and synonyms): faces and people from MediaPipe's learned detectors
+  (BlazeFace, BlazePose, selfie segmentation; shipped in ``experts/data/mediapipe``, run by LiteRT from
+  the ``[people]`` extra), else the Haar cascades in ``cv2.data.haarcascades`` and the HOG people
+  detector; the other labels from the cascades, and the QR and barcode detectors, whose decoded payloads
+  become text lines.
 
 The modules follow that split:
 
@@ -23,7 +26,8 @@ The modules follow that split:
 - :mod:`~experts.detect.shapes` and :mod:`~experts.detect.measure`: shape classes, colour names and
   each object's and the image's measurements;
 - :mod:`~experts.detect.labels`: the labels and their synonyms;
-- :mod:`~experts.detect.backends`: the labelled detectors, one module each, in a small registry;
+- :mod:`~experts.detect.backends`: the labelled detectors, one module each, in a small registry (learned
+  ones first, OpenCV's the fallback; a new label is one more backend);
 - :mod:`~experts.detect.boxes`: box helpers (non-maximum suppression and friends).
 """
 
