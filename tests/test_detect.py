@@ -72,7 +72,10 @@ def test_registry_resolves_detect_and_aliases():
     for name in ("detect", "measure", "count", "contours", "尺寸"):
         assert reg.resolve(name) == "detect"
     assert isinstance(reg.get("detect"), DetectExpert)
-    assert DetectExpert().info()["positional"] == "query"
+    info = DetectExpert().info()
+    assert info["positional"] == "query"
+    # Which detector answers each label here: learned where the [people] extra is, else OpenCV's.
+    assert set(info["detectors"]) >= {"face", "person", "qr"} and "face" in info["runs"]
 
 
 # --- contours ------------------------------------------------------------------------------------

@@ -83,6 +83,11 @@ class DetectExpert(Expert):
             out["hint"] = "pip install 'opencv-python-headless>=4.9,<5' (OpenCV 5 has no cascades or HOG)"
         return out
 
+    def info(self) -> dict[str, Any]:
+        """The base info plus which detector answers each label here (also served by `expert serve`)."""
+        st = self.status()
+        return {**super().info(), "detectors": st["detectors"], "runs": st["runs"]}
+
     def cache_tag(self) -> str:
         """The base tag plus which learned detectors run here: installing the ``[people]`` extra changes
         face and person answers without any change of configuration."""
