@@ -109,6 +109,17 @@ def test_a_product_cut_by_a_near_white_label_is_one_object(expert, real_set, nam
     assert m["subject"]["placement"] == "centre"
 
 
+def test_a_banded_product_with_its_shadow_is_one_object(expert, real_set):
+    """The same jar with a studio drop shadow: the shadow joins the halves along one side (was 0 objects: the
+    whole jar taken for text-like marks). Box measured 0.93 IoU (the shadow's 19 px); the pixel share under-reads
+    (19.8% of 27.7%): the band stays a notch in the outline, said here rather than hidden."""
+    im = real_set["product-jar-white-label-shadow"]
+    m = _run(expert, im, "measure").measurements
+    assert m["count"] == 1, m["objects"]
+    assert mean_best_iou(im.boxes, [m["objects"][0]["bbox"]]) >= 0.9
+    assert m["objects"][0]["share"] >= 0.18
+
+
 def test_two_separate_products_side_by_side_stay_two(expert):
     """The band join needs one object cut in two: two real coins (round ends) stacked with white between, and
     two boxes of different widths, stay apart."""
@@ -185,8 +196,8 @@ def test_whole_set_against_opencv_defaults(rows):
     raw_err = sum(abs(r.raw_n - r.truth) for r in all_rows) / len(all_rows)
     ious = [r.expert_iou for r in all_rows if r.expert_iou is not None]
     raw_ious = [r.raw_iou for r in all_rows if r.raw_iou is not None]
-    assert exact >= 12 and exact > raw_exact  # measured 14/16 against 7/16 (12/14 before the jars)
-    assert err <= 0.15 and err < raw_err / 10  # measured 0.12 against 5.25
+    assert exact >= 12 and exact > raw_exact  # measured 15/17 against 7/17 (12/14 before the jars)
+    assert err <= 0.15 and err < raw_err / 10  # measured 0.12 against 5.24
     assert sum(ious) / len(ious) >= 0.90  # measured 0.92
     assert sum(ious) / len(ious) > sum(raw_ious) / len(raw_ious)  # OpenCV's recipe: 0.81
 

@@ -127,6 +127,13 @@ def split_touching(contour: np.ndarray, min_area: float) -> list[np.ndarray]:
     markers[(comp > 0) & (peaks == 0)] = 0
     relief = cv2.cvtColor(255 - cv2.normalize(dt, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8), cv2.COLOR_GRAY2BGR)
     labels = cv2.watershed(relief, markers.astype(np.int32))
+    # OpenCV's watershed floods by colour steps, not by height, so the outside marker eats into the
+    # component; give every pixel of the component to its nearest core's region (a Voronoi split).
+    cores = (labels >= 2).astype(np.uint8)
+    _d, nearest = cv2.distanceTransformWithLabels(1 - cores, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    owner = np.zeros(int(nearest.max()) + 1, np.int32)
+    owner[nearest[cores > 0]] = labels[cores > 0]
+    labels = np.where(comp > 0, owner[nearest], 0)
     parts = []
     for k in range(2, n + 1):
         part = ((labels == k) & (comp > 0)).astype(np.uint8) * 255
