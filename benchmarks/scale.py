@@ -13,7 +13,7 @@ driver). Its start-up is reported apart from the pipeline (a cluster is started 
     python benchmarks/scale.py --address 10.0.0.1:6379
 
 Per expert, the script also times a single-image analysis (after a warm-up), which is what the
-scaling model in the README (Scale out) multiplies by the number of actors.
+scaling model in docs/scale.md multiplies by the number of actors.
 """
 
 from __future__ import annotations

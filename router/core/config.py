@@ -123,7 +123,7 @@ class ServeSettings(BaseModel):
 
 
 class Settings(BaseModel):
-    """Everything the router can be told. Field docs double as the README's configuration table."""
+    """Everything the router can be told. Field docs double as docs/config.md's table."""
 
     model_config = {"extra": "forbid"}
 
