@@ -47,7 +47,7 @@ from router.serve.guard import guarded_protocol
 from router.serve.local_server import LocalServer
 from router.serve.metrics import Metrics
 from router.serve.pipeline import ClientGone, Pipeline
-from router.serve.routing import ModelRoutes
+from router.serve.routing import ModelRoutes, path_problem
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,11 @@ class VisionProxy:
                 return JSONResponse(LIVENESS)  # a liveness probe learns that the process is up, nothing more
             self.metrics.status(401)
             return error(401, UNAUTHORIZED)
+        problem = path_problem(path, request.scope.get("raw_path"))
+        if problem is not None:  # routed on one path, forwarded to another: refused, nothing is read
+            self.metrics.status(400)
+            shown = path if len(path) <= 80 else path[:77] + "..."
+            return error(400, f"non-canonical request path {shown!r}: {problem}; send the plain path")
         try:
             response = await self._route(request, method, path)
         except (BodyTooLarge, SlowBody) as exc:
