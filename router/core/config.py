@@ -72,7 +72,7 @@ Url = Annotated[str, BeforeValidator(_url)]
 Seconds = Annotated[float, Field(gt=0, strict=True)]
 
 
-@with_config(ConfigDict(extra="allow"))
+@with_config(ConfigDict(extra="allow", allow_inf_nan=False))
 class ExpertTable(TypedDict, total=False):
     """One ``[experts.NAME]`` table. The keys every expert shares are checked here; the rest is the
     expert's own configuration (checked against its ``config_keys`` when it declares them)."""
@@ -109,7 +109,7 @@ def default_config_path() -> Path:
 class ServeSettings(BaseModel):
     """`vision-router serve` defaults (the ``[serve]`` table); command-line flags win."""
 
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # 1e400 is inf in TOML: not "no limit"
 
     port: int = Field(11435, ge=1, le=65535)
     route: list[str] = Field(default_factory=list, description="model globs to route; [] = every model without vision")
@@ -126,7 +126,7 @@ class ServeSettings(BaseModel):
 class Settings(BaseModel):
     """Everything the router can be told. Field docs double as the README's configuration table."""
 
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # 1e400 is inf in TOML: not "no limit"
 
     model: str = Field(DEFAULT_MODEL, description="Ollama model that answers")
     ollama_host: str | None = Field(None, description="Ollama address; default OLLAMA_HOST, else 127.0.0.1:11434")
@@ -266,6 +266,7 @@ _EXPECTED = {
     "int_from_float": "a whole number",
     "float_type": "a number",
     "float_parsing": "a number",
+    "finite_number": "a finite number",
     "bool_type": "true or false",
     "bool_parsing": "true or false",
     "list_type": "a list",

@@ -104,6 +104,8 @@ class ImagePolicy:
         value = ref.strip()
         if not value:
             raise McpToolError("image: empty; give a file path, a data: URL or base64")
+        if "\x00" in value:  # no path, data: URL or base64 holds one; os calls would raise ValueError
+            raise McpToolError("image: contains a NUL byte; give a file path, a data: URL or base64")
         if value.startswith("data:"):
             return decode_base64_image(value, **limits)
         if self.paths and _exists(value):
@@ -380,7 +382,8 @@ class VisionMcp:
             async with manager.run():
                 yield
 
-        app = Starlette(routes=[Route("/mcp", endpoint=_McpEndpoint(manager))], lifespan=lifespan)
+        app: Any = Starlette(routes=[Route("/mcp", endpoint=_McpEndpoint(manager))], lifespan=lifespan)
+        app = _LowercaseHost(app)
         return BearerGuard(app, token) if token else app
 
 
@@ -392,6 +395,20 @@ class _McpEndpoint:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.manager.handle_request(scope, receive, send)
+
+
+class _LowercaseHost:
+    """ASGI middleware: the Host header in lower case before the SDK's DNS-rebinding check, which compares
+    it case-sensitively (host names are not: ``LOCALHOST:8765`` is loopback too)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = [(k, v.lower()) if k == b"host" else (k, v) for k, v in scope.get("headers") or []]
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
 
 
 class BearerGuard:
