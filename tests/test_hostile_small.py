@@ -20,7 +20,7 @@ from tests.conftest import png_bytes
 
 
 # --- --host with spaces ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("host", ["127.0.0.1 ", " 127.0.0.1", "local host", "127.0.0.1\t"])
+@pytest.mark.parametrize("host", ["127.0.0.1 ", " 127.0.0.1", "local host", "127.0.0.1\t", " "])
 def test_serve_refuses_a_host_with_spaces_in_one_line(monkeypatch, host):
     import uvicorn
 
