@@ -326,7 +326,10 @@ def serve_expert(
     app = create_app(
         expert, max_concurrency=max_concurrency, token=token or None, max_body_bytes=max_body_mib * 1024 * 1024
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    from experts.http_guard import guard_options  # imports uvicorn: the [serve] extra
+
+    # The proxy's connection guards: headers within 10 s (slowloris), bounded connections and headers.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, **guard_options())
 
 
 def _say(msg: str) -> None:

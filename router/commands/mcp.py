@@ -82,4 +82,7 @@ def _serve_http(server, host: str, port: int, token: str | None, allow_remote: b
         + (" (bearer token required)" if token else ""),
         err=True,
     )
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    from router.serve.guard import guard_options
+
+    # The proxy's connection guards: headers within 10 s (slowloris), bounded connections and headers.
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", **guard_options())).run(sockets=[sock])

@@ -43,7 +43,7 @@ from router.core.orchestrator import Orchestrator
 from router.serve.codecs.native import NDJSON, NativeCodec, error, line
 from router.serve.codecs.openai import OpenAICodec
 from router.serve.errors import upstream_failure
-from router.serve.guard import guarded_protocol
+from router.serve.guard import guard_options
 from router.serve.local_server import LocalServer
 from router.serve.metrics import Metrics
 from router.serve.pipeline import ClientGone, Pipeline
@@ -113,11 +113,7 @@ class ProxyConfig:
 
 def server_options(cfg: ProxyConfig) -> dict[str, Any]:
     """uvicorn settings that enforce ``cfg``'s connection limits (pass to ``uvicorn.run``/``Config``)."""
-    return {
-        "http": guarded_protocol(cfg.header_timeout_s, cfg.max_connections, cfg.max_header_bytes),
-        "timeout_keep_alive": cfg.keep_alive_s,
-        "h11_max_incomplete_event_size": cfg.max_header_bytes,
-    }
+    return guard_options(cfg.header_timeout_s, cfg.max_connections, cfg.max_header_bytes, cfg.keep_alive_s)
 
 
 class BodyTooLarge(VisionRouterError):
