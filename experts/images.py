@@ -39,7 +39,7 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # Two images at the pixel limit may be decoded at once; a third waits (one decoded 50 MP image holds
 # about 200 MB in Pillow plus 150 MB per array an expert asks for).
 DEFAULT_MAX_CONCURRENT_PIXELS = 2 * DEFAULT_MAX_PIXELS
-# Images at least this big tune the allocator on first sight (see _tune_malloc).
+# Images at least this big tune the allocator on first sight (see tune_malloc).
 _BIG_IMAGE_PIXELS = 4_000_000
 # Pillow format names we accept (the JPEG opener also reads the multi-picture MPO files phones write).
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -308,7 +308,7 @@ def _open_checked(data: bytes, source: str | None, max_bytes: int, max_pixels: i
 def _decode_opened(img: Image.Image, data: bytes, source: str | None) -> DecodedImage:
     fmt = img.format or "unknown"
     if img.width * img.height >= _BIG_IMAGE_PIXELS:
-        _tune_malloc()
+        tune_malloc()
     try:
         img.seek(0)  # GIF/TIFF: first frame
         img.load()
@@ -333,19 +333,33 @@ def _replace(old: Image.Image, new: Image.Image) -> Image.Image:
 
 def decode_base64_image(b64: str, *, index: int | None = None, **limits: Any) -> DecodedImage:
     """Decode a bare base64 image (Ollama's ``images`` field); ``data:`` URLs are accepted too."""
-    return decode_image(base64_bytes(b64, index=index), source=_label(index), **limits)
+    data = base64_bytes(b64, index=index, max_bytes=limits.get("max_bytes", DEFAULT_MAX_BYTES))
+    return decode_image(data, source=_label(index), **limits)
 
 
-def base64_bytes(b64: str, *, index: int | None = None) -> bytes:
-    """The bytes of a bare base64 image or a ``data:`` URL; one-line :class:`ImageError` otherwise."""
+def base64_bytes(b64: str, *, index: int | None = None, max_bytes: int | None = None) -> bytes:
+    """The bytes of a bare base64 image or a ``data:`` URL; one-line :class:`ImageError` otherwise.
+    With ``max_bytes``, an image that would decode to more is refused from its length alone, before
+    anything is decoded; the text is sliced without copying it (a big image arrives as tens of MB)."""
     label = _label(index)
     s = b64.strip()
+    start = 0
     if s.startswith("data:"):
-        head, _, s = s.partition(",")
-        if ";base64" not in head:
+        comma = s.find(",", 0, 4096)  # a data: URL's header is short
+        if comma < 0 or ";base64" not in s[:comma]:
             raise ImageError(f"{label}: data URL is not base64-encoded")
+        start = comma + 1
+    size = (len(s) - start) * 3 // 4
+    if max_bytes is not None and size > max_bytes + 2:
+        raise ImageError(f"{label}: image is {_mib(size)}, over the {_mib(max_bytes)} limit")
     try:
-        return base64.b64decode(s, validate=True)
+        raw = memoryview(s.encode("ascii"))[start:]
+    except UnicodeEncodeError:
+        raise ImageError(f"{label}: illegal base64 data") from None
+    try:
+        if sys.version_info >= (3, 11):
+            return binascii.a2b_base64(raw, strict_mode=True)
+        return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         raise ImageError(f"{label}: illegal base64 data") from None
 
@@ -468,8 +482,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 _malloc_tuned = False
 
 
-def _tune_malloc() -> None:
-    """On glibc, serve allocations of 4 MiB and more from mmap, once per process.
+def tune_malloc() -> None:
+    """On glibc, serve allocations of 4 MiB and more from mmap, once per process (servers call it at start:
+    request bodies of tens of MB go through the same allocator).
 
     Why: glibc raises its mmap threshold to the size of each big block freed (up to 32 MiB), so after
     the first large image Pillow's 16 MiB pixel blocks and numpy's buffers land in per-thread heaps that
