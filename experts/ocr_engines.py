@@ -114,6 +114,9 @@ class OcrEngine:
     # Whether the layout step should put back word spaces the recogniser dropped, from the gaps in the image
     # (text_layout.fix_word_spacing). Measured per engine on the real set (benchmarks/real_images.py).
     restore_spaces = False
+    # Longest image side the engine works on anyway (it downscales bigger images itself); the expert hands
+    # it a view of that size, so a 49 MP photo is never copied whole into the engine. None: full resolution.
+    max_side: int | None = None
 
     def run(self, bgr: np.ndarray) -> list[Segment]:
         raise NotImplementedError
@@ -166,6 +169,11 @@ class RapidOcrEngine(OcrEngine):
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = threads
         self._ocr = RapidOCR(params=params)
         logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+        # rapidocr brings every image down to Global.max_side_len (2000) before detection and crops the lines
+        # from that copy: the expert gives it an image of that size to begin with.
+        preprocess = getattr(getattr(getattr(self._ocr, "cfg", None), "Global", None), "use_preprocess_img", False)
+        side = getattr(self._ocr, "max_side_len", None)
+        self.max_side = int(side) if preprocess and side else None
         # rapidocr keeps per-call settings on the instance; one call at a time is also what its
         # onnxruntime sessions (already using every core) want.
         self._lock = threading.Lock()
