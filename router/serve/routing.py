@@ -61,6 +61,7 @@ class ModelRoutes:
 # Percent-encoded "/", "\\", "." and NUL, and control characters once decoded.
 _ENCODED_SPECIAL = re.compile(rb"%(2f|5c|2e|00)", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PLAIN = re.compile(r"[A-Za-z0-9/._:~-]*")
 
 
 def path_problem(path: str, raw_path: bytes | None = None) -> str | None:
@@ -83,6 +84,8 @@ def path_problem(path: str, raw_path: bytes | None = None) -> str | None:
         return "'.' or '..' segments"
     if any(seg == "" for seg in segments[:-1]):  # a trailing slash is harmless; '//' is not
         return "an empty segment ('//')"
+    if _PLAIN.fullmatch(path):  # every Ollama route: nothing in it that httpx could rewrite
+        return None
     try:
         sent = httpx.URL(path).path
     except httpx.InvalidURL:
