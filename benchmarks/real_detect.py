@@ -124,6 +124,8 @@ def _product(sk: Any, p: dict[str, Any]) -> tuple[np.ndarray, list[np.ndarray]]:
             ((46, 260, 28), 2.5, (820, 480)),
         ):
             pieces.append((*_cutout(coins, _ellipse_mask(coins.shape[:2], [((cx, cy), (r, r))])), scale, at))
+    elif cut == "banded-jar":
+        pieces.append((*_banded_jar(sk, p), 1.0, None))
     else:
         raise ValueError(f"unknown cutout {cut!r}")
     looks = p.get("look", [])
@@ -152,6 +154,33 @@ def _product(sk: Any, p: dict[str, Any]) -> tuple[np.ndarray, list[np.ndarray]]:
         r2 = ((xx - cw / 2) / (cw / 2)) ** 2 + ((yy - ch / 2) / (ch / 2)) ** 2
         canvas *= (1.0 - 0.1 * r2)[..., None]
     return np.clip(canvas, 0, 255).astype(np.uint8), masks
+
+
+def _banded_jar(sk: Any, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A jar or tin: a body printed with the coffee photo, a near-white paper label band across its middle
+    (skimage's book scan, its uneven light flattened, paper at ``paper`` grey), and a near-white cap (the
+    cup's white porcelain rim). Returns the object's RGB and its mask (the whole silhouette)."""
+    w, h = p["size"]
+    cap_w, cap_h = p.get("cap", [0, 0])
+    body = cv2.resize(np.ascontiguousarray(np.rot90(sk.coffee())), (w, h), interpolation=cv2.INTER_AREA)
+    body = body.astype(np.float32)
+    page = sk.page().astype(np.float32)
+    # The scan's own paper level (closed over the print, blurred) divided out: white paper, real grain.
+    level = cv2.GaussianBlur(cv2.morphologyEx(page, cv2.MORPH_CLOSE, np.ones((15, 15), np.uint8)), (0, 0), 8)
+    paper = np.clip(page / np.maximum(level, 1.0) * float(p["paper"]), 0, 255)
+    band_h = int(h * p["band"])
+    label = cv2.resize(paper[30:130, 30:330], (w, band_h), interpolation=cv2.INTER_AREA)
+    top = (h - band_h) // 2
+    body[top : top + band_h] = label[..., None]
+    obj = np.zeros((h + cap_h, w, 3), np.float32)
+    mask = np.zeros((h + cap_h, w), np.uint8)
+    obj[cap_h:], mask[cap_h:] = body, 255
+    if cap_h:
+        x0 = (w - cap_w) // 2
+        rim = sk.coffee()[22:34, 225:375].astype(np.float32)  # the cup's white inner rim
+        obj[:cap_h, x0 : x0 + cap_w] = cv2.resize(rim, (cap_w, cap_h), interpolation=cv2.INTER_CUBIC)
+        mask[:cap_h, x0 : x0 + cap_w] = 255
+    return obj, mask
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -296,16 +325,224 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
+# --- people and faces -------------------------------------------------------------------------------
+PEOPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "real" / "people"
+SIDES = ("learned", "opencv", "raw")  # the expert now, its OpenCV fallback (= the previous detector), raw OpenCV
+MATCH_IOU = 0.5  # a true box counts as found when a detection overlaps it by this much (PASCAL VOC)
+SPEED_SIDE = 640  # the speed line: every photo scaled to this longer side
+
+
+@dataclass
+class PeoplePhoto:
+    """A real photo of people with hand-made truth: person boxes and face boxes."""
+
+    name: str
+    kind: str
+    data: bytes
+    persons: list[list[float]]
+    faces: list[list[float]]
+    source: str = ""
+
+
+def build_people() -> list[PeoplePhoto]:
+    """The people set of tests/data/real/people/truth.json (skimage entries need scikit-image)."""
+    truth = json.loads((PEOPLE / "truth.json").read_text(encoding="utf-8"))
+    out = []
+    for p in truth["images"]:
+        if "skimage" in p:
+            from skimage import data as sk
+
+            rgb = getattr(sk, p["skimage"])()
+            rgb = np.stack([rgb] * 3, axis=-1) if rgb.ndim == 2 else rgb
+            data = _png(rgb)
+        else:
+            data = (PEOPLE / p["file"]).read_bytes()
+        out.append(PeoplePhoto(p["name"], p["kind"], data, p["persons"], p["faces"], p["source"]))
+    return out
+
+
+def raw_people(bgr: np.ndarray, label: str) -> list[list[float]]:
+    """OpenCV at its defaults: ``HOGDescriptor.detectMultiScale`` with the default people SVM for people,
+    the frontal-face Haar cascade's ``detectMultiScale`` on the grey image for faces."""
+    if label == "person":
+        hog = cv2.HOGDescriptor()
+        hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        rects, _ = hog.detectMultiScale(bgr)
+    else:
+        cc = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+        rects = cc.detectMultiScale(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    return [[float(x), float(y), float(x + w), float(y + h)] for x, y, w, h in np.asarray(rects).reshape(-1, 4)]
+
+
+def recall(truth: list[list[float]], found: list[list[float]]) -> int:
+    """True boxes matched one-to-one (greedy, best IoU first) by a detection at IoU >= MATCH_IOU."""
+    pairs = sorted(((iou(t, f), i, j) for i, t in enumerate(truth) for j, f in enumerate(found)), reverse=True)
+    used_t, used_f = set(), set()
+    for v, i, j in pairs:
+        if v >= MATCH_IOU and i not in used_t and j not in used_f:
+            used_t.add(i)
+            used_f.add(j)
+    return len(used_t)
+
+
+@dataclass
+class PeopleRow:
+    """One photo, one label: per side the boxes found, true boxes matched, mean best IoU and ms."""
+
+    name: str
+    kind: str
+    label: str
+    truth: int
+    found: dict[str, int]
+    matched: dict[str, int]
+    iou: dict[str, float | None]
+    ms: dict[str, float]
+
+
+def measure_people(photos: list[PeoplePhoto] | None = None, repeats: int = 3) -> list[PeopleRow]:
+    """Person and face detection on every photo, each side on the same decoded image, best of ``repeats``."""
+    photos = build_people() if photos is None else photos
+    learned, opencv = DetectExpert(), DetectExpert(learned=False)
+    rows = []
+    for ph in photos:
+        image = decode_image(ph.data)
+        bgr = image.bgr()
+        for label, truth in (("person", ph.persons), ("face", ph.faces)):
+            boxes: dict[str, list[list[float]]] = {}
+            ms: dict[str, float] = {}
+            for side in SIDES:
+                best = float("inf")
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    if side == "raw":
+                        found = raw_people(bgr, label)
+                    else:
+                        r = (learned if side == "learned" else opencv).analyze(image, {"query": label})
+                        found = [[b.x1, b.y1, b.x2, b.y2] for b in r.bbox]
+                    best = min(best, (time.perf_counter() - t0) * 1000)
+                boxes[side], ms[side] = found, best
+            rows.append(
+                PeopleRow(
+                    name=ph.name,
+                    kind=ph.kind,
+                    label=label,
+                    truth=len(truth),
+                    found={s: len(b) for s, b in boxes.items()},
+                    matched={s: recall(truth, b) for s, b in boxes.items()},
+                    iou={s: mean_best_iou(truth, b) for s, b in boxes.items()},
+                    ms=ms,
+                )
+            )
+    return rows
+
+
+def person_ms_at(photos: list[PeoplePhoto], side: int = SPEED_SIDE, repeats: int = 3) -> dict[str, float]:
+    """Median ms of ``detect person`` per photo scaled to ``side`` px on its longer side, per side; and the
+    same in CPU ms of this process (``cpu:`` keys): on a shared machine wall time counts the neighbours too."""
+    learned, opencv = DetectExpert(), DetectExpert(learned=False)
+    times: dict[str, list[float]] = {s: [] for s in SIDES}
+    cpu: dict[str, list[float]] = {s: [] for s in SIDES}
+    for ph in photos:
+        bgr = decode_image(ph.data).bgr()
+        scale = side / max(bgr.shape[:2])
+        small = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        image = decode_image(_png(small[..., ::-1]))
+        for s in SIDES:
+            best, best_cpu = float("inf"), float("inf")
+            for _ in range(repeats):
+                t0, c0 = time.perf_counter(), time.process_time()
+                if s == "raw":
+                    raw_people(image.bgr(), "person")
+                else:
+                    (learned if s == "learned" else opencv).analyze(image, {"query": "person"})
+                best = min(best, (time.perf_counter() - t0) * 1000)
+                best_cpu = min(best_cpu, (time.process_time() - c0) * 1000)
+            times[s].append(best)
+            cpu[s].append(best_cpu)
+    return {
+        **{s: float(np.median(v)) for s, v in times.items()},
+        **{f"cpu:{s}": float(np.median(v)) for s, v in cpu.items()},
+    }
+
+
+def people_totals(rows: list[PeopleRow], label: str) -> dict[str, dict[str, float]]:
+    """Per side: recall (matched / true boxes), mean best IoU over photos with truth, boxes found, mean ms."""
+    sel = [r for r in rows if r.label == label]
+    truth = sum(r.truth for r in sel)
+    out = {}
+    for s in SIDES:
+        ious = [r.iou[s] for r in sel if r.iou[s] is not None]
+        out[s] = {
+            "recall": sum(r.matched[s] for r in sel) / truth if truth else 0.0,
+            "iou": float(np.mean(ious)) if ious else 0.0,
+            "found": sum(r.found[s] for r in sel),
+            "truth": truth,
+            "ms": float(np.mean([r.ms[s] for r in sel])),
+        }
+    return out
+
+
+def people_table(rows: list[PeopleRow], speed: dict[str, float] | None = None) -> list[str]:
+    """The markdown table: per photo and label, learned / OpenCV fallback / raw OpenCV side by side."""
+
+    def trio(vals: dict[str, Any], fmt: str = "{}") -> str:
+        return " / ".join("-" if vals[s] is None else fmt.format(vals[s]) for s in SIDES)
+
+    lines = [
+        "",
+        "People and faces: learned (MediaPipe) / OpenCV fallback = previous detector (Haar, HOG) / raw OpenCV "
+        f"defaults. Found = true boxes matched at IoU >= {MATCH_IOU} of the truth; IoU = mean best IoU per true box.",
+        "",
+        "| photo | kind | label | truth | found | matched | IoU | ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if not r.truth and not any(r.found.values()):
+            continue
+        lines.append(
+            f"| {r.name} | {r.kind} | {r.label} | {r.truth} | {trio(r.found)} | {trio(r.matched)} "
+            f"| {trio(r.iou, '{:.2f}')} | {trio(r.ms, '{:.0f}')} |"
+        )
+    for label in ("person", "face"):
+        t = people_totals(rows, label)
+
+        def col(key: str, fmt: str, t: dict[str, dict[str, float]] = t) -> str:
+            return " / ".join(fmt.format(t[s][key]) for s in SIDES)
+
+        lines.append(
+            f"| **overall {label}** | {len({r.name for r in rows})} photos | | {t['learned']['truth']} "
+            f"| {col('found', '{:.0f}')} | recall {col('recall', '{:.2f}')} | {col('iou', '{:.2f}')} "
+            f"| {col('ms', '{:.0f}')} |"
+        )
+    if speed:
+        lines.append(
+            f"\ndetect person, photos scaled to {SPEED_SIDE} px (median ms): "
+            + ", ".join(f"{s} {speed[s]:.0f}" for s in SIDES)
+            + "; CPU ms of this process: "
+            + ", ".join(f"{s} {speed['cpu:' + s]:.0f}" for s in SIDES)
+        )
+    return lines
+
+
 def run(argv: list[str] | argparse.Namespace | None = None) -> list[str]:
-    """Build the set, measure both sides and return the table lines. ``argv``: command-line words, or a
-    caller's parsed arguments (its ``repeats``, if it has one, is used)."""
+    """Build the sets, measure every side and return the table lines. ``argv``: command-line words, or a
+    caller's parsed arguments (its ``repeats`` and ``part``, if it has them, are used)."""
     if isinstance(argv, argparse.Namespace):
-        repeats = int(getattr(argv, "repeats", None) or 3)
+        repeats, part = int(getattr(argv, "repeats", None) or 3), getattr(argv, "part", None)
     else:
         ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
         ap.add_argument("--repeats", type=int, default=3, help="timing repeats per image (best is kept)")
-        repeats = ap.parse_args(argv).repeats
-    return table(measure(repeats=max(1, repeats)))
+        ap.add_argument("--part", choices=["objects", "people"], help="one half only")
+        args = ap.parse_args(argv)
+        repeats, part = args.repeats, args.part
+    repeats = max(1, repeats)
+    lines: list[str] = []
+    if part in (None, "objects"):
+        lines += table(measure(repeats=repeats))
+    if part in (None, "people"):
+        photos = build_people()
+        lines += people_table(measure_people(photos, repeats), person_ms_at(photos, repeats=repeats))
+    return lines
 
 
 if __name__ == "__main__":

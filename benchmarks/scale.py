@@ -8,7 +8,7 @@ its start-up is reported apart from the pipeline (a cluster is started once, not
     python benchmarks/scale.py [--images 24] [--experts ocr,detect] [--workers 2] [--cpus N]
 
 Per expert, the script also times a single-image analysis (after a warm-up), which is what the
-scaling model in the README (Scale out) multiplies by the number of actors.
+scaling model in docs/scale.md multiplies by the number of actors.
 """
 
 from __future__ import annotations

@@ -28,9 +28,10 @@ Configuration (``registry.configure("caption", ...)`` or the router's config fil
 
 Weights: on a user's machine transformers fetches the model into the Hugging Face cache on first
 load (blip2-opt-2.7b is about 15 GB in fp32 shards). Offline, the expert fails with one line saying
-how to get them (``huggingface-cli download Salesforce/blip2-opt-2.7b``) or to set ``model`` to a
-local directory. The tests build a tiny random BLIP-2 with its processor, save it to a directory and
-load it through this same code path: real weights are only the ``model`` setting away.
+how to get them (``hf download Salesforce/blip2-opt-2.7b``: huggingface_hub 1.0 and later ship only the
+``hf`` command) or to set ``model`` to a local directory. The tests build a tiny random BLIP-2 with its
+processor, save it to a directory and load it through this same code path: real weights are only the
+``model`` setting away.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from experts.base import Expert, ExpertArgs
 from experts.errors import EngineMissing, ExpertError
 from experts.hub import cached_file, offline, pick_device
 from experts.images import DecodedImage
+from experts.install import install_hint
 from experts.schema import ExpertResult
 from experts.vocabulary import common_objects
 
@@ -137,7 +139,7 @@ class CaptionExpert(Expert):
         if self.loaded:
             out["dtype"] = str(self._dtype).replace("torch.", "")
         if not ok:
-            out["error"] = "transformers/torch not installed: pip install 'ollama-vision-router[caption]'"
+            out["error"] = f"transformers/torch not installed: {install_hint('caption')}"
             return out
         present, detail = self.weights_status()
         out["weights"] = detail
@@ -154,7 +156,7 @@ class CaptionExpert(Expert):
         return None
 
     def _fetch_hint(self) -> str:
-        return f"fetch once: huggingface-cli download {self.model_name} (or set model to a local directory)"
+        return f"fetch once: hf download {self.model_name} (or set model to a local directory)"
 
     def weights_status(self) -> tuple[bool, str]:
         """Are the model's files on this machine (without downloading anything)?"""
@@ -176,7 +178,7 @@ class CaptionExpert(Expert):
         except ImportError as exc:
             raise EngineMissing(
                 f"caption: {exc.name or 'transformers'} is not installed; install the [caption] extra: "
-                "pip install 'ollama-vision-router[caption]'"
+                + install_hint("caption")
             ) from None
         self._torch = torch
         device = pick_device(self.config.get("device"), torch)

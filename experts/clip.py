@@ -59,6 +59,7 @@ from experts.base import Expert, ExpertArgs
 from experts.errors import EngineMissing, ExpertError
 from experts.hub import cached_file, offline, pick_device
 from experts.images import DecodedImage
+from experts.install import install_hint
 from experts.schema import ExpertResult, Style
 from experts.styles import StyleLibrary, load_style_library, parse_candidates
 from experts.vocabulary import ObjectVocabulary, common_objects
@@ -157,7 +158,7 @@ class ClipExpert(Expert):
             "loaded": self.loaded,
         }
         if not ok:
-            out["error"] = "open_clip/torch not installed: pip install 'ollama-vision-router[clip]'"
+            out["error"] = f"open_clip/torch not installed: {install_hint('clip')}"
             return out
         present, detail = self.weights_status()
         out["weights"] = detail
@@ -204,8 +205,7 @@ class ClipExpert(Expert):
             import torch
         except ImportError as exc:
             raise EngineMissing(
-                f"clip: {exc.name or 'open_clip'} is not installed; install the [clip] extra: "
-                "pip install 'ollama-vision-router[clip]'"
+                f"clip: {exc.name or 'open_clip'} is not installed; install the [clip] extra: " + install_hint("clip")
             ) from None
         self._torch = torch
         self.library = self._load_library()

@@ -19,6 +19,7 @@ from experts.base import Expert, ExpertArgs
 from experts.cancel import check_cancelled
 from experts.errors import EngineMissing
 from experts.images import DecodedImage
+from experts.install import install_hint
 from experts.ocr_engines import OcrEngine, build_engine, choose_engine
 from experts.schema import BBox, ExpertResult, TextLine
 from experts.text_layout import SCRIPT_LANG, Line, detect_script, fix_word_spacing, group_lines
@@ -72,7 +73,7 @@ class OcrExpert(Expert):
             "reason": reason,
         }
         if engine is None:
-            out["hint"] = "pip install 'ollama-vision-router[onnx]'"
+            out["hint"] = install_hint("onnx")
         out["loaded"] = sorted(f"{e}" + (f"/{lang}" if lang else "") for e, lang in self._engines)
         return out
 

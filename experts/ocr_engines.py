@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 
 from experts.errors import EngineMissing, ExpertError
+from experts.install import install_hint
 from experts.text_layout import Segment, order_quad
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("onnx", "paddle")
-ONNX_HINT = "pip install 'ollama-vision-router[onnx]'"
-PADDLE_HINT = "pip install 'ollama-vision-router[ocr]'"
+ONNX_HINT = install_hint("onnx")
+PADDLE_HINT = install_hint("ocr")
 
 # Languages the onnx engine's bundled model reads (PP-OCRv6 "ch" reads Chinese and English).
 ONNX_LANGS = {"ch", "zh", "chinese", "en", "english", "ch_en"}

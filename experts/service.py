@@ -25,6 +25,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import socket
 import sys
 import time
 from collections.abc import Iterable
@@ -35,6 +36,7 @@ from experts.access import LIVENESS, UNAUTHORIZED, check_bind_host, is_authorize
 from experts.base import Expert
 from experts.errors import ExpertError, ImageError, VisionRouterError
 from experts.images import base64_bytes, decoded
+from experts.install import install_hint
 from experts.registry import Registry, default_registry
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ DEFAULT_PORT = 8790
 DEFAULT_MAX_BODY_MIB = 64
 MAX_ARGS_BYTES = 16 * 1024  # JSON of an expert's arguments: a few short strings and numbers
 MAX_ERROR_CHARS = 1000  # an error line never carries a whole argument or document back
-SERVE_EXTRA_HINT = "pip install 'ollama-vision-router[serve]'"
+SERVE_EXTRA_HINT = install_hint("serve")
 
 
 class BodyTooLarge(VisionRouterError):
@@ -312,6 +314,9 @@ def serve_expert(
     reg = registry or default_registry()
     import_expert_modules(imports, reg)
     expert = build_expert(name, config, reg)
+    # Bound before the (maybe long) load: a busy port says so at once, and the address printed is the
+    # one bound (port 0 picks a free one).
+    sock, url = listen(host, port)
     status = expert.status()
     what = ", ".join(f"{k} {status[k]}" for k in ("engine", "model", "device") if status.get(k))
     _say(f"loading expert {expert.name}" + (f" ({what})" if what else "") + " ...")
@@ -320,7 +325,7 @@ def serve_expert(
     device = expert.status().get("device")
     _say(f"loaded {expert.name} in {time.perf_counter() - t0:.1f} s" + (f" on {device}" if device else ""))
     _say(
-        f"serving {expert.name} on http://{host}:{port} (POST /v1/analyze, GET /v1/info, GET /healthz)"
+        f"serving {expert.name} on {url} (POST /v1/analyze, GET /v1/info, GET /healthz)"
         + (", token required" if token else "")
     )
     app = create_app(
@@ -329,7 +334,23 @@ def serve_expert(
     from experts.http_guard import guard_options  # imports uvicorn: the [serve] extra
 
     # The proxy's connection guards: headers within 10 s (slowloris), bounded connections and headers.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, **guard_options())
+    uvicorn.Server(uvicorn.Config(app, log_level=log_level, **guard_options())).run(sockets=[sock])
+
+
+def listen(host: str, port: int) -> tuple[socket.socket, str]:
+    """A TCP socket bound to ``host:port`` and its ``http://`` URL with the port actually bound.
+    Raises :class:`VisionRouterError` (one line) when the address cannot be bound."""
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bare, port))
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        raise VisionRouterError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+    shown = f"[{bare}]" if family == socket.AF_INET6 else bare
+    return sock, f"http://{shown}:{sock.getsockname()[1]}"
 
 
 def _say(msg: str) -> None:

@@ -99,6 +99,8 @@ class FakeOllama:
         self.responder: Responder | None = None
         self.requests: list[tuple[str, str, Any]] = []  # (method, path, json body or None)
         self.blobs: dict[str, bytes] = {}
+        # False: answer /api/tags as older Ollama servers do, without `capabilities` (only /api/show has them).
+        self.tags_capabilities = True
         # Streams whose client went away before the last chunk (a proxy must cancel upstream work).
         self.streams_cancelled = 0
         self.streams_completed = 0
@@ -218,9 +220,10 @@ class FakeOllama:
                     "size": 2_497_293_931,
                     "digest": hashlib.sha256(name.encode()).hexdigest(),
                     "details": self._details(m),
-                    "capabilities": list(m.capabilities),
                 }
             )
+            if self.tags_capabilities:
+                models[-1]["capabilities"] = list(m.capabilities)
         return JSONResponse({"models": models})
 
     async def ps(self, request: Request) -> Response:

@@ -18,10 +18,12 @@ import time
 import pytest
 from PIL import Image, ImageDraw
 
-from experts import detect as detect_mod
 from experts.base import Expert, ExpertArgs
 from experts.cancel import Cancelled, check_cancelled, run_cancellable
-from experts.detect import CONTOUR_MAX_SIDE, DetectExpert
+from experts.detect import DetectExpert
+from experts.detect import contours as contours_mod
+from experts.detect import expert as expert_mod
+from experts.detect.contours import CONTOUR_MAX_SIDE
 from experts.images import decode_image
 from experts.registry import Registry
 from router.core.dispatch import Dispatcher, ExpertCall
@@ -41,13 +43,13 @@ def _scene(scale: int) -> bytes:
 
 def test_contours_of_a_big_image_are_found_on_a_bounded_copy_and_reported_in_original_pixels(monkeypatch):
     seen: list[tuple[int, int]] = []
-    real = detect_mod.analyse
+    real = expert_mod.analyse
 
     def spy(bgr, *a, **kw):
         seen.append(bgr.shape[:2])
         return real(bgr, *a, **kw)
 
-    monkeypatch.setattr(detect_mod, "analyse", spy)
+    monkeypatch.setattr(expert_mod, "analyse", spy)
     expert = DetectExpert()
     small = expert.analyze(decode_image(_scene(1)), {})
     big_image = decode_image(_scene(5))  # 5000x3750: 18.75 MP
@@ -158,7 +160,7 @@ def test_detect_stops_between_its_steps(monkeypatch):
     """Cancelled once the foreground is found: no outline is refined and no object measured after it."""
     stop = threading.Event()
     calls = {"refine": 0, "measure": 0}
-    real_fg, real_refine, real_measure = detect_mod._foreground, detect_mod._refine, detect_mod._measure
+    real_fg, real_refine, real_measure = contours_mod.foreground, contours_mod._refine, contours_mod.measure_object
 
     def foreground_then_give_up(bgr):
         out = real_fg(bgr)
@@ -173,9 +175,9 @@ def test_detect_stops_between_its_steps(monkeypatch):
         calls["measure"] += 1
         return real_measure(*a)
 
-    monkeypatch.setattr(detect_mod, "_foreground", foreground_then_give_up)
-    monkeypatch.setattr(detect_mod, "_refine", refine)
-    monkeypatch.setattr(detect_mod, "_measure", measure)
+    monkeypatch.setattr(contours_mod, "foreground", foreground_then_give_up)
+    monkeypatch.setattr(contours_mod, "_refine", refine)
+    monkeypatch.setattr(contours_mod, "measure_object", measure)
     image = decode_image(_scene(2))
     with pytest.raises(Cancelled):
         run_cancellable(stop, DetectExpert().analyze, image, {})

@@ -184,7 +184,9 @@ def test_missing_weights_are_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(EngineMissing) as info:
         expert.load()
     msg = str(info.value)
-    assert "\n" not in msg and "Salesforce/blip2-opt-2.7b" in msg and "huggingface-cli download" in msg
+    assert (
+        "\n" not in msg and "Salesforce/blip2-opt-2.7b" in msg and "hf download" in msg and "huggingface-cli" not in msg
+    )
     assert "offline" in msg
 
     with pytest.raises(EngineMissing, match="no such directory"):

@@ -72,7 +72,10 @@ def test_registry_resolves_detect_and_aliases():
     for name in ("detect", "measure", "count", "contours", "尺寸"):
         assert reg.resolve(name) == "detect"
     assert isinstance(reg.get("detect"), DetectExpert)
-    assert DetectExpert().info()["positional"] == "query"
+    info = DetectExpert().info()
+    assert info["positional"] == "query"
+    # Which detector answers each label here: learned where the [people] extra is, else OpenCV's.
+    assert set(info["detectors"]) >= {"face", "person", "qr"} and "face" in info["runs"]
 
 
 # --- contours ------------------------------------------------------------------------------------
@@ -386,3 +389,61 @@ def test_merge_with_the_real_ocr_engine(expert, letters_and_a_disc):
     assert read.full_text == "HI"
     merged = ImageAnalysis.merge(img.image_id, 1, [read, expert.analyze(img, {})], img.width, img.height)
     assert merged.objects == ["1 circle"] and merged.measurements["inside_text"] == 2
+
+
+# --- learned detectors (issue 18) -----------------------------------------------------------------
+def test_labels_each_have_a_backend_and_learned_ones_come_first():
+    from experts.detect import LABELS
+    from experts.detect.backends import BACKENDS, candidates
+
+    for label in LABELS:
+        assert candidates(label), label
+    for label in ("face", "person"):
+        assert candidates(label)[0].learned and not candidates(label)[-1].learned
+    assert [b.name for b in BACKENDS if not b.learned] == ["haar", "hog", "qr", "barcode"]
+
+
+@pytest.mark.parametrize("opts_name,boxes", [("FACE_SHORT", 896), ("FACE_FULL", 2304), ("POSE", 2254)])
+def test_ssd_anchors_match_the_models(opts_name, boxes):
+    """The anchors built from MediaPipe's options are as many as each model's boxes, in cell order."""
+    pytest.importorskip("ai_edge_litert", reason="needs the [people] extra")
+    import experts.detect.backends.blaze as bl
+
+    opts = getattr(bl, opts_name)
+    anchors = bl.ssd_anchors(opts)
+    assert len(anchors) == boxes
+    assert anchors.min() > 0 and anchors.max() < 1
+    backend = bl.BlazeBackend()
+    outs = backend._run(opts.file, np.zeros((opts.size, opts.size, 3), np.float32))
+    assert sorted(o.shape[0] for o in outs) == [boxes, boxes]
+
+
+def test_a_damaged_model_file_is_refused(tmp_path, monkeypatch):
+    """The shipped models are checked against SHA256SUMS before loading: one clear error, no wrong answers."""
+    import shutil
+
+    import experts.detect.backends.blaze as bl
+
+    for f in bl.MODEL_DIR.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    with open(tmp_path / bl.FACE_SHORT.file, "r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\x00\x01\x02\x03")
+    monkeypatch.setattr(bl, "MODEL_DIR", tmp_path)
+    assert bl.checked_model(bl.SELFIE).name == bl.SELFIE
+    with pytest.raises(ExpertError, match="fails its checksum"):
+        bl.checked_model(bl.FACE_SHORT.file)
+
+
+def test_weighted_nms_averages_a_cluster():
+    from experts.detect.backends.blaze import Detection, weighted_nms
+
+    kp = np.zeros((1, 2))
+    dets = [
+        Detection(np.array([0.0, 0, 10, 10]), 0.9, kp),
+        Detection(np.array([2.0, 0, 12, 10]), 0.3, kp),
+        Detection(np.array([50.0, 50, 60, 60]), 0.8, kp),
+    ]
+    out = weighted_nms(dets)
+    assert len(out) == 2 and out[0].score == 0.9
+    assert out[0].box[0] == pytest.approx((0 * 0.9 + 2 * 0.3) / 1.2)

@@ -479,6 +479,8 @@ def test_missing_serve_extra_is_one_line():
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "Traceback" not in r.stderr
+    from experts.install import install_hint
+
     assert r.stderr.strip() == (
-        "Error: expert serve needs starlette and uvicorn (the [serve] extra): pip install 'ollama-vision-router[serve]'"
+        f"Error: expert serve needs starlette and uvicorn (the [serve] extra): {install_hint('serve')}"
     )

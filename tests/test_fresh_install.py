@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(sys.executable).with_name("vision-router")
+ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = "starlette,uvicorn,torch,torchvision,open_clip,transformers,paddle,paddleocr,paddlex,qdrant_client,mcp,ray"
 
 BLOCKER = """
@@ -33,7 +34,9 @@ def bare(tmp_path):
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        env = dict(os.environ, PYTHONPATH=str(tmp_path), VR_BLOCK=EXTRAS, HOME=str(tmp_path))
+        # The tree under test stays on the path (a checkout run with PYTHONPATH=.), after the blocker.
+        path = os.pathsep.join(filter(None, [str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = dict(os.environ, PYTHONPATH=path, VR_BLOCK=EXTRAS, HOME=str(tmp_path))
         return subprocess.run(
             [str(SCRIPT), *args],
             capture_output=True,
@@ -69,7 +72,14 @@ def test_a_command_whose_extra_is_missing_says_which_in_one_line(bare, args):
     assert "Traceback" not in r.stderr
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1, r.stderr
-    assert "ollama-vision-router[serve]" in lines[0]
+    # This copy is a checkout: the hint installs the extra into it (the package is on no index).
+    assert lines[0].endswith(f"pip install -e '{ROOT}[serve]')"), lines[0]
+
+
+def test_the_install_hint_names_this_checkout(bare):
+    r = bare("mcp")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"Error: `mcp` needs a package that is not installed: mcp (pip install -e '{ROOT}[mcp]')"
 
 
 def test_the_main_job_runs_without_the_extras(bare):
@@ -101,4 +111,4 @@ def test_expert_serve_on_ray_without_the_ray_extra_says_which_in_one_line(bare):
     r = bare("expert", "serve", "detect", "--ray")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and "ollama-vision-router[ray]" in lines[0], r.stderr
+    assert len(lines) == 1 and lines[0].endswith(f"pip install -e '{ROOT}[ray]'"), r.stderr

@@ -39,7 +39,7 @@ def test_caption_weights_missing_then_present(tmp_path):
 
     st = CaptionExpert(cache_dir=str(tmp_path)).status()
     assert st["ok"] is False
-    assert "huggingface-cli download Salesforce/blip2-opt-2.7b" in st["weights"]
+    assert "hf download Salesforce/blip2-opt-2.7b" in st["weights"]
     fake_hf_cache(tmp_path, "Salesforce/blip2-opt-2.7b", "config.json")
     assert CaptionExpert(cache_dir=str(tmp_path)).status()["ok"] is True
     empty = tmp_path / "empty"

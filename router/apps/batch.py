@@ -32,6 +32,7 @@ from typing import IO, Any
 
 from experts.errors import ExpertError, ImageError, VisionRouterError
 from experts.images import DecodedImage, decode_image, image_id_of
+from experts.install import install_hint
 from experts.schema import ExpertResult, ImageAnalysis
 from router.core.dispatch import ExpertCall
 from router.core.errors import ModelNotFound, OllamaUnreachable
@@ -284,7 +285,7 @@ def _pyarrow() -> Any:
         import pyarrow.parquet as pq
     except ImportError:
         raise VisionRouterError(
-            "Parquet output needs pyarrow: pip install 'ollama-vision-router[ray]' (or pyarrow)"
+            f"Parquet output needs pyarrow: {install_hint('ray')} (or pip install pyarrow)"
         ) from None
     return pa, pq
 

@@ -36,6 +36,7 @@ from typing import IO, Any
 
 from experts.errors import ExpertError, VisionRouterError
 from experts.images import decode_image
+from experts.install import install_hint
 from experts.schema import ExpertResult
 from router.apps.batch import (
     _IMAGE_SUFFIXES,
@@ -121,7 +122,7 @@ def connect(address: str | None = "auto") -> None:
     try:
         import ray
     except ImportError:
-        raise VisionRouterError("--ray needs Ray: pip install 'ollama-vision-router[ray]'") from None
+        raise VisionRouterError(f"--ray needs Ray: {install_hint('ray')}") from None
     if ray.is_initialized():
         return
     opts: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}

@@ -120,22 +120,27 @@ def parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 def extra_hint(module: str | None) -> str:
-    """The pip command that brings in MODULE's extra."""
+    """The pip command that brings in MODULE's extra, worded for how this copy was installed."""
+    from experts.install import install_hint
+
     extras = {
         "mcp": "mcp",
         "ray": "ray",
         "uvicorn": "serve",
         "starlette": "serve",
         "open_clip": "clip",
-        "torch": "clip or caption",
+        "torch": "clip",
         "transformers": "caption",
         "qdrant_client": "rag",
-        "rapidocr": "ocr",
+        "rapidocr": "onnx",
+        "onnxruntime": "onnx",
         "paddleocr": "ocr",
     }
     top = (module or "").split(".")[0]
     extra = extras.get(top)
-    return f"pip install 'ollama-vision-router[{extra}]'" if extra else "see the README"
+    if not extra:
+        return "see docs/install.md"
+    return install_hint(extra) + (" (or [caption])" if top == "torch" else "")
 
 
 def load_image_arg(path: str, settings: Settings) -> DecodedImage:

@@ -54,6 +54,8 @@ def expert_list(ctx, as_json):
         click.echo(f"{r['name']:<9} [{ok}] {r['description']}{aliases}")
         arg_names = ", ".join(r["args"]) or "none"
         click.echo(f"{'':<15}args: {arg_names}" + (f"; free text fills `{r['positional']}`" if r["positional"] else ""))
+        if r["status"].get("runs"):  # which engine answers which labels (detect: learned or OpenCV)
+            click.echo(f"{'':<15}runs: {r['status']['runs']}")
         if not r["status"].get("ok"):
             click.echo(f"{'':<15}why N/A: {r['status']['reason']}")
     for name, err in reg.load_errors.items():

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from experts.errors import VisionRouterError
+from experts.install import install_hint
 
 # The service's defaults (experts/service.py), repeated here so `--help` imports no web framework.
 DEFAULT_HOST = "127.0.0.1"
@@ -36,7 +37,9 @@ def parse_config(items: Iterable[str]) -> dict[str, Any]:
 @click.option(
     "--host", default=DEFAULT_HOST, show_default=True, help="Address to bind (loopback unless --allow-remote)."
 )
-@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True, help="Port (0 picks a free one)."
+)
 @click.option("--allow-remote", is_flag=True, help="Allow listening on a non-loopback address.")
 @click.option(
     "--token",
@@ -148,7 +151,7 @@ def _serve_on_ray(name: str, host: str, port: int, address: str, config: dict[st
         from experts.ray_service import serve_expert_on_ray
     except ModuleNotFoundError as exc:
         raise VisionRouterError(
-            f"expert serve --ray needs Ray Serve ({exc.name} is not installed): pip install 'ollama-vision-router[ray]'"
+            f"expert serve --ray needs Ray Serve ({exc.name} is not installed): {install_hint('ray')}"
         ) from None
     click.echo(f"expert {name} on Ray Serve at http://{host}:{port} (Ray: {address})", err=True)
     serve_expert_on_ray(

@@ -124,7 +124,7 @@ class ServeSettings(BaseModel):
 
 
 class Settings(BaseModel):
-    """Everything the router can be told. Field docs double as the README's configuration table."""
+    """Everything the router can be told. Field docs double as docs/config.md's table."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # 1e400 is inf in TOML: not "no limit"
 

@@ -96,9 +96,13 @@ class Upstream:
         timeout: float | None = None,
         show_ttl_s: float = SHOW_TTL_S,
         protocol_model: str = DEFAULT_MODEL,
+        unreachable: str | None = None,
     ) -> None:
         self.host = resolve_host(host)
         self.protocol_model = protocol_model
+        # What to do when Ollama is not there, in the words of the command that runs this (`serve` says
+        # --upstream, the others --ollama-host); None: START_HINT.
+        self.unreachable = unreachable
         self.show_ttl_s = show_ttl_s
         self._client = client
         self._timeout = timeout
@@ -145,7 +149,7 @@ class Upstream:
         try:
             shown = await self.client().show(model)
         except UPSTREAM_ERRORS as exc:
-            err = upstream_error(exc, self.host, model, protocol_model=self.protocol_model)
+            err = upstream_error(exc, self.host, model, **self._wording())
             if err.status < 500 and isinstance(exc, ollama.ResponseError):  # 5xx may be transient: ask again
                 self._shown[model] = (time.monotonic() + self.show_ttl_s, err)
             raise err from None
@@ -161,7 +165,7 @@ class Upstream:
             async for chunk in stream:
                 yield chunk
         except UPSTREAM_ERRORS as exc:
-            raise upstream_error(exc, self.host, model, protocol_model=self.protocol_model) from None
+            raise upstream_error(exc, self.host, model, **self._wording()) from None
 
     async def version(self) -> str:
         """Ollama's version string (doubles as the "is it up?" check)."""
@@ -173,7 +177,10 @@ class Upstream:
         except httpx.HTTPStatusError as exc:
             raise UpstreamError(f"Ollama at {self.host}: HTTP {exc.response.status_code}", 502) from None
         except (httpx.HTTPError, ValueError) as exc:
-            raise upstream_error(exc, self.host) from None
+            raise upstream_error(exc, self.host, unreachable=self.unreachable) from None
+
+    def _wording(self) -> dict[str, Any]:
+        return {"protocol_model": self.protocol_model, "unreachable": self.unreachable}
 
 
 def turn_stats(last: Any) -> dict[str, int]:

@@ -386,19 +386,128 @@ class VisionMcp:
             async with manager.run():
                 yield
 
-        app: Any = Starlette(routes=[Route("/mcp", endpoint=_McpEndpoint(manager))], lifespan=lifespan)
+        quiet_disconnects()
+        endpoint = _McpEndpoint(manager, self._discover_result)
+        app: Any = Starlette(routes=[Route("/mcp", endpoint=endpoint)], lifespan=lifespan)
         app = _LowercaseHost(app)
         return BearerGuard(app, token) if token else app
 
+    def _discover_result(self) -> dict[str, Any]:
+        """The answer to a ``server/discover`` probe: this server's handshake-era protocol versions (no
+        2026-07-28 one), so a newer client falls back to ``initialize`` at once, as its SDK documents."""
+        from mcp.server.lowlevel import NotificationOptions
+        from mcp.shared.version import SUPPORTED_PROTOCOL_VERSIONS
+
+        caps = self.server.get_capabilities(NotificationOptions(), {})
+        return {
+            "supportedVersions": list(SUPPORTED_PROTOCOL_VERSIONS),
+            "capabilities": caps.model_dump(by_alias=True, mode="json", exclude_none=True),
+            "instructions": INSTRUCTIONS,
+            "resultType": "complete",
+            "ttlMs": 0,
+            "cacheScope": "private",
+        }
+
+
+DISCOVER = "server/discover"
+PEEK_BYTES = 64 * 1024  # a session-less POST is an initialize or a discover probe: a few hundred bytes
+
 
 class _McpEndpoint:
-    """The session manager as a route's ASGI app (Starlette calls an instance as ASGI, a function as a view)."""
+    """The session manager as a route's ASGI app (Starlette calls an instance as ASGI, a function as a view).
 
-    def __init__(self, manager: Any) -> None:
+    MCP clients of protocol 2026-07-28 (the mcp 2.x SDK, Open WebUI 0.12) open with a ``server/discover``
+    probe before any session exists. The SDK here (1.x) answers it "400 Missing session ID", which such
+    clients log as a failed request before they fall back. So a session-less POST is peeked at (its first
+    :data:`PEEK_BYTES`); a discover probe is answered here, anything else goes to the session manager with
+    its body replayed untouched.
+    """
+
+    def __init__(self, manager: Any, discover: Any) -> None:
         self.manager = manager
+        self.discover = discover
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.manager.handle_request(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if scope.get("method") != "POST" or b"mcp-session-id" in headers:
+            await self.manager.handle_request(scope, receive, send)
+            return
+        held, body, complete = await _peek(receive)
+        probe = _discover_id(body) if complete else None
+        if probe is not None:
+            await _json_rpc_result(send, probe[0], self.discover())
+            return
+
+        async def replay() -> Any:
+            return held.pop(0) if held else await receive()
+
+        await self.manager.handle_request(scope, replay, send)
+
+
+async def _peek(receive: Any) -> tuple[list[dict[str, Any]], bytes, bool]:
+    """Read a request's body messages up to :data:`PEEK_BYTES`: (the messages, the bytes, whole body?)."""
+    held: list[dict[str, Any]] = []
+    size = 0
+    while size <= PEEK_BYTES:
+        message = await receive()
+        held.append(message)
+        if message["type"] != "http.request":
+            return held, b"", False  # the client went away
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return held, b"".join(m.get("body", b"") for m in held), True
+    return held, b"", False
+
+
+def _discover_id(body: bytes) -> tuple[Any] | None:
+    """``(id,)`` when ``body`` is one JSON-RPC ``server/discover`` request, else None."""
+    try:
+        msg = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(msg, dict) and msg.get("method") == DISCOVER and "id" in msg:
+        return (msg["id"],)
+    return None
+
+
+async def _json_rpc_result(send: Any, request_id: Any, result: dict[str, Any]) -> None:
+    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class _ClosedStreamFilter(logging.Filter):
+    """Drops the SDK's tracebacks for a stream that closed because its client left (a disconnect or a
+    DELETE ends the standalone SSE stream with ``anyio.ClosedResourceError``): the session ends, nothing
+    failed. Any other error is logged as before."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not _only_closed(exc)
+
+
+def _only_closed(exc: BaseException) -> bool:
+    group = getattr(exc, "exceptions", None)  # an ExceptionGroup (3.11+, or the backport anyio uses on 3.10)
+    if isinstance(group, tuple) and group:
+        return all(_only_closed(e) for e in group)
+    return isinstance(exc, (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream))
+
+
+_QUIET = _ClosedStreamFilter()
+
+
+def quiet_disconnects() -> None:
+    """Install the disconnect filter on the MCP SDK's server loggers (once)."""
+    for name in ("mcp.server.streamable_http", "mcp.server.streamable_http_manager", "mcp.server.lowlevel.server"):
+        logger = logging.getLogger(name)
+        if _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)
 
 
 class _LowercaseHost:

@@ -38,11 +38,12 @@ from experts.errors import VisionRouterError
 from experts.registry import Registry, default_registry
 from router import __version__
 from router.core.config import Settings
+from router.core.errors import UpstreamError
 from router.core.ollama_host import resolve_host
 from router.core.orchestrator import Orchestrator
 from router.serve.codecs.native import NDJSON, NativeCodec, error, line
 from router.serve.codecs.openai import OpenAICodec
-from router.serve.errors import upstream_failure
+from router.serve.errors import UNREACHABLE_HINT, upstream_failure
 from router.serve.guard import guard_options
 from router.serve.local_server import LocalServer
 from router.serve.metrics import Metrics
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # Ollama's own proxy caps request bodies at 64 MiB
+SHOW_FANOUT = 8  # /api/show calls at once when a listing has no capabilities to read
 # Requests that change nothing upstream: safe to resend once when a pooled connection turns out dead.
 RETRY_SAFE = frozenset(
     {
@@ -172,6 +174,7 @@ class VisionProxy:
             client = ollama.AsyncClient(host=base, timeout=timeout, limits=limits, trust_env=False)
             orchestrator = Orchestrator(self.settings, client=client, registry=registry or default_registry())
         self.orch = orchestrator
+        orchestrator.upstream.unreachable = UNREACHABLE_HINT  # the operator's flag is --upstream here
         self.routes = ModelRoutes(orchestrator, cfg.route, cfg.skip)
         self.metrics = Metrics(cfg.recent_traces)
         self.pipeline = Pipeline(self)
@@ -355,14 +358,36 @@ class VisionProxy:
         except ValueError:
             return _copy(r)
         models = data.get(key) if isinstance(data, dict) else None
-        for m in models if isinstance(models, list) else ():
-            if isinstance(m, dict) and isinstance(m.get("capabilities"), list):
+        listed = [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+        for m in listed:
+            if isinstance(m.get("capabilities"), list):
                 name = m.get("model") or m.get("name") or m.get("id") or ""
                 if self.routes.routed_by_caps(name, m["capabilities"]):
                     m["capabilities"] = [*m["capabilities"], "vision"]
                     if isinstance(m.get("digest"), str):
                         m["digest"] = routed_digest(m["digest"])
+        await self._digests_from_show([m for m in listed if not isinstance(m.get("capabilities"), list)])
         return JSONResponse(data, status_code=200, headers=_passable(r.headers))
+
+    async def _digests_from_show(self, models: list[dict[str, Any]]) -> None:
+        """Ollama servers from before ``/api/tags`` carried ``capabilities`` list name, digest and details
+        only: ask ``/api/show`` (the shared cache, a few at a time) whether each is routed, so a routed model
+        gets a digest of its own whichever Ollama is behind the proxy."""
+        gate = asyncio.Semaphore(SHOW_FANOUT)
+
+        async def one(m: dict[str, Any]) -> None:
+            name, digest = m.get("model") or m.get("name"), m.get("digest")
+            if not isinstance(name, str) or not isinstance(digest, str) or not self.routes.routed_by_caps(name, []):
+                return  # nothing to rename, or excluded by --route / --skip without asking
+            async with gate:
+                try:
+                    routed = await self.routes.is_routed(name)
+                except UpstreamError:
+                    return  # a model Ollama will not show keeps its listing as it is
+            if routed:
+                m["digest"] = routed_digest(digest)
+
+        await asyncio.gather(*(one(m) for m in models))
 
     async def _fetch(self, request: Request, body: bytes | None) -> httpx.Response | Response:
         """A buffered upstream call for the routes whose answer the proxy edits."""

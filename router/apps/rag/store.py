@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from experts.errors import VisionRouterError
+from experts.install import install_hint
 from experts.schema import ImageAnalysis
 
 COLLECTION = "vision_router_images"
@@ -72,9 +73,7 @@ class ImageIndex:
         try:
             from qdrant_client import QdrantClient
         except ImportError:
-            raise ImageIndexError(
-                "the image index needs qdrant-client: pip install 'ollama-vision-router[rag]'"
-            ) from None
+            raise ImageIndexError(f"the image index needs qdrant-client: {install_hint('rag')}") from None
         self.db = str(db)
         try:
             if re.match(r"https?://", self.db):
