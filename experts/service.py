@@ -324,6 +324,7 @@ def serve_expert(
     expert.load()
     device = expert.status().get("device")
     _say(f"loaded {expert.name} in {time.perf_counter() - t0:.1f} s" + (f" on {device}" if device else ""))
+    sock.listen(2048)  # listening before the address is printed: a client that reads it can connect at once
     _say(
         f"serving {expert.name} on {url} (POST /v1/analyze, GET /v1/info, GET /healthz)"
         + (", token required" if token else "")
