@@ -8,8 +8,10 @@ one) so a before/after runs in one session:
   the timed-out reply, and the peak RSS.
 - ``mcp``: ``vision-router mcp --http`` sent eight 80 MB ``data:`` URLs that are not images: server RSS
   after each rejection.
+- ``proxy``: three 7000x7000 photos at once through the proxy (real ocr and detect as the fallback, the
+  tests' fake Ollama upstream), with 60 s and with 5 s expert timeouts: peak RSS, and RSS 5 s after.
 
-    .venv/bin/python benchmarks/hostile_probes.py endless|timeout|mcp [--root DIR]
+    .venv/bin/python benchmarks/hostile_probes.py endless|timeout|mcp|proxy [--root DIR]
 
 The 7000x7000 photo is the one ``benchmarks/big_image_memory.py`` makes (scikit-image's coffee, upscaled).
 """
@@ -142,6 +144,52 @@ def timeout(root: str) -> None:
     subprocess.run([sys.executable, "-c", _TIMEOUT_CODE, str(big)], env=_env(root), cwd=root, check=False)
 
 
+_PROXY_CODE = """
+import base64, resource, sys, threading, time
+import httpx
+from experts.registry import default_registry
+from router.core.config import Settings
+from router.serve.proxy import ProxyServer, create_app
+from tests.fake_ollama import FakeOllama
+from tests.test_proxy_support import MODEL, models
+def rss():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) // 1024
+fake = FakeOllama(models()).start()
+fake.script(*(["ok"] * 20))
+settings = Settings(cache_dir="", fallback=["ocr", "detect"], expert_timeout=float(sys.argv[2]))
+proxy = ProxyServer(create_app(settings, default_registry(), fake.url)).start()
+b64 = base64.b64encode(open(sys.argv[1], "rb").read()).decode()
+out = []
+def one():
+    msg = {"role": "user", "content": "hi", "images": [b64]}
+    r = httpx.post(proxy.url + "/api/chat", json={"model": MODEL, "stream": False, "messages": [msg]}, timeout=600)
+    out.append(r.status_code)
+t0 = time.perf_counter()
+threads = [threading.Thread(target=one) for _ in range(3)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+t1 = time.perf_counter()
+time.sleep(5)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(f"expert timeout {sys.argv[2]} s: 3 answers {out} in {t1 - t0:.1f} s; peak RSS {peak:.0f} MB; "
+      f"RSS 5 s after the answers {rss()} MB", flush=True)
+proxy.stop()
+fake.stop()
+"""
+
+
+def proxy(root: str) -> None:
+    from benchmarks.big_image_memory import make_photos
+
+    folder = Path(tempfile.gettempdir()) / "vision-router-bigimage"
+    folder.mkdir(parents=True, exist_ok=True)
+    _, big = make_photos(folder, 7000)
+    for timeout_s in ("60", "5"):
+        cmd = [sys.executable, "-W", "ignore", "-c", _PROXY_CODE, str(big), timeout_s]
+        subprocess.run(cmd, env=_env(root), cwd=root, check=False)
+
+
 def _rss_mb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) // 1024
@@ -201,10 +249,10 @@ def mcp(root: str, requests: int = 8, mb: int = 80) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("probe", choices=["endless", "timeout", "mcp"])
+    ap.add_argument("probe", choices=["endless", "timeout", "mcp", "proxy"])
     ap.add_argument("--root", default=str(ROOT), help="the checkout whose code runs (default: this one)")
     args = ap.parse_args()
-    {"endless": endless, "timeout": timeout, "mcp": mcp}[args.probe](args.root)
+    {"endless": endless, "timeout": timeout, "mcp": mcp, "proxy": proxy}[args.probe](args.root)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from experts.cancel import check_cancelled
 from experts.errors import EngineMissing, ExpertError
 from experts.install import install_hint
 from experts.text_layout import Segment, order_quad
@@ -181,6 +182,7 @@ class RapidOcrEngine(OcrEngine):
 
     def raw(self, bgr: np.ndarray) -> Any:
         with self._lock:
+            check_cancelled()  # a run given up on while it queued for the engine does not start it
             return self._ocr(bgr)
 
     def run(self, bgr: np.ndarray) -> list[Segment]:
@@ -256,6 +258,7 @@ class PaddleOcrEngine(OcrEngine):
 
     def raw(self, bgr: np.ndarray) -> Any:
         with self._lock:
+            check_cancelled()  # a run given up on while it queued for the engine does not start it
             return self._ocr.predict(np.ascontiguousarray(bgr))
 
     def run(self, bgr: np.ndarray) -> list[Segment]:
