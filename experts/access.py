@@ -29,8 +29,11 @@ class AccessError(VisionRouterError):
 
 def resolve_host(host: str) -> list[str]:
     """Every address a server told to listen on ``host`` would bind. ``""`` means every interface, as it
-    does for :func:`socket.bind`. Raises :class:`AccessError` when the name does not resolve."""
-    name = host.strip().strip("[]")
+    does for :func:`socket.bind`. Raises :class:`AccessError` when the name does not resolve, or holds
+    spaces: a resolver may forgive ``"127.0.0.1 "`` where the server's own bind later does not."""
+    if any(c.isspace() for c in host):
+        raise AccessError(f"--host {host!r}: an address has no spaces (write it without them)")
+    name = host.strip("[]")
     try:
         if not name:
             # bind(("", port)) is INADDR_ANY: resolve it like a passive (listening) wildcard.

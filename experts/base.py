@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from experts.cancel import check_cancelled
 from experts.errors import ExpertError
 from experts.images import DecodedImage
 from experts.schema import ExpertResult
@@ -136,8 +137,10 @@ class Expert:
         error lines."""
         parsed = self.parse_args(args)
         self.load()
+        check_cancelled()  # given up on while the engine loaded
         t0 = time.perf_counter()
-        view = image.view(self.max_side)
+        view = image.view(self.working_side(parsed))
+        check_cancelled()
         result = self._analyze(view, parsed)
         if view is not image:
             self.rescale_result(result, view.scale)
@@ -149,6 +152,12 @@ class Expert:
 
     def _analyze(self, image: DecodedImage, args: Any) -> ExpertResult:
         raise NotImplementedError
+
+    def working_side(self, args: Any) -> int | None:
+        """The longest image side this run works on (None: full resolution); bigger images arrive as a
+        downscaled view and the result is mapped back (:meth:`rescale_result`). :attr:`max_side` unless an
+        expert knows better per call (an OCR engine that downscales anyway)."""
+        return self.max_side
 
     def rescale_result(self, result: ExpertResult, scale: tuple[float, float]) -> None:
         """Map a result found on a downscaled view (``scale`` = view size / original size per axis) back

@@ -24,7 +24,7 @@ import sys
 import threading
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # Two images at the pixel limit may be decoded at once; a third waits (one decoded 50 MP image holds
 # about 200 MB in Pillow plus 150 MB per array an expert asks for).
 DEFAULT_MAX_CONCURRENT_PIXELS = 2 * DEFAULT_MAX_PIXELS
-# Images at least this big tune the allocator on first sight (see _tune_malloc).
+# Images at least this big tune the allocator on first sight (see tune_malloc).
 _BIG_IMAGE_PIXELS = 4_000_000
 # Pillow format names we accept (the JPEG opener also reads the multi-picture MPO files phones write).
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -308,7 +308,7 @@ def _open_checked(data: bytes, source: str | None, max_bytes: int, max_pixels: i
 def _decode_opened(img: Image.Image, data: bytes, source: str | None) -> DecodedImage:
     fmt = img.format or "unknown"
     if img.width * img.height >= _BIG_IMAGE_PIXELS:
-        _tune_malloc()
+        tune_malloc()
     try:
         img.seek(0)  # GIF/TIFF: first frame
         img.load()
@@ -333,19 +333,33 @@ def _replace(old: Image.Image, new: Image.Image) -> Image.Image:
 
 def decode_base64_image(b64: str, *, index: int | None = None, **limits: Any) -> DecodedImage:
     """Decode a bare base64 image (Ollama's ``images`` field); ``data:`` URLs are accepted too."""
-    return decode_image(base64_bytes(b64, index=index), source=_label(index), **limits)
+    data = base64_bytes(b64, index=index, max_bytes=limits.get("max_bytes", DEFAULT_MAX_BYTES))
+    return decode_image(data, source=_label(index), **limits)
 
 
-def base64_bytes(b64: str, *, index: int | None = None) -> bytes:
-    """The bytes of a bare base64 image or a ``data:`` URL; one-line :class:`ImageError` otherwise."""
+def base64_bytes(b64: str, *, index: int | None = None, max_bytes: int | None = None) -> bytes:
+    """The bytes of a bare base64 image or a ``data:`` URL; one-line :class:`ImageError` otherwise.
+    With ``max_bytes``, an image that would decode to more is refused from its length alone, before
+    anything is decoded; the text is sliced without copying it (a big image arrives as tens of MB)."""
     label = _label(index)
     s = b64.strip()
+    start = 0
     if s.startswith("data:"):
-        head, _, s = s.partition(",")
-        if ";base64" not in head:
+        comma = s.find(",", 0, 4096)  # a data: URL's header is short
+        if comma < 0 or ";base64" not in s[:comma]:
             raise ImageError(f"{label}: data URL is not base64-encoded")
+        start = comma + 1
+    size = (len(s) - start) * 3 // 4
+    if max_bytes is not None and size > max_bytes + 2:
+        raise ImageError(f"{label}: image is {_mib(size)}, over the {_mib(max_bytes)} limit")
     try:
-        return base64.b64decode(s, validate=True)
+        raw = memoryview(s.encode("ascii"))[start:]
+    except UnicodeEncodeError:
+        raise ImageError(f"{label}: illegal base64 data") from None
+    try:
+        if sys.version_info >= (3, 11):
+            return binascii.a2b_base64(raw, strict_mode=True)
+        return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
         raise ImageError(f"{label}: illegal base64 data") from None
 
@@ -354,13 +368,13 @@ def _label(index: int | None) -> str:
     return f"image {index}" if index is not None else "image"
 
 
-# --- files ---------------------------------------------------------------------------------------
+# --- files and streams ---------------------------------------------------------------------------
 _NOT_REGULAR = (
-    (stat.S_ISDIR, "is a directory, not an image"),
-    (stat.S_ISFIFO, "is a FIFO (named pipe), not an image file"),
-    (stat.S_ISSOCK, "is a socket, not an image file"),
-    (stat.S_ISCHR, "is a character device, not an image file"),
-    (stat.S_ISBLK, "is a block device, not an image file"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
 )
 
 
@@ -369,50 +383,76 @@ def read_image_file(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> byt
     (symlinks followed; FIFOs, devices, sockets and directories refused without reading) within
     ``max_bytes``. Reads at most ``max_bytes + 1`` bytes whatever the file claims."""
     p = Path(path)
-    st = _stat(p, os.stat, p)
-    _check_regular(p, st.st_mode, st.st_size, max_bytes)
+    return read_regular_file(p, max_bytes, lambda reason: ImageError(f"{p}: {reason}"), noun="image")
+
+
+def read_regular_file(path: str | Path, max_bytes: int, fail: Callable[[str], Exception], noun: str = "file") -> bytes:
+    """The bytes of a regular file, at most ``max_bytes`` of them: the same stat-first checks for images,
+    config files and keyword tables. Anything else (missing, a FIFO, a device, a socket, a folder, too
+    big) raises ``fail(reason)``, ``reason`` being one short clause such as ``is a FIFO (named pipe), not
+    an image file``. The file is opened non-blocking (a FIFO swapped in after the stat cannot hang the
+    open), checked again once open, and read to at most ``max_bytes + 1`` bytes whatever it claims."""
+    p = Path(path)
+    st = _stat(os.stat, p, fail)
+    _check_regular(st.st_mode, st.st_size, max_bytes, fail, noun)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(p, flags)  # O_NONBLOCK: a FIFO swapped in after the stat cannot hang the open
+        fd = os.open(p, flags)
     except OSError as exc:
-        raise ImageError(f"{p}: {exc.strerror or exc}") from None
+        raise fail(str(exc.strerror or exc)) from None
     with open(fd, "rb", buffering=0, closefd=True) as fh:
-        st = _stat(p, os.fstat, fd)  # the file actually opened
-        _check_regular(p, st.st_mode, st.st_size, max_bytes)
-        chunks: list[bytes] = []
-        left = max_bytes + 1
+        st = _stat(os.fstat, fd, fail)  # the file actually opened
+        _check_regular(st.st_mode, st.st_size, max_bytes, fail, noun)
         try:
-            while left > 0:
-                chunk = fh.read(min(left, 1 << 20))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                left -= len(chunk)
+            data = read_capped(fh, max_bytes)
         except OSError as exc:
-            raise ImageError(f"{p}: {exc.strerror or exc}") from None
-    data = b"".join(chunks)
+            raise fail(str(exc.strerror or exc)) from None
     if len(data) > max_bytes:  # the file grew after the stat
-        raise ImageError(f"{p}: image is over the {_mib(max_bytes)} limit")
+        raise fail(f"{noun} is over the {_mib(max_bytes)} limit")
     return data
 
 
-def _stat(p: Path, fn: Any, target: Any) -> os.stat_result:
+def read_capped(stream: Any, max_bytes: int) -> bytes:
+    """At most ``max_bytes + 1`` bytes of a binary stream (a pipe, stdin, a file): one byte past the
+    limit is enough to refuse it, and an endless stream (``< /dev/zero``) is never read further."""
+    chunks: list[bytes] = []
+    left = max_bytes + 1
+    while left > 0:
+        chunk = stream.read(min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_image_stream(stream: Any, source: str = "stdin", max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of an image piped in (``-`` on the command line), refused past ``max_bytes`` after
+    reading at most one byte more."""
+    data = read_capped(stream, max_bytes)
+    if len(data) > max_bytes:
+        raise ImageError(f"{source}: image is over the {_mib(max_bytes)} limit")
+    return data
+
+
+def _stat(fn: Any, target: Any, fail: Callable[[str], Exception]) -> os.stat_result:
     try:
         return fn(target)
     except FileNotFoundError:
-        raise ImageError(f"{p}: no such file") from None
-    except OSError as exc:
-        raise ImageError(f"{p}: {exc.strerror or exc}") from None
+        raise fail("no such file") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise fail(str(getattr(exc, "strerror", None) or exc)) from None
 
 
-def _check_regular(p: Path, mode: int, size: int, max_bytes: int) -> None:
+def _check_regular(mode: int, size: int, max_bytes: int, fail: Callable[[str], Exception], noun: str) -> None:
+    a_noun = f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
     for test, what in _NOT_REGULAR:
         if test(mode):
-            raise ImageError(f"{p}: {what}")
+            raise fail(f"is {what}, not {a_noun}" + ("" if test is stat.S_ISDIR or noun == "file" else " file"))
     if not stat.S_ISREG(mode):
-        raise ImageError(f"{p}: not a regular file")
+        raise fail("not a regular file")
     if size > max_bytes:
-        raise ImageError(f"{p}: image is {_mib(size)}, over the {_mib(max_bytes)} limit")
+        raise fail(f"{noun} is {_mib(size)}, over the {_mib(max_bytes)} limit")
 
 
 def load_image_file(path: str | Path, **limits: Any) -> DecodedImage:
@@ -442,8 +482,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 _malloc_tuned = False
 
 
-def _tune_malloc() -> None:
-    """On glibc, serve allocations of 4 MiB and more from mmap, once per process.
+def tune_malloc() -> None:
+    """On glibc, serve allocations of 4 MiB and more from mmap, once per process (servers call it at start:
+    request bodies of tens of MB go through the same allocator).
 
     Why: glibc raises its mmap threshold to the size of each big block freed (up to 32 MiB), so after
     the first large image Pillow's 16 MiB pixel blocks and numpy's buffers land in per-thread heaps that

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from experts.base import Expert, ExpertArgs
+from experts.cancel import check_cancelled
 from experts.errors import EngineMissing
 from experts.images import DecodedImage
 from experts.install import install_hint
@@ -96,10 +97,16 @@ class OcrExpert(Expert):
         return engine
 
     # --- work -----------------------------------------------------------------------------------
+    def working_side(self, args: OcrArgs) -> int | None:
+        """The engine's own working size: a bigger image arrives as a view of that size (boxes are mapped
+        back), rather than whole, to be downscaled inside the engine."""
+        return self.engine_for(args.engine, args.lang).max_side
+
     def _analyze(self, image: DecodedImage, args: OcrArgs) -> ExpertResult:
         engine = self.engine_for(args.engine, args.lang)
         bgr = image.bgr()
         segments = engine.run(bgr)
+        check_cancelled()  # the engine call cannot be stopped; the layout after it can be skipped
         if segments and engine.restore_spaces:
             gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
             for seg in segments:

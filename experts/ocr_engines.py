@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from experts.cancel import check_cancelled
 from experts.errors import EngineMissing, ExpertError
 from experts.install import install_hint
 from experts.text_layout import Segment, order_quad
@@ -115,6 +116,9 @@ class OcrEngine:
     # Whether the layout step should put back word spaces the recogniser dropped, from the gaps in the image
     # (text_layout.fix_word_spacing). Measured per engine on the real set (benchmarks/real_images.py).
     restore_spaces = False
+    # Longest image side the engine works on anyway (it downscales bigger images itself); the expert hands
+    # it a view of that size, so a 49 MP photo is never copied whole into the engine. None: full resolution.
+    max_side: int | None = None
 
     def run(self, bgr: np.ndarray) -> list[Segment]:
         raise NotImplementedError
@@ -167,12 +171,18 @@ class RapidOcrEngine(OcrEngine):
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = threads
         self._ocr = RapidOCR(params=params)
         logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+        # rapidocr brings every image down to Global.max_side_len (2000) before detection and crops the lines
+        # from that copy: the expert gives it an image of that size to begin with.
+        preprocess = getattr(getattr(getattr(self._ocr, "cfg", None), "Global", None), "use_preprocess_img", False)
+        side = getattr(self._ocr, "max_side_len", None)
+        self.max_side = int(side) if preprocess and side else None
         # rapidocr keeps per-call settings on the instance; one call at a time is also what its
         # onnxruntime sessions (already using every core) want.
         self._lock = threading.Lock()
 
     def raw(self, bgr: np.ndarray) -> Any:
         with self._lock:
+            check_cancelled()  # a run given up on while it queued for the engine does not start it
             return self._ocr(bgr)
 
     def run(self, bgr: np.ndarray) -> list[Segment]:
@@ -248,6 +258,7 @@ class PaddleOcrEngine(OcrEngine):
 
     def raw(self, bgr: np.ndarray) -> Any:
         with self._lock:
+            check_cancelled()  # a run given up on while it queued for the engine does not start it
             return self._ocr.predict(np.ascontiguousarray(bgr))
 
     def run(self, bgr: np.ndarray) -> list[Segment]:

@@ -324,6 +324,7 @@ def serve_expert(
     expert.load()
     device = expert.status().get("device")
     _say(f"loaded {expert.name} in {time.perf_counter() - t0:.1f} s" + (f" on {device}" if device else ""))
+    sock.listen(2048)  # listening before the address is printed: a client that reads it can connect at once
     _say(
         f"serving {expert.name} on {url} (POST /v1/analyze, GET /v1/info, GET /healthz)"
         + (", token required" if token else "")
@@ -331,7 +332,10 @@ def serve_expert(
     app = create_app(
         expert, max_concurrency=max_concurrency, token=token or None, max_body_bytes=max_body_mib * 1024 * 1024
     )
-    uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+    from experts.http_guard import guard_options  # imports uvicorn: the [serve] extra
+
+    # The proxy's connection guards: headers within 10 s (slowloris), bounded connections and headers.
+    uvicorn.Server(uvicorn.Config(app, log_level=log_level, **guard_options())).run(sockets=[sock])
 
 
 def listen(host: str, port: int) -> tuple[socket.socket, str]:

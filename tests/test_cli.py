@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -169,3 +170,38 @@ def test_config_file_errors_are_one_line(registry, tmp_path, image):
     one_line_error(run("--config", cfg, "ask", image, "-q", "x"), "max_rounds")
     cfg.write_text("colour = 'blue'\n", "utf-8")
     one_line_error(run("--config", cfg, "ask", image, "-q", "x"), "colour")
+
+
+class EndlessStdin(io.RawIOBase):
+    """A pipe that never ends (``< /dev/zero``), counting what was read; it gives up past ``cap`` so the
+    code before the fix fails the test instead of eating the machine's memory."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.read_bytes = 0
+        self.cap = cap
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = len(b)
+        if self.read_bytes + n > self.cap:
+            raise AssertionError(f"read past {self.cap} bytes of an endless pipe")
+        b[:n] = bytes(n)
+        self.read_bytes += n
+        return n
+
+
+def test_endless_stdin_reads_at_most_the_limit_plus_one(registry, tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("max_image_bytes = 1000000\n", "utf-8")
+    pipe = EndlessStdin(cap=50_000_000)
+    r = CliRunner().invoke(cli, ["--config", str(cfg), "expert", "run", "detect", "-"], input=pipe)
+    one_line_error(r, "stdin", "over the", "limit")
+    assert pipe.read_bytes <= 1_000_001
+
+
+def test_stdin_within_the_limit_still_works(registry, image):
+    r = run("expert", "run", "detect", "-", "face", "--json", input=image.read_bytes())
+    assert r.exit_code == 0 and json.loads(r.stdout)["expert"] == "detect"

@@ -224,3 +224,86 @@ def test_ray_placement_keys_are_checked_and_never_reach_the_expert(cfg):
     load_error(cfg, "experts.ocr.num_cpus")
     cfg.write_text("[experts.ocr]\nreplicas = 0\n")
     load_error(cfg, "experts.ocr.replicas")
+
+
+# --- endless and hostile config files (issue 19) ------------------------------------------------------
+def _in_thread(fn, timeout: float = 10.0):
+    """Run ``fn`` in a daemon thread; a hang fails the test instead of freezing it."""
+    import threading
+
+    out: dict = {}
+
+    def work():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            out["error"] = exc
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"{fn} hung"
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
+def _release(fifo) -> None:
+    """Unblock a reader stuck opening ``fifo`` (the code before the fix), so no thread stays behind."""
+    import os
+
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs POSIX FIFOs")
+@pytest.mark.parametrize("where", ["config", "keywords_file"])
+def test_fifo_config_or_keyword_table_is_one_line_not_a_hang(cfg, tmp_path, where):
+    import os
+
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)
+    path = fifo
+    if where == "keywords_file":
+        cfg.write_text(f'keywords_file = "{fifo}"\n', "utf-8")
+        path = cfg
+    try:
+        with pytest.raises(VisionRouterError) as err:
+            _in_thread(lambda: Settings.load(path))
+    finally:
+        _release(fifo)
+    assert "FIFO" in str(err.value) and str(fifo) in str(err.value) and "\n" not in str(err.value)
+    if where == "keywords_file":
+        assert "keywords_file" in str(err.value)
+
+
+def test_oversized_config_is_refused_from_its_size(cfg):
+    with open(cfg, "wb") as fh:  # sparse: 256 MiB on paper, nothing on disk
+        fh.truncate(256 * 1024 * 1024)
+    load_error(cfg, str(cfg), "over the", "limit")
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_config_on_dev_zero_is_refused_without_reading():
+    """Run where memory is capped: the code before the fix read /dev/zero until the cap stopped it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+        "from router.core.config import Settings, ConfigError\n"
+        "try:\n    Settings.load('/dev/zero')\nexcept ConfigError as e:\n    print(e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert "/dev/zero" in r.stdout and "character device" in r.stdout
+
+
+@pytest.mark.parametrize("nest", ["a = " + "[" * 5000 + "]" * 5000, "a = " + "{b = " * 5000 + "1" + "}" * 5000])
+def test_deeply_nested_toml_is_one_line(cfg, registry, image, nest):
+    cfg.write_text(nest + "\n", "utf-8")
+    line = one_line_error(run("--config", cfg, "expert", "list"), str(cfg), "nested too deeply")
+    assert len(line) < 300

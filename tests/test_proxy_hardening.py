@@ -429,3 +429,67 @@ def test_one_date_and_one_server_header(fresh, method, path, body):
     assert r.status_code == 200
     assert len(r.headers.get_list("date")) == 1
     assert len(r.headers.get_list("server")) == 1
+
+
+# --- path smuggling (issue 19) -----------------------------------------------------------------------------
+def _raw_request(url: str, method: str, target: str, body: bytes) -> tuple[int, bytes]:
+    """One request with the request-target exactly as given (httpx would normalise dot segments itself)."""
+    s = _connect(url)
+    try:
+        head = (
+            f"{method} {target} HTTP/1.1\r\nHost: {url.removeprefix('http://')}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        s.sendall(head.encode("latin-1") + body)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    status = int(data.split(b" ", 2)[1])
+    return status, data.partition(b"\r\n\r\n")[2]
+
+
+SMUGGLED = [
+    "/api/../api/chat",
+    "//x/api/chat",
+    "/api/./chat",
+    "/v1/../api/chat",
+    "/api/%2e%2e/api/chat",
+    "/api/%2E%2E/api/chat",
+    "/api%2Fchat/..",
+    "/x/..%2Fapi/chat",
+    "/api\\chat",
+    "/api/chat%3F",
+    "/api/chat%23x",
+    "/api/chat/.",
+    "/api//chat",
+]
+
+
+@pytest.mark.parametrize("target", SMUGGLED)
+def test_non_canonical_paths_never_carry_an_image_upstream(fresh, target):
+    body = {"model": MODEL, "stream": False, "messages": [{"role": "user", "content": "read", "images": [IMAGE_B64]}]}
+    status, raw = _raw_request(fresh.url, "POST", target, json.dumps(body).encode())
+    assert status == 400, raw
+    assert "path" in json.loads(raw)["error"]
+    assert fresh.fake.requests == []  # nothing went upstream, image bytes least of all
+
+
+def test_generate_behind_dot_segments_is_refused_too(fresh):
+    body = {"model": MODEL, "stream": False, "prompt": "read", "images": [IMAGE_B64]}
+    status, raw = _raw_request(fresh.url, "POST", "/v1/../api/generate", json.dumps(body).encode())
+    assert status == 400 and fresh.fake.requests == []
+
+
+def test_plain_paths_and_encoded_ordinary_characters_still_work(fresh):
+    fresh.fake.script(f"It says {OCR_TEXT}.")
+    body = {"model": MODEL, "stream": False, "messages": [{"role": "user", "content": "read", "images": [IMAGE_B64]}]}
+    status, raw = _raw_request(fresh.url, "POST", "/api/chat", json.dumps(body).encode())
+    assert status == 200 and json.loads(raw)["message"]["content"] == f"It says {OCR_TEXT}."
+    no_image_bytes(fresh.fake)
+    status, _ = _raw_request(fresh.url, "GET", "/api/tags?x=%20y", b"")
+    assert status == 200

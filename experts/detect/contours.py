@@ -9,6 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from experts.cancel import check_cancelled
 from experts.detect.background import foreground
 from experts.detect.measure import measure_object
 
@@ -38,6 +39,9 @@ TEXT_INK_SHARE = 0.67
 MARK_INK_SHARE = 0.85
 BIG_MARK_INK_SHARE = 0.5
 MIN_MARKS_FOR_TEXT = 8
+# Longest side the contour analysis works on; bigger images are analysed on a downscaled view and the
+# findings mapped back (to_original): the analysis holds float copies of the picture (2.2 GB at 49 MP).
+CONTOUR_MAX_SIDE = 2048
 CLUTTERED_MIN_SHARE = 0.005  # smallest object in a busy scene (share of the image)
 SMALL_PART_SHARE = 0.05
 
@@ -54,6 +58,7 @@ def analyse(bgr: np.ndarray, min_area_share: float = 0.0005) -> ContourFindings:
     h, w = bgr.shape[:2]
     image_area = float(h * w)
     mask, dist, ink, cluttered = foreground(bgr)
+    check_cancelled()  # between steps: a run given up on stops here (experts.cancel)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     # In a busy scene small regions are texture (fur, wood grain, grass), not objects.
     min_area = max((CLUTTERED_MIN_SHARE if cluttered else min_area_share) * image_area, 16.0)
@@ -62,9 +67,11 @@ def analyse(bgr: np.ndarray, min_area_share: float = 0.0005) -> ContourFindings:
     pieces: list[np.ndarray] = []
     for i, c in enumerate(parts):
         if i not in marks:
+            check_cancelled()
             pieces.extend(split_touching(c, min_area))
     outlines = []
     for c in (r for p in pieces for r in _refine(p, dist, h, w)):
+        check_cancelled()
         if cv2.contourArea(c) < min_area:
             continue
         x, y, bw, bh = cv2.boundingRect(c)
@@ -74,6 +81,7 @@ def analyse(bgr: np.ndarray, min_area_share: float = 0.0005) -> ContourFindings:
     if not cluttered:
         outlines = join_across_bands(outlines, dist, ink, mask)
     rgb = bgr[:, :, ::-1]
+    check_cancelled()
     found = [measure_object(c, rgb, image_area) for c in merge_nested(outlines, h, w)]
     found.sort(key=lambda o: -o["area"])
     for i, o in enumerate(found, 1):
@@ -83,6 +91,19 @@ def analyse(bgr: np.ndarray, min_area_share: float = 0.0005) -> ContourFindings:
         x, y, bw, bh = cv2.boundingRect(parts[i])
         mark_boxes.append([x, y, x + bw, y + bh])
     return ContourFindings(found, mark_boxes, cluttered)
+
+
+def to_original(found: ContourFindings, fx: float, fy: float) -> None:
+    """Map findings made on a downscaled working copy back to the original image's pixels (``fx``, ``fy``:
+    original size / working size per axis). Shares, shapes and colours do not change with scale."""
+    for o in found.objects:
+        x1, y1, x2, y2 = o["bbox"]
+        o["bbox"] = [round(x1 * fx), round(y1 * fy), round(x2 * fx), round(y2 * fy)]
+        o["width"], o["height"] = o["bbox"][2] - o["bbox"][0], o["bbox"][3] - o["bbox"][1]
+        o["area"] = round(o["area"] * fx * fy, 1)
+        o["aspect_ratio"] = round(o["width"] / o["height"], 3) if o["height"] else None
+        o["centre"] = [round(o["centre"][0] * fx, 1), round(o["centre"][1] * fy, 1)]
+    found.marks = [[round(x1 * fx), round(y1 * fy), round(x2 * fx), round(y2 * fy)] for x1, y1, x2, y2 in found.marks]
 
 
 def text_marks(parts: list[np.ndarray], ink: np.ndarray, image_area: float) -> set[int]:

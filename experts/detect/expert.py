@@ -13,7 +13,7 @@ from experts.base import Expert, ExpertArgs
 from experts.detect.backends import BACKENDS, Backend, candidates, choose
 from experts.detect.backends.haar import CASCADE_FILES, cascade_dir, cascades_present
 from experts.detect.boxes import nms
-from experts.detect.contours import analyse
+from experts.detect.contours import CONTOUR_MAX_SIDE, analyse, to_original
 from experts.detect.labels import CONTOUR_WORDS, LABELS, MEASURE_WORDS, canonical_label, plural
 from experts.detect.measure import image_facts
 from experts.errors import EngineMissing, ExpertError
@@ -132,9 +132,13 @@ class DetectExpert(Expert):
 
     # --- contours and measurements --------------------------------------------------------------
     def _contours(self, image: DecodedImage, mode: str, max_objects: int) -> ExpertResult:
-        bgr = image.bgr()
-        h, w = bgr.shape[:2]
-        found = analyse(bgr, self.min_area_share)
+        # A bounded working resolution: the analysis holds several float copies of the picture, which for
+        # a 49 MP photo peaked at 2.2 GB; objects are at least 0.05% of the image, so 2048 px loses none.
+        work = image.view(CONTOUR_MAX_SIDE)
+        found = analyse(work.bgr(), self.min_area_share)
+        if work is not image:
+            to_original(found, image.width / work.width, image.height / work.height)
+        w, h = image.width, image.height
         objects = found.objects
         total = len(objects)
         objects = objects[:max_objects]

@@ -334,15 +334,39 @@ def write_parquet(out: Path, lines: Iterable[dict[str, Any]]) -> None:
 
 def _open_for_append(out: Path) -> IO[str]:
     out.parent.mkdir(parents=True, exist_ok=True)
-    # A run killed mid-write may have left a line without its newline: start on a fresh line.
     if out.exists() and out.stat().st_size:
-        with open(out, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            torn = f.read(1) != b"\n"
-        if torn:
-            with open(out, "a", encoding="utf-8") as f:
-                f.write("\n")
+        _mend_last_line(out)
     return open(out, "a", encoding="utf-8")
+
+
+def _mend_last_line(out: Path) -> None:
+    """A run killed mid-write leaves a last line without its newline. Torn JSON is cut off (it would leave
+    the file invalid JSONL, and that image is run again anyway); a whole JSON line that only lacks its
+    newline gets one."""
+    with open(out, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # Find the start of the last line, reading backwards in blocks.
+        start, pos = 0, size
+        while pos > 0:
+            step = min(pos, 1 << 16)
+            pos -= step
+            f.seek(pos)
+            cut = f.read(step).rfind(b"\n")
+            if cut >= 0:
+                start = pos + cut + 1
+                break
+        f.seek(start)
+        tail = f.read()
+        try:
+            json.loads(tail)
+        except ValueError:  # torn: drop it
+            f.truncate(start)
+            return
+        f.seek(0, os.SEEK_END)
+        f.write(b"\n")
 
 
 class LineSink:

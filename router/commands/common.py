@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from experts.errors import VisionRouterError
-from experts.images import DecodedImage, decode_image, load_image_file
+from experts.images import DecodedImage, decode_image, load_image_file, read_image_stream
 from experts.registry import Registry, default_registry
 from router.core.config import Settings
 
@@ -146,5 +146,7 @@ def extra_hint(module: str | None) -> str:
 def load_image_arg(path: str, settings: Settings) -> DecodedImage:
     """An image named on the command line (``-`` reads stdin), checked against the configured limits."""
     if path == "-":
-        return decode_image(sys.stdin.buffer.read(), source="stdin", **settings.image_limits())
+        limits = settings.image_limits()
+        data = read_image_stream(sys.stdin.buffer, "stdin", limits["max_bytes"])  # never past the limit
+        return decode_image(data, source="stdin", **limits)
     return load_image_file(path, **settings.image_limits())

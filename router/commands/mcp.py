@@ -70,6 +70,7 @@ def _serve_http(server, host: str, port: int, token: str | None, allow_remote: b
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))
+        sock.listen(2048)  # listening before the address is printed: a client that reads it can connect at once
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     port = sock.getsockname()[1]
@@ -82,4 +83,7 @@ def _serve_http(server, host: str, port: int, token: str | None, allow_remote: b
         + (" (bearer token required)" if token else ""),
         err=True,
     )
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    from router.serve.guard import guard_options
+
+    # The proxy's connection guards: headers within 10 s (slowloris), bounded connections and headers.
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", **guard_options())).run(sockets=[sock])

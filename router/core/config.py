@@ -43,7 +43,7 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # pydantic needs this one for TypedDicts before Python 3.12
 
 from experts.errors import VisionRouterError
-from experts.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from experts.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, read_regular_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -52,6 +52,7 @@ else:  # pragma: no cover
 
 DEFAULT_MODEL = "qwen3-vision"
 BASE_MODEL = "qwen3:4b-instruct-2507-q4_K_M"
+MAX_TOML_BYTES = 4 * 1024 * 1024  # a config or keyword table is a few KiB; nothing needs megabytes
 
 
 class ConfigError(VisionRouterError):
@@ -71,7 +72,7 @@ Url = Annotated[str, BeforeValidator(_url)]
 Seconds = Annotated[float, Field(gt=0, strict=True)]
 
 
-@with_config(ConfigDict(extra="allow"))
+@with_config(ConfigDict(extra="allow", allow_inf_nan=False))
 class ExpertTable(TypedDict, total=False):
     """One ``[experts.NAME]`` table. The keys every expert shares are checked here; the rest is the
     expert's own configuration (checked against its ``config_keys`` when it declares them)."""
@@ -108,7 +109,7 @@ def default_config_path() -> Path:
 class ServeSettings(BaseModel):
     """`vision-router serve` defaults (the ``[serve]`` table); command-line flags win."""
 
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # 1e400 is inf in TOML: not "no limit"
 
     port: int = Field(11435, ge=1, le=65535)
     route: list[str] = Field(default_factory=list, description="model globs to route; [] = every model without vision")
@@ -125,7 +126,7 @@ class ServeSettings(BaseModel):
 class Settings(BaseModel):
     """Everything the router can be told. Field docs double as docs/config.md's table."""
 
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # 1e400 is inf in TOML: not "no limit"
 
     model: str = Field(DEFAULT_MODEL, description="Ollama model that answers")
     ollama_host: str | None = Field(None, description="Ollama address; default OLLAMA_HOST, else 127.0.0.1:11434")
@@ -231,16 +232,15 @@ class Settings(BaseModel):
 
 # --- reading files and describing problems ------------------------------------------------------
 def read_toml(path: Path, what: str) -> dict[str, Any]:
-    """A TOML file as data. Every problem (missing, a folder, not UTF-8, UTF-16, invalid TOML) is one
-    :class:`ConfigError` line starting with ``what`` and the path."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{what} {path} is a folder, not a file") from None
-    except OSError as exc:
-        raise ConfigError(f"{what} {path}: cannot read it: {exc.strerror or exc}") from None
+    """A TOML file as data. Every problem (missing, a folder, a FIFO or device, over
+    :data:`MAX_TOML_BYTES`, not UTF-8, UTF-16, invalid or absurdly nested TOML) is one :class:`ConfigError`
+    line starting with ``what`` and the path. Checked before reading, like images: a FIFO cannot hang
+    it and ``/dev/zero`` is not read."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder, not a file")
+    if not path.exists() and not path.is_symlink():
+        raise ConfigError(f"{what} not found: {path}")
+    raw = read_regular_file(path, MAX_TOML_BYTES, lambda reason: ConfigError(f"{what} {path}: {reason}"), noun="file")
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (
         len(raw) >= 4 and (raw[1] == raw[3] == 0 or raw[0] == raw[2] == 0) and raw[:4].count(0) == 2
     ):
@@ -255,6 +255,8 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what} {path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(f"{what} {path}: invalid TOML: arrays or tables nested too deeply") from None
 
 
 _EXPECTED = {
@@ -264,6 +266,7 @@ _EXPECTED = {
     "int_from_float": "a whole number",
     "float_type": "a number",
     "float_parsing": "a number",
+    "finite_number": "a finite number",
     "bool_type": "true or false",
     "bool_parsing": "true or false",
     "list_type": "a list",

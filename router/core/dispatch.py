@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from experts.cancel import run_cancellable
 from experts.errors import VisionRouterError
 from experts.images import DecodedImage
 from experts.registry import Registry
@@ -108,6 +109,7 @@ class Dispatcher:
     async def _run(self, expert: Any, image: DecodedImage, args: dict[str, Any], key: str) -> ExpertResult:
         name = expert.name
         sem = self._semaphore()
+        stop = threading.Event()  # set when this run is given up on (see experts.cancel)
         async with sem:
             t0 = time.perf_counter()
             try:
@@ -116,9 +118,13 @@ class Dispatcher:
                 t0 = time.perf_counter()
                 timeout = self.timeout_for(name)
                 result = await asyncio.wait_for(
-                    _in_thread(lambda: expert.analyze(image, args), f"expert-{name}"), timeout
+                    _in_thread(lambda: run_cancellable(stop, expert.analyze, image, args), f"expert-{name}"), timeout
                 )
+            except asyncio.CancelledError:
+                stop.set()  # nobody will read this result: the thread stops at its next check
+                raise
             except asyncio.TimeoutError:
+                stop.set()
                 elapsed = (time.perf_counter() - t0) * 1000
                 what = "loading" if not expert.loaded else "running"
                 limit = self.load_timeout_s if not expert.loaded else self.timeout_for(name)

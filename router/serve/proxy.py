@@ -44,11 +44,11 @@ from router.core.orchestrator import Orchestrator
 from router.serve.codecs.native import NDJSON, NativeCodec, error, line
 from router.serve.codecs.openai import OpenAICodec
 from router.serve.errors import UNREACHABLE_HINT, upstream_failure
-from router.serve.guard import guarded_protocol
+from router.serve.guard import guard_options
 from router.serve.local_server import LocalServer
 from router.serve.metrics import Metrics
 from router.serve.pipeline import ClientGone, Pipeline
-from router.serve.routing import ModelRoutes
+from router.serve.routing import ModelRoutes, path_problem
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +115,7 @@ class ProxyConfig:
 
 def server_options(cfg: ProxyConfig) -> dict[str, Any]:
     """uvicorn settings that enforce ``cfg``'s connection limits (pass to ``uvicorn.run``/``Config``)."""
-    return {
-        "http": guarded_protocol(cfg.header_timeout_s, cfg.max_connections, cfg.max_header_bytes),
-        "timeout_keep_alive": cfg.keep_alive_s,
-        "h11_max_incomplete_event_size": cfg.max_header_bytes,
-    }
+    return guard_options(cfg.header_timeout_s, cfg.max_connections, cfg.max_header_bytes, cfg.keep_alive_s)
 
 
 class BodyTooLarge(VisionRouterError):
@@ -213,6 +209,11 @@ class VisionProxy:
                 return JSONResponse(LIVENESS)  # a liveness probe learns that the process is up, nothing more
             self.metrics.status(401)
             return error(401, UNAUTHORIZED)
+        problem = path_problem(path, request.scope.get("raw_path"))
+        if problem is not None:  # routed on one path, forwarded to another: refused, nothing is read
+            self.metrics.status(400)
+            shown = path if len(path) <= 80 else path[:77] + "..."
+            return error(400, f"non-canonical request path {shown!r}: {problem}; send the plain path")
         try:
             response = await self._route(request, method, path)
         except (BodyTooLarge, SlowBody) as exc:

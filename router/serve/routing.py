@@ -5,7 +5,10 @@ by the ``route`` and ``skip`` glob lists. Capabilities come from the orchestrato
 from __future__ import annotations
 
 import fnmatch
+import re
 from typing import TYPE_CHECKING
+
+import httpx
 
 from router.core.errors import UpstreamError
 
@@ -55,4 +58,41 @@ class ModelRoutes:
         return self.routed_by_caps(model, list(shown.capabilities or []))
 
 
-__all__ = ["ModelRoutes", "norm_model"]
+# Percent-encoded "/", "\\", "." and NUL, and control characters once decoded.
+_ENCODED_SPECIAL = re.compile(rb"%(2f|5c|2e|00)", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PLAIN = re.compile(r"[A-Za-z0-9/._:~-]*")
+
+
+def path_problem(path: str, raw_path: bytes | None = None) -> str | None:
+    """Why a request path is refused, or None when it is canonical.
+
+    The proxy decides on the path it was sent (``/api/chat`` goes through the experts) but forwards through
+    httpx, which normalises dot segments and reads ``//host/...`` as an authority: ``/api/../api/chat`` would
+    reach Ollama's ``/api/chat`` unrouted, image bytes and all. Rather than guess what each upstream makes
+    of such a path, only canonical paths are accepted: no ``.`` or ``..`` segments, no empty segments, no
+    backslashes or control characters, no percent-encoded ``/``, ``\\``, ``.`` or NUL, and the path the
+    upstream will be sent is the path routed on."""
+    if not path.startswith("/"):
+        return "it must start with /"
+    if raw_path is not None and _ENCODED_SPECIAL.search(raw_path):
+        return "percent-encoded '/', '\\', '.' or NUL"
+    if "\\" in path or _CONTROL.search(path):
+        return "a backslash or a control character"
+    segments = path.split("/")[1:]
+    if any(seg in (".", "..") for seg in segments):
+        return "'.' or '..' segments"
+    if any(seg == "" for seg in segments[:-1]):  # a trailing slash is harmless; '//' is not
+        return "an empty segment ('//')"
+    if _PLAIN.fullmatch(path):  # every Ollama route: nothing in it that httpx could rewrite
+        return None
+    try:
+        sent = httpx.URL(path).path
+    except httpx.InvalidURL:
+        return "not a valid URL path"
+    if sent != path:  # an encoded '?' or '#' would end the path early, for example
+        return "characters that would change the path sent upstream"
+    return None
+
+
+__all__ = ["ModelRoutes", "norm_model", "path_problem"]

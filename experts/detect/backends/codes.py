@@ -7,10 +7,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from experts.cancel import check_cancelled
 from experts.detect.backends.base import Backend
 from experts.detect.boxes import quad_box, text_line
 from experts.errors import EngineMissing
 from experts.schema import BBox, TextLine
+
+# Above this many pixels the barcode search skips its 1.5x upscaled try.
+UPSCALE_MAX_PIXELS = 12_000_000
 
 
 class QrBackend(Backend):
@@ -61,6 +65,9 @@ class BarcodeBackend(Backend):
         # OpenCV's barcode detector only locks on within a band of bar widths: try a few scales.
         ok, infos, points, scale = False, (), None, 1.0
         for scale in (1.0, 0.66, 0.5, 0.33, 1.5):
+            check_cancelled()
+            if scale > 1.0 and bgr.shape[0] * bgr.shape[1] > UPSCALE_MAX_PIXELS:
+                continue  # a big photo has big bars already; its 1.5x copy alone was 330 MB at 49 MP
             img = (
                 bgr
                 if scale == 1.0
