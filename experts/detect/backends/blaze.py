@@ -29,10 +29,11 @@ import numpy as np
 
 from experts.detect.backends.base import Backend
 from experts.errors import EngineMissing
+from experts.install import install_hint
 from experts.schema import BBox, TextLine
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "data" / "mediapipe"
-EXTRA_HINT = "pip install 'ollama-vision-router[people]' (LiteRT runs the MediaPipe models that ship with it)"
+EXTRA_HINT = f"{install_hint('people')} (LiteRT runs the MediaPipe models that ship with it)"
 
 
 @dataclass(frozen=True)
