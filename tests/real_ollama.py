@@ -9,7 +9,9 @@ streamed token by token as it is produced. One generation runs at a time (like a
 What it follows from Ollama: the chat template of the model; a model's Modelfile SYSTEM (``/api/create``)
 goes first unless the request brings its own system message; ``options.num_predict`` caps the reply
 (``done_reason: "length"``), ``options.num_ctx`` the prompt (oldest non-system turns dropped first),
-``options.stop`` ends it; images become ``[img-N]`` markers as Ollama does for a text model.
+``options.stop`` ends it; images become ``[img-N]`` markers as Ollama does for a text model; the KV
+cache of the previous request is reused for the prefix a new prompt shares with it (Ollama's prompt
+cache: a fixed system prompt is not recomputed per request).
 Deliberate differences: decoding is always greedy (temperature, seed ignored: deterministic tests),
 and an unset or negative ``num_predict`` is capped at ``default_num_predict`` so a reply that loops
 still ends.
@@ -86,6 +88,10 @@ class SmolLM:
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 8192) or 8192)
         self.file = path
         self._lock = threading.Lock()  # one generation at a time
+        # The last generation's KV cache and the tokens it holds (the prompt cache).
+        self._cache: Any = None
+        self._cached: list[int] = []
+        self._cache_arg = _cache_arg()
 
     def encode(self, messages: list[dict[str, str]], budget: int) -> list[int]:
         """Token ids of the chat, fitted into ``budget`` tokens the way Ollama fits a long chat: the
@@ -128,9 +134,11 @@ class SmolLM:
 
         def work() -> None:
             try:
+                cache = self._reuse(prompt_ids)
                 out = self.model.generate(
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
+                    **{self._cache_arg: cache},
                     max_new_tokens=max_new,
                     do_sample=False,
                     streamer=streamer,
@@ -138,7 +146,9 @@ class SmolLM:
                     pad_token_id=self.tokenizer.eos_token_id,
                 )
                 result["out"] = int(out.shape[1]) - len(prompt_ids)
+                self._cached = out[0, : cache.get_seq_length()].tolist()
             except Exception as exc:  # reported to the reader below
+                self._cache, self._cached = None, []
                 result["error"] = exc
                 streamer.end()
             finally:
@@ -172,6 +182,33 @@ class SmolLM:
             reply.done_reason = "length" if made >= max_new and not cut.hit else "stop"
         finally:
             halt.set()  # the client left (generator closed) or it ended: the thread stops either way
+
+    def _reuse(self, prompt_ids: list[int]) -> Any:
+        """The KV cache cut back to the prefix ``prompt_ids`` shares with the last request (at least one
+        prompt token is left to compute); a fresh cache when nothing is shared."""
+        from transformers import DynamicCache
+
+        shared = 0
+        for a, b in zip(self._cached, prompt_ids[:-1], strict=False):
+            if a != b:
+                break
+            shared += 1
+        if self._cache is None or shared == 0:
+            self._cache = DynamicCache(config=self.model.config)
+            self._cached = []
+        else:
+            self._cache.crop(shared - self._cache.get_seq_length())
+        return self._cache
+
+
+def _cache_arg() -> str:
+    """generate()'s KV-cache argument: ``cache`` in newer transformers, ``past_key_values`` before."""
+    try:
+        from transformers.generation import utils
+
+        return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+    except ImportError:
+        return "past_key_values"
 
 
 class _StopCut:
