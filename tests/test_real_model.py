@@ -7,6 +7,9 @@ import httpx
 import ollama
 import pytest
 
+# The first test also loads the model (about 20 s on an idle 2-core machine, minutes on a busy one).
+pytestmark = pytest.mark.timeout(900)
+
 QUESTION = [{"role": "user", "content": "Name one colour."}]
 
 
