@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated case ids, or a prefix such as zh- or en-coins")
     ap.add_argument("--num-predict", type=int, help="cap each reply at N tokens (options.num_predict)")
     ap.add_argument("--json", action="store_true", help="print one JSON object (totals and every case)")
+    ap.add_argument("--progress", action="store_true", help="each case's result as a JSON line on stderr")
     args = ap.parse_args(argv)
 
     from experts.errors import VisionRouterError
@@ -326,11 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     lines = protocol_lines()
     results = []
     for i, case in enumerate(cases, 1):
-        results.append(run_case(orch, case, options, lines))
-        if not args.json:
-            r = results[-1]
+        r = run_case(orch, case, options, lines)
+        results.append(r)
+        if args.progress:  # one JSON line per case as it ends: an interrupted run still has its figures
+            print(json.dumps(asdict(r), ensure_ascii=False), file=sys.stderr, flush=True)
+        elif not args.json:
             print(f"\r{i}/{len(cases)} {case.id:<28} {r.seconds:6.1f} s", end="", file=sys.stderr, flush=True)
-    if not args.json:
+    if not args.json and not args.progress:
         print(file=sys.stderr)
     tot = totals(results)
     if args.json:
