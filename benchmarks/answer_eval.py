@@ -9,6 +9,8 @@ an Ollama host and model given on the command line. Per case it scores
   line a router may print after it, and not the router's own "no answer" fallback, which counts as a miss),
 - findings: the expected value is in what the experts found (the ``[IMAGE CONTEXT]`` rendering of
   ``Final.analyses``), so an expert miss can be told from a model miss,
+- clean: the same, once the answer's scaffolding lines are taken out (a size read off an echoed
+  ``[image 1 attached: 451x300 ...]`` note is not an answer),
 - scaffolding: the answer shows protocol text meant for the model (role prefixes such as ``User:``,
   ``[image N attached`` notes, ``[IMAGE CONTEXT]`` blocks, ``[VISION: ...]`` tags, lines of the protocol),
 - LLM calls and seconds per case.
@@ -154,6 +156,13 @@ def scaffolding(answer: str, lines: list[str]) -> list[str]:
     return found
 
 
+def without_scaffolding(answer: str, lines: list[str]) -> str:
+    """The answer less every line that shows scaffolding: an expected value found only in an echoed
+    ``[image 1 attached: 451x300 ...]`` note is not an answer."""
+    kept = [ln for ln in answer.splitlines() if not scaffolding(ln, lines)]
+    return "\n".join(kept)
+
+
 def answer_text(final: Any) -> str:
     """The model's own answer: empty when the router had to say there was none; without a findings line
     the router may have appended (a ``findings`` attribute, when the Final has one)."""
@@ -176,6 +185,7 @@ class Result:
     answer: str = ""
     answered: bool = False
     answer_ok: bool = False
+    clean_ok: bool = False  # still there once the scaffolding lines are taken out
     findings_ok: bool = False
     scaffolding: list[str] = field(default_factory=list)
     llm_calls: int = 0
@@ -201,6 +211,7 @@ def run_case(orch: Any, case: Case, options: dict[str, Any] | None, lines: list[
     r.answer = answer_text(final)
     r.answered = bool(getattr(final, "answered", True))
     r.answer_ok = expected_in(r.answer, case)
+    r.clean_ok = expected_in(without_scaffolding(r.answer, lines), case)
     r.findings_ok = expected_in(render_context(final.analyses), case)
     r.scaffolding = scaffolding(final.answer, lines)
     r.llm_calls = len(final.trace.llm_calls)
@@ -232,6 +243,7 @@ def totals(results: list[Result]) -> dict[str, Any]:
         lang: {
             "cases": len(rs),
             "answer_ok": count(lambda r: r.answer_ok, rs),
+            "clean_ok": count(lambda r: r.clean_ok, rs),
             "findings_ok": count(lambda r: r.findings_ok, rs),
             "scaffolding": count(lambda r: bool(r.scaffolding), rs),
         }
@@ -242,8 +254,9 @@ def totals(results: list[Result]) -> dict[str, Any]:
         "cases": n,
         "errors": n - len(ran),
         "answer_ok": count(lambda r: r.answer_ok),
+        "clean_ok": count(lambda r: r.clean_ok),
         "findings_ok": count(lambda r: r.findings_ok),
-        "model_miss": count(lambda r: r.findings_ok and not r.answer_ok),  # the experts had it, the answer not
+        "model_miss": count(lambda r: r.findings_ok and not r.clean_ok),  # the experts had it, the answer not
         "expert_miss": count(lambda r: not r.findings_ok),
         "no_answer": count(lambda r: not r.answered),
         "scaffolding": count(lambda r: bool(r.scaffolding)),
@@ -279,6 +292,8 @@ def render(results: list[Result], tot: dict[str, Any], head: str) -> str:
         "",
         f"answer contains the expected value: {tot['answer_ok']}/{n}"
         + "".join(f"  ({lang} {v['answer_ok']}/{v['cases']})" for lang, v in tot["by_lang"].items()),
+        f"... outside scaffolding lines:      {tot['clean_ok']}/{n}"
+        + "".join(f"  ({lang} {v['clean_ok']}/{v['cases']})" for lang, v in tot["by_lang"].items()),
         f"experts' findings contain it:       {tot['findings_ok']}/{n}"
         f"  (model misses: {tot['model_miss']}, expert misses: {tot['expert_miss']})",
         f"answers with scaffolding:           {tot['scaffolding']}/{n}",

@@ -56,6 +56,15 @@ def test_scaffolding_is_found_and_plain_answers_are_clean():
     assert answer_eval.scaffolding("图中有 24 枚硬币。", lines) == []
 
 
+def test_a_value_only_in_an_echoed_image_note_is_not_a_clean_answer():
+    case = answer_eval.Case("s", "q", "en", "size", "skimage:chelsea", expect_all=("451", "300"))
+    lines = answer_eval.protocol_lines()
+    echo = "[image 1 attached: 451x300 PNG; ask a vision expert with a tag to look at it]\nThe dimensions are"
+    assert answer_eval.expected_in(echo, case)
+    assert not answer_eval.expected_in(answer_eval.without_scaffolding(echo, lines), case)
+    assert answer_eval.expected_in(answer_eval.without_scaffolding("It is 451 x 300 pixels.", lines), case)
+
+
 def test_the_routers_no_answer_fallback_and_findings_line_are_not_the_models_answer():
     fallback = SimpleNamespace(answer="The model gave no answer. What the experts found: 24 coins", answered=False)
     assert answer_eval.answer_text(fallback) == ""
