@@ -61,12 +61,20 @@ class CallRules:
     room: int  # how many more expert requests this reply may make (the per-reply cap)
 
 
+def taught(registry: Registry) -> dict[str, str]:
+    """The experts a prompt teaches: those that can run here (name -> description)."""
+    return {n: registry.expert_class(n).description for n in registry.runnable()}
+
+
 class Protocol:
     """The interface of both strategies."""
 
     name = ""
-    prompt = ""
     offers_tools = False
+
+    def prompt(self, experts: Mapping[str, str]) -> str:
+        """The system prompt that teaches this way of asking for ``experts`` (name -> description)."""
+        raise NotImplementedError
 
     def tools_for_turn(
         self, registry: Registry, client_tools: Sequence[Mapping[str, Any]], final: bool
@@ -120,27 +128,32 @@ class Protocol:
 
 class TagProtocol(Protocol):
     name = "tags"
-    prompt = tag_text.PROTOCOL_PROMPT
+
+    def prompt(self, experts: Mapping[str, str]) -> str:
+        return tag_text.tag_prompt(experts)
 
 
 class ToolsProtocol(Protocol):
     name = "tools"
-    prompt = toolspec.TOOLS_PROMPT
     offers_tools = True
+
+    def prompt(self, experts: Mapping[str, str]) -> str:
+        return toolspec.tools_prompt(dict(experts))
 
 
 TAGS = TagProtocol()
 TOOLS = ToolsProtocol()
 
 
-def protocol_needed(mode: str, modelfile: str | None, has_system: bool) -> bool:
-    """Whether the protocol prompt is sent as a system message: ``always``, ``never``, or ``auto``:
-    unless the model's SYSTEM (its Modelfile) teaches the tags and no client system message replaces it."""
+def protocol_needed(mode: str, modelfile: str | None, has_system: bool, prompt: str) -> bool:
+    """Whether ``prompt`` is sent as a system message: ``always``, ``never``, or ``auto``: unless the model's
+    SYSTEM (its Modelfile) is this very prompt (the same experts taught) and no client system message
+    replaces it."""
     if mode == "never":
         return False
     if mode == "always":
         return True
-    return has_system or tag_text.PROTOCOL_MARKER not in (modelfile or "")
+    return has_system or prompt.strip() not in (modelfile or "")
 
 
 def bad_call_notes(sorted_calls: SortedCalls) -> list[str]:
@@ -149,7 +162,7 @@ def bad_call_notes(sorted_calls: SortedCalls) -> list[str]:
 
 def tool_error(problem: str, registry: Registry) -> str:
     """The ``tool`` message answering a call that could not run."""
-    return f"error: {problem}. Available tools: " + ", ".join(toolspec.tool_name(n) for n in registry.names())
+    return f"error: {problem}. Available tools: " + ", ".join(toolspec.tool_name(n) for n in registry.runnable())
 
 
 def tool_name_of(tool: Mapping[str, Any]) -> Any:
