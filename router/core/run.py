@@ -243,6 +243,8 @@ class Run:
             return Step(rounds=1, answer_only=True)
         self.protocol = await self._choose_protocol()
         await self._teach(self.protocol.prompt(taught(self.o.registry)))
+        if self.work.has_notes():  # asked for, but cannot run: the model hears it now, not never
+            self.conv.before_question(await self.work.collect([]))
         return Step(buffer=bool(fallback))
 
     def _keyword_calls(self) -> list[Pending]:
