@@ -6,7 +6,6 @@ tier is tests/test_real_model_loop.py)."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
@@ -15,7 +14,6 @@ import pytest
 from click.testing import CliRunner
 
 import router.commands.common as common_mod
-from experts.access import is_loopback_address
 from experts.base import Expert
 from experts.errors import EngineMissing
 from experts.registry import Registry
@@ -81,35 +79,6 @@ def registry(*extra: type[Expert]) -> Registry:
 def orch(fake, reg: Registry | None = None, **settings) -> Orchestrator:
     settings.setdefault("cache_dir", "")
     return Orchestrator(Settings(ollama_host=fake.url, **settings), registry=reg or registry())
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Every connection beyond this machine fails at once (and names resolve only for loopback), with
-    HF_HUB_OFFLINE unset: anything that reaches for the hub would fail loudly, not wait."""
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    tried: list[str] = []
-    real_connect = socket.socket.connect
-    real_getaddrinfo = socket.getaddrinfo
-
-    def connect(self, address):
-        host = address[0] if isinstance(address, tuple) else address
-        if isinstance(host, str) and self.family in (socket.AF_INET, socket.AF_INET6):
-            if not is_loopback_address(host):
-                tried.append(str(host))
-                raise OSError(f"test: no network ({host})")
-        return real_connect(self, address)
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host not in (None, "localhost") and not is_loopback_address(str(host)):
-            tried.append(str(host))
-            raise socket.gaierror(f"test: no network ({host})")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    return tried
 
 
 # --- the registry's availability --------------------------------------------------------------------
