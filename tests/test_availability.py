@@ -116,7 +116,7 @@ def test_prompt_teaches_only_experts_that_can_run(fake_ollama):
     fake_ollama.script("A plain answer.")
     orch(fake_ollama, fallback=[]).ask("hello", [IMG])
     system = fake_ollama.calls("/api/chat")[0]["messages"][0]["content"]
-    assert system == TAGS.prompt(taught(registry())) == protocol.PROTOCOL_PROMPT  # ocr and detect only
+    assert system == TAGS.prompt_for(taught(registry())) == protocol.PROTOCOL_PROMPT  # ocr and detect only
     assert "caption" not in system and "[VISION: clip" not in system
 
 

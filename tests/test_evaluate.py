@@ -177,7 +177,7 @@ def test_tools_protocol_counts_tool_calls(fake_ollama, suite_file, evaluator):
     names = [t["function"]["name"] for t in body["tools"]]
     # the experts that can run here, from router.core.toolspec: never one that cannot (issue 17)
     assert names == ["vision_detect", "vision_ocr"]
-    assert body["messages"][0] == {"role": "system", "content": TOOLS.prompt(taught(make_registry()))}
+    assert body["messages"][0] == {"role": "system", "content": TOOLS.prompt_for(taught(make_registry()))}
     turns = [r.turn for r in report.cases]
     assert turns[0].tool_calls == ["vision_ocr"] and turns[0].asked == ["ocr"]
     assert turns[1].asked == ["?detect"] and turns[1].unknown == ["detect"]

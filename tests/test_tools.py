@@ -43,11 +43,11 @@ WEATHER = {
 
 def tag_prompt() -> str:
     """The tag protocol for this registry's experts (the prompt is made from the experts that can run)."""
-    return TAGS.prompt(taught(registry()))
+    return TAGS.prompt_for(taught(registry()))
 
 
 def tools_prompt() -> str:
-    return TOOLS.prompt(taught(registry()))
+    return TOOLS.prompt_for(taught(registry()))
 
 
 def call(name: str, **arguments) -> dict:

@@ -519,7 +519,7 @@ class Evaluator:
         strategy = TOOLS if report.protocol == "tools" else TAGS
         # Also checks, once, that Ollama is up and the model exists (a 404 or no server ends the run).
         shown = await upstream.show(report.model)
-        taught = strategy.prompt(self.available)
+        taught = strategy.prompt_for(self.available)
         report.protocol_injected = protocol_needed(inject_protocol, shown.modelfile, False, taught)
         prompt = taught if report.protocol_injected else None
         tools = self.tools if strategy.offers_tools else None

@@ -71,8 +71,9 @@ class Protocol:
 
     name = ""
     offers_tools = False
+    prompt = ""  # the prompt for the default experts (the Modelfile's set); what a run sends: prompt_for()
 
-    def prompt(self, experts: Mapping[str, str]) -> str:
+    def prompt_for(self, experts: Mapping[str, str]) -> str:
         """The system prompt that teaches this way of asking for ``experts`` (name -> description)."""
         raise NotImplementedError
 
@@ -128,16 +129,18 @@ class Protocol:
 
 class TagProtocol(Protocol):
     name = "tags"
+    prompt = tag_text.PROTOCOL_PROMPT
 
-    def prompt(self, experts: Mapping[str, str]) -> str:
+    def prompt_for(self, experts: Mapping[str, str]) -> str:
         return tag_text.tag_prompt(experts)
 
 
 class ToolsProtocol(Protocol):
     name = "tools"
     offers_tools = True
+    prompt = toolspec.TOOLS_PROMPT
 
-    def prompt(self, experts: Mapping[str, str]) -> str:
+    def prompt_for(self, experts: Mapping[str, str]) -> str:
         return toolspec.tools_prompt(dict(experts))
 
 

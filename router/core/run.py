@@ -242,7 +242,7 @@ class Run:
             await self._context_first(pending)
             return Step(rounds=1, answer_only=True)
         self.protocol = await self._choose_protocol()
-        await self._teach(self.protocol.prompt(taught(self.o.registry)))
+        await self._teach(self.protocol.prompt_for(taught(self.o.registry)))
         if self.work.has_notes():  # asked for, but cannot run: the model hears it now, not never
             self.conv.before_question(await self.work.collect([]))
         return Step(buffer=bool(fallback))
@@ -391,7 +391,7 @@ class Run:
     def _fall_back_to_tags(self) -> None:
         # The words of the malformed turn were buffered (turn 1) or are already out: nothing to undo.
         if self.taught is not None:
-            prompt = TAGS.prompt(taught(self.o.registry))
+            prompt = TAGS.prompt_for(taught(self.o.registry))
             self.conv.replace_in_system(self.taught, prompt)
             self.taught = prompt
         self.protocol = TAGS

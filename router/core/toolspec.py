@@ -13,7 +13,7 @@ import copy
 from typing import Any
 
 from experts.registry import Registry, default_registry
-from router.core.protocol import NO_EXPERTS_PROMPT
+from router.core.protocol import MODELFILE_EXPERTS, NO_EXPERTS_PROMPT
 
 TOOL_PREFIX = "vision_"
 
@@ -46,8 +46,8 @@ def tools_prompt(experts: dict[str, str]) -> str:
     )
 
 
-TOOLS_PROMPT = tools_prompt(dict.fromkeys(_TOOL_USES, ""))
-"""The tools prompt with every built-in expert (what `vision-router tools` users configure by hand)."""
+TOOLS_PROMPT = tools_prompt(dict.fromkeys(MODELFILE_EXPERTS, ""))
+"""The tools prompt for the experts that run offline after the quick-start install (as the Modelfile's SYSTEM)."""
 
 
 def tool_name(expert: str) -> str:
