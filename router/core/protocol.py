@@ -43,8 +43,12 @@ _TAG_LINES: dict[str, str] = {
 BUILTIN_ORDER = tuple(_TAG_LINES)
 
 # (experts it needs, the user's message, the whole reply): shown only when every expert it needs can run.
-# Written as quoted message -> reply, not as "User:"/"Assistant:" turns a small model would carry on.
+# Written as quoted message -> reply, not as "User:"/"Assistant:" turns a small model would carry on. The
+# answers without a tag come first: a weak model copies the first example, and copying a plain answer
+# leaves the routing to the keyword table, where copying a tag would ask for experts nobody needs.
 _EXAMPLES: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    ((), "What is the capital of France?", "Paris."),
+    ((), "[image 1 attached] Translate 'thank you' into French.", "Merci."),
     (("ocr",), "[image 1 attached] What does the sign say?", "[VISION: ocr]"),
     (("clip",), "[image 1 attached] 这张海报是什么风格？", "[VISION: clip]"),
     (
@@ -54,8 +58,6 @@ _EXAMPLES: tuple[tuple[tuple[str, ...], str, str], ...] = (
     ),
     (("detect", "ocr"), "[image 1 attached] 商品主图尺寸比例合适吗？图上写了什么？", "[VISION: detect] [VISION: ocr]"),
     (("caption",), "[image 1 attached] What is going on in this picture?", "[VISION: caption]"),
-    ((), "[image 1 attached] Translate 'thank you' into French.", "Merci."),
-    ((), "What is the capital of France?", "Paris."),
 )
 
 _RULES = (
