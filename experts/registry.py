@@ -33,6 +33,8 @@ class Registry:
         self._instances: dict[str, Expert] = {}
         self._config: dict[str, dict[str, Any]] = {}
         self._load_errors: dict[str, str] = {}
+        # Why an expert cannot run here (None: it can), known once and kept until refresh_availability().
+        self._avail: dict[str, str | None] = {}
         self._lock = threading.RLock()
 
     # --- registration -------------------------------------------------------------------------
@@ -44,6 +46,7 @@ class Registry:
         with self._lock:
             self._classes[cls.name] = cls
             self._instances.pop(cls.name, None)
+            self._avail.pop(cls.name, None)
             for alias in (cls.name, *cls.aliases):
                 self._aliases[alias.lower()] = cls.name
         return cls
@@ -52,6 +55,7 @@ class Registry:
         with self._lock:
             self._classes.pop(name, None)
             self._instances.pop(name, None)
+            self._avail.pop(name, None)
             for alias in [a for a, n in self._aliases.items() if n == name]:
                 del self._aliases[alias]
 
@@ -97,6 +101,7 @@ class Registry:
                 return
             self._config[canonical] = dict(config)
             self._instances.pop(canonical, None)
+            self._avail.pop(canonical, None)  # another model or URL: checked again when next asked
 
     def get(self, name: str) -> Expert:
         """The process-wide instance of an expert (created on first use, engine loaded lazily)."""
@@ -147,10 +152,51 @@ class Registry:
         except Exception as exc:  # status must never take a listing down
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
+    # --- availability: known once, refreshed on demand ----------------------------------------------
+    def unavailable(self, name: str) -> str | None:
+        """Why ``name`` cannot run here (one line), or None when it can. Checked once per expert (its
+        :meth:`status`: files on disk, package metadata, a remote service asked once) and remembered,
+        with failures found later (:meth:`mark_unavailable`), until :meth:`refresh_availability`:
+        a request never rediscovers it, and never waits on a download."""
+        canonical = self.resolve(name)
+        if canonical is None:
+            return f"unknown expert {name!r} (available: {', '.join(self.runnable()) or 'none'})"
+        with self._lock:
+            if canonical in self._avail:
+                return self._avail[canonical]
+        status = self.status(canonical)  # outside the lock: a remote expert's check is a network call
+        why = None if status.get("ok") else unavailable_reason(status)
+        with self._lock:
+            return self._avail.setdefault(canonical, why)
+
+    def can_run(self, name: str) -> bool:
+        """Whether ``name`` (a name or alias) is installed, has its weights here and, when remote, answered."""
+        return self.unavailable(name) is None
+
+    def mark_unavailable(self, name: str, reason: str) -> None:
+        """Remember that ``name`` cannot run (its engine or weights turned out missing when it loaded):
+        it is skipped at once from now on, until :meth:`refresh_availability`."""
+        canonical = self.resolve(name)
+        if canonical is not None:
+            with self._lock:
+                self._avail[canonical] = reason
+
+    def refresh_availability(self) -> dict[str, str | None]:
+        """Check every expert again (weights downloaded since, a service back up); returns
+        :meth:`availability`."""
+        with self._lock:
+            self._avail.clear()
+        return self.availability()
+
+    def availability(self) -> dict[str, str | None]:
+        """Every expert, by name: None when it can run here, else why not."""
+        return {n: self.unavailable(n) for n in self.names()}
+
     def runnable(self, names: list[str] | None = None) -> list[str]:
-        """The experts (of ``names``, default all) whose engine and weights are here: what to offer as tools."""
+        """The experts (of ``names``, default all) that can run here: what every door offers (the
+        protocol prompt, tools, MCP, `serve`'s start-up line, health)."""
         wanted = self.names() if names is None else names
-        return [n for n in wanted if self.resolve(n) is not None and self.status(n).get("ok")]
+        return [n for n in wanted if self.resolve(n) is not None and self.can_run(n)]
 
     @property
     def load_errors(self) -> dict[str, str]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import socket
 
 import pytest
 from PIL import Image
 
+from experts.access import is_loopback_address
 from tests.fake_ollama import FakeOllama
 
 
@@ -45,6 +47,35 @@ def real_ollama(_real_ollama_server):
     _real_ollama_server.reset()
     yield _real_ollama_server
     _real_ollama_server.reset()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection beyond this machine fails at once (and names resolve only for loopback), with
+    HF_HUB_OFFLINE unset: anything that reaches for the hub would fail loudly, not wait."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    tried: list[str] = []
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and self.family in (socket.AF_INET, socket.AF_INET6):
+            if not is_loopback_address(host):
+                tried.append(str(host))
+                raise OSError(f"test: no network ({host})")
+        return real_connect(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in (None, "localhost") and not is_loopback_address(str(host)):
+            tried.append(str(host))
+            raise socket.gaierror(f"test: no network ({host})")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return tried
 
 
 def png_bytes(width: int = 64, height: int = 48, color=(255, 255, 255), fmt: str = "PNG", **save) -> bytes:

@@ -12,10 +12,11 @@ import router.commands.common as common_mod
 from experts.errors import VisionRouterError
 from router.apps.evaluate import Case, evaluator_from_registry, load_suite, render_report, score
 from router.commands import cli
-from router.core import protocol, toolspec
+from router.core import protocol
 from router.core.config import BASE_MODEL
 from router.core.errors import ModelNotFound, OllamaUnreachable
 from router.core.keywords import KeywordRouter
+from router.core.protocols import TOOLS, taught
 from tests.fake_ollama import FakeModel, Reply
 from tests.router_experts import make_registry
 
@@ -99,11 +100,13 @@ def test_scripted_model_scores_exactly(fake_ollama, suite_file, evaluator):
     assert (kw["overall"]["tp"], kw["overall"]["fp"], kw["overall"]["fn"]) == (5, 0, 1)
     assert kw["exact"] == 6 and kw["no_expert"]["ok"] == 2 and kw["silent"] == 1
 
-    # router: keywords where they matched (c1 c2 c6 c7), else the model (c3 c4 c5)
+    # router: keywords where they matched (c1 c2 c6 c7), else the model (c3 c4 c5) less what the run loop
+    # drops: only ocr and detect can run here, so c3's caption+clip and c5's caption are dropped (issue 17)
     rt = data["systems"]["router"]
-    assert as_tuple(rt["experts"]["caption"]) == (0.5, 1.0)
-    assert (rt["overall"]["tp"], rt["overall"]["fp"], rt["overall"]["fn"]) == (6, 1, 0)
-    assert rt["exact"] == 6 and rt["no_expert"]["ok"] == 1
+    assert as_tuple(rt["experts"]["caption"]) == (1.0, 1.0)
+    assert (rt["overall"]["tp"], rt["overall"]["fp"], rt["overall"]["fn"]) == (5, 0, 1)
+    assert rt["exact"] == 6 and rt["no_expert"]["ok"] == 2
+    assert [c["dropped"] for c in data["cases"]] == [[], [], ["caption", "clip"], [], ["caption"], [], []]
 
     st = data["model_stats"]
     assert (st["calls"], st["errors"], st["malformed_tags"], st["unclosed_tags"], st["unknown_experts"]) == (
@@ -114,10 +117,23 @@ def test_scripted_model_scores_exactly(fake_ollama, suite_file, evaluator):
         1,
     )
     assert st["tags"] == 7 and st["tool_calls"] == 0
+    # one LLM call each: keywords decided, no image, or nothing left to run (no fallback experts here)
+    assert st["router_llm_calls"] == {"mean": 1.0, "1": 7} and st["dropped_asks"] == 3
+    assert "LLM calls/request" in render_report(report)
     assert all(c["model"]["latency_ms"] > 0 for c in data["cases"])
     assert data["cases"][6]["model"]["asked"] == ["ocr", "?zoom"]
     assert data["cases"][6]["keyword_hits"] == ["read -> ocr", "measure -> detect"]
     assert data["prompts"] == 7 and data["languages"] == {"en": 6, "zh": 1}
+
+
+def test_llm_calls_count_the_fallback_round(fake_ollama, suite_file):
+    fake_ollama.responder = responder
+    ev = evaluator_from_registry(make_registry(), KeywordRouter(RULES), fallback=["ocr", "clip"])
+    report = ev.run(load_suite(suite_file), model="qwen3-vision", host=fake_ollama.url)
+    # c3 and c5 ask for nothing that runs, and c6's keyword picks caption, which cannot run: the fallback
+    # (ocr; clip cannot run) looks, and one more turn answers
+    assert [r.llm_calls for r in report.cases] == [1, 1, 2, 1, 2, 2, 1]
+    assert report.model_stats()["router_llm_calls"] == {"mean": round(10 / 7, 3), "1": 4, "2": 3}
 
 
 def test_turn_one_is_sent_as_the_orchestrator_sends_it(fake_ollama, suite_file, evaluator):
@@ -159,9 +175,9 @@ def test_tools_protocol_counts_tool_calls(fake_ollama, suite_file, evaluator):
     )
     body = fake_ollama.calls("/api/chat")[0]
     names = [t["function"]["name"] for t in body["tools"]]
-    assert names[:2] == ["vision_detect", "vision_ocr"]  # installed experts, from router.core.toolspec
-    assert set(names) == {"vision_ocr", "vision_detect", "vision_clip", "vision_caption"}
-    assert body["messages"][0] == {"role": "system", "content": toolspec.TOOLS_PROMPT}
+    # the experts that can run here, from router.core.toolspec: never one that cannot (issue 17)
+    assert names == ["vision_detect", "vision_ocr"]
+    assert body["messages"][0] == {"role": "system", "content": TOOLS.prompt_for(taught(make_registry()))}
     turns = [r.turn for r in report.cases]
     assert turns[0].tool_calls == ["vision_ocr"] and turns[0].asked == ["ocr"]
     assert turns[1].asked == ["?detect"] and turns[1].unknown == ["detect"]

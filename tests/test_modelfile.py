@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from router.core.config import BASE_MODEL
-from router.core.protocol import PROTOCOL_PROMPT
+from router.core.protocol import MODELFILE_EXPERTS, PROTOCOL_PROMPT, tag_prompt
 
 MODELFILE = Path(__file__).resolve().parents[1] / "Modelfile"
 # parser/parser.go: anything else fails with `command must be one of "from", "license", ...`
@@ -70,13 +72,30 @@ def test_only_accepted_instructions():
             assert re.fullmatch(r"-?[0-9.]+|true|false|\".*\"", value), value
 
 
-def test_system_prompt_is_the_router_protocol():
+def test_system_prompt_is_the_router_protocol_for_the_offline_experts():
+    """The Modelfile teaches what runs offline after the quick-start install (the router's prompt for exactly
+    that set), so a model made from it needs no system message from the router there."""
     systems = [v for c, v in parse(MODELFILE.read_text("utf-8")) if c == "system"]
-    assert systems == [PROTOCOL_PROMPT]
+    assert systems == [PROTOCOL_PROMPT] == [tag_prompt(dict.fromkeys(MODELFILE_EXPERTS, ""))]
     assert '"""' not in PROTOCOL_PROMPT
+    assert "[VISION: clip" not in PROTOCOL_PROMPT and "[VISION: caption" not in PROTOCOL_PROMPT
+
+
+def test_quick_start_install_runs_the_modelfile_experts_offline(monkeypatch):
+    """ocr (bundled ONNX models) and detect (OpenCV's own files) need no download: what the Modelfile teaches."""
+    from experts.registry import Registry
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    reg = Registry()
+    reg.load_entry_points()
+    for name in MODELFILE_EXPERTS:
+        if name == "ocr":
+            pytest.importorskip("rapidocr", reason="needs the [onnx] extra")
+        assert reg.can_run(name), reg.unavailable(name)
 
 
 def test_protocol_teaches_every_builtin_tag_in_both_languages():
+    prompt = tag_prompt(dict.fromkeys(("ocr", "detect", "clip", "caption"), ""))
     for tag in (
         "[VISION: ocr]",
         "[VISION: detect]",
@@ -85,6 +104,14 @@ def test_protocol_teaches_every_builtin_tag_in_both_languages():
         "[VISION: caption]",
         "image=N",
     ):
-        assert tag in PROTOCOL_PROMPT
-    assert "文字" in PROTOCOL_PROMPT and "风格" in PROTOCOL_PROMPT
-    assert "without any tag" in PROTOCOL_PROMPT  # answer normally when no image help is needed
+        assert tag in prompt
+    assert "文字" in prompt and "风格" in prompt
+    assert "without any tag" in prompt  # answer normally when no image help is needed
+
+
+def test_protocol_teaches_only_the_experts_given():
+    prompt = tag_prompt({"ocr": "", "sketch": "Turn the picture into a line drawing."})
+    assert "[VISION: ocr]" in prompt and "[VISION: sketch] - Turn the picture into a line drawing." in prompt
+    for absent in ("[VISION: detect", "[VISION: clip", "[VISION: caption", "风格"):
+        assert absent not in prompt  # no tag line and no example for an expert that is not there
+    assert "User:" not in prompt and "Assistant:" not in prompt  # no role-prefixed turns to carry on

@@ -88,12 +88,17 @@ def test_fallback_experts_run_when_nobody_asked(fake_ollama):
     assert "GRAND OPENING" in chats[1]["messages"][-1]["content"]
 
 
-def test_unknown_expert_is_reported_to_the_model(fake_ollama):
+def test_unknown_expert_is_dropped_and_said_in_the_next_context(fake_ollama):
+    """A tag naming no expert here starts no round of its own (issue 17): the fallback experts look, and the
+    next context says in one line why the tag was not run."""
     fake_ollama.script("[VISION: telepathy]", "I cannot do that.")
     final = orch(fake_ollama).ask("guess its secret", [IMG])
+    assert len(fake_ollama.calls("/api/chat")) == 2
     ctx = fake_ollama.calls("/api/chat")[1]["messages"][-1]["content"]
-    assert "- error (telepathy): unknown expert 'telepathy' (available: detect, ocr)" in ctx
-    assert final.trace.experts[0].error.startswith("unknown expert")
+    assert "Note: telepathy was not run, it cannot run here: unknown expert 'telepathy' (available: detect, ocr)" in ctx
+    assert final.trace.fallback and final.trace.tags == []
+    assert final.trace.skipped == ["telepathy (tag): cannot run here"]
+    assert final.answer == "I cannot do that."
 
 
 def test_failing_and_hanging_experts_do_not_fail_the_request(fake_ollama):

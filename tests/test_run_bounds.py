@@ -97,20 +97,35 @@ def test_demo_says_clearly_when_the_model_gave_no_answer(fake_ollama, cli_regist
 
 
 # --- what was already looked at ------------------------------------------------------------------
-def test_keyword_results_say_what_was_already_looked_at(fake_ollama):
+@pytest.mark.parametrize("max_rounds", [1, 2])
+def test_keyword_results_say_what_was_already_looked_at(fake_ollama, max_rounds):
+    """Issue 17: after keywords decided, the model is told what was looked at and to answer from it,
+    whatever rounds are left; nothing in its messages teaches or invites a tag."""
     fake_ollama.script("The sign reads GRAND OPENING.")
-    orch(fake_ollama).ask("What is written on this sign?", [IMG])
-    user = fake_ollama.calls("/api/chat")[0]["messages"][-1]["content"]
-    assert "Already looked at: ocr (image 1); the results are above." in user
+    orch(fake_ollama, max_rounds=max_rounds).ask("What is written on this sign?", [IMG])
+    (chat,) = fake_ollama.calls("/api/chat")
+    user = chat["messages"][-1]["content"]
+    assert "Already looked at: ocr (image 1); the results are above. Answer from them." in user
     assert user.index("[/IMAGE CONTEXT]") < user.index("Already looked at") < user.index("What is written")
-    assert protocol.LAST_ROUND not in user  # one more round is left: the model may still ask for another expert
+    assert chat["messages"][0] == {"role": "system", "content": protocol.ANSWER_PROMPT}
+    sent = json.dumps(chat["messages"], ensure_ascii=False)
+    assert "[VISION" not in sent and "ask a vision expert" not in sent and "tag" not in sent.lower()
 
 
-def test_keyword_results_on_the_last_round_say_no_more_experts(fake_ollama):
-    fake_ollama.script("The sign reads GRAND OPENING.")
-    orch(fake_ollama, max_rounds=1).ask("What is written on this sign?", [IMG])
-    user = fake_ollama.calls("/api/chat")[0]["messages"][-1]["content"]
-    assert "Already looked at: ocr (image 1)" in user and protocol.LAST_ROUND in user
+def test_tags_after_keywords_are_ignored_without_another_call(fake_ollama):
+    fake_ollama.script("[VISION: detect]\nThe sign reads GRAND OPENING. [VISION: ocr]")
+    final = orch(fake_ollama).ask("What is written on this sign?", [IMG])
+    assert len(fake_ollama.calls("/api/chat")) == 1
+    assert final.answer == "\nThe sign reads GRAND OPENING. "
+    assert final.trace.ignored_tags == ["[VISION: detect]", "[VISION: ocr]"]
+    assert [e.expert for e in final.trace.experts] == ["ocr"]
+
+
+def test_keyword_decided_reply_of_only_tags_is_the_no_answer_path_in_one_call(fake_ollama):
+    fake_ollama.responder = always("[VISION: ocr]")
+    final = orch(fake_ollama).ask("What is written on this sign?", [IMG])
+    assert len(fake_ollama.calls("/api/chat")) == 1  # no recovery turn on the decided path
+    assert not final.answered and "GRAND OPENING 50% OFF" in final.answer
 
 
 # --- bounded expert work -------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from router.commands.tools import tools_command
 from router.core.orchestrator import Orchestrator, ToolCalls
-from router.core.protocol import PROTOCOL_PROMPT
-from router.core.toolspec import TOOLS_PROMPT, expert_for_tool, ollama_tools, openai_tools
+from router.core.protocols import TAGS, TOOLS, taught
+from router.core.toolspec import expert_for_tool, ollama_tools, openai_tools
 from tests.fake_ollama import FakeModel, FakeOllama, Reply
 from tests.test_proxy_support import (
     IMAGE,
@@ -39,6 +39,15 @@ WEATHER = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
+
+
+def tag_prompt() -> str:
+    """The tag protocol for this registry's experts (the prompt is made from the experts that can run)."""
+    return TAGS.prompt_for(taught(registry()))
+
+
+def tools_prompt() -> str:
+    return TOOLS.prompt_for(taught(registry()))
 
 
 def call(name: str, **arguments) -> dict:
@@ -92,7 +101,7 @@ def test_tools_protocol_runs_our_calls_and_answers_with_tool_messages(fake):
     first, second = fake.calls("/api/chat")
     names = [t["function"]["name"] for t in first["tools"]]
     assert "vision_ocr" in names
-    assert first["messages"][0]["role"] == "system" and TOOLS_PROMPT in first["messages"][0]["content"]
+    assert first["messages"][0]["role"] == "system" and tools_prompt() in first["messages"][0]["content"]
     assistant, tool = second["messages"][-2:]
     assert assistant["tool_calls"][0]["function"]["name"] == "vision_ocr"
     assert tool["role"] == "tool" and tool["tool_name"] == "vision_ocr" and OCR_TEXT in tool["content"]
@@ -134,7 +143,7 @@ def test_auto_uses_tags_without_the_tools_capability(fake):
     final = orch(fake, protocol="auto", model="plain").ask("Tell me about it", [IMAGE])
     assert final.answer == "SALE"
     first = fake.calls("/api/chat")[0]
-    assert not first.get("tools") and PROTOCOL_PROMPT in first["messages"][0]["content"]
+    assert not first.get("tools") and tag_prompt() in first["messages"][0]["content"]
 
 
 def test_auto_falls_back_to_tags_on_a_malformed_call(fake):
@@ -144,7 +153,7 @@ def test_auto_falls_back_to_tags_on_a_malformed_call(fake):
     sent = fake.calls("/api/chat")
     assert len(sent) == 3
     assert sent[0]["tools"] and not sent[1].get("tools")
-    assert PROTOCOL_PROMPT in sent[1]["messages"][0]["content"]
+    assert tag_prompt() in sent[1]["messages"][0]["content"]
     assert any("vision_ocrx" in m for m in final.trace.malformed_tags)
     assert TextExpert.runs == 1
 

@@ -6,11 +6,17 @@ For every prompt the benchmark records
 - what the keyword router decides (no LLM involved; the orchestrator runs it only when an image is
   attached, and so does the benchmark),
 - what the model asks for in turn 1: one chat call, built by the run loop's own functions
-  (:func:`router.core.run.first_turn`: the protocol as a system message when images are attached,
-  unless the model's own SYSTEM teaches it; one image note per attached image before the user's
-  words) and sent through its gateway (:mod:`router.core.upstream`), parsed with the tag parser;
-  with ``protocol="tools"`` the experts are offered as native tools and the tool calls count,
-- what the router as a whole would run: the keyword decision when there is one, else the model's.
+  (:func:`router.core.run.first_turn`: the protocol for the experts that can run here as a system
+  message when images are attached, unless the model's own SYSTEM is that prompt; one image note per
+  attached image before the user's words) and sent through its gateway (:mod:`router.core.upstream`),
+  parsed with the tag parser; with ``protocol="tools"`` the experts that can run are offered as native
+  tools and the tool calls count,
+- what the router as a whole would run: the keyword decision when there is one (the model's tags are
+  then ignored), else the model's, less what the run loop drops (experts that cannot run here or are
+  unknown, and any tag on a prompt without an image),
+- the LLM calls the run loop makes for that decision: 1 when keywords decided (or no image is
+  attached, or nothing runs after turn 1), 2 when experts run after turn 1 (the model's tags, or the
+  fallback experts when it asked for none); later rounds are not simulated.
 
 Experts are never run: this measures routing, not vision. Scores are precision and recall per
 expert, exact-set accuracy, how often prompts that need no expert got none, malformed tags and
@@ -35,7 +41,7 @@ from router.core.dispatch import run_coroutine
 from router.core.errors import ModelNotFound, OllamaUnreachable, UpstreamError
 from router.core.keywords import KeywordRouter
 from router.core.messages import Message, user, with_image_notes
-from router.core.protocols import TAGS, TOOLS, protocol_needed
+from router.core.protocols import TAGS, TOOLS, protocol_needed, taught
 from router.core.run import first_turn
 from router.core.tags import TagParser
 from router.core.upstream import Upstream
@@ -307,15 +313,18 @@ class CaseResult:
     keywords: list[str]  # experts the keyword router chose
     keyword_hits: list[str]  # "keyword -> expert"
     turn: Turn | None = None
+    dropped: list[str] = field(default_factory=list)  # the model's asks the run loop drops
+    llm_calls: int | None = None  # what the run loop spends on this decision
 
     @property
     def router(self) -> list[str] | None:
-        """What the router would run: the keywords' choice when they chose, else the model's."""
+        """What the router would run: the keywords' choice when they chose, else the model's, less what the
+        run loop drops."""
         if self.keywords:
             return self.keywords
         if self.turn is None or self.turn.error:
             return None
-        return self.turn.asked
+        return [e for e in self.turn.asked if e not in self.dropped]
 
     def as_dict(self) -> dict[str, Any]:
         c = self.case
@@ -333,6 +342,8 @@ class CaseResult:
         if self.turn is not None:
             out["model"] = asdict(self.turn)
             out["router"] = self.router
+            out["dropped"] = self.dropped
+            out["llm_calls"] = self.llm_calls
         return out
 
 
@@ -368,8 +379,14 @@ class Report:
         ok = [t for t in turns if not t.error]
         lat = sorted(t.latency_ms for t in ok)
         first = sorted(t.first_token_ms for t in ok if t.first_token_ms is not None)
+        calls = [r.llm_calls for r in self.cases if r.llm_calls is not None]
         return {
             "calls": len(turns),
+            "router_llm_calls": {
+                "mean": _round(sum(calls) / len(calls), 3) if calls else None,
+                **{str(n): calls.count(n) for n in sorted(set(calls))},
+            },
+            "dropped_asks": sum(len(r.dropped) for r in self.cases),
             "errors": len(turns) - len(ok),
             "tags": sum(len(t.tags) for t in ok),
             "tool_calls": sum(len(t.tool_calls) for t in ok),
@@ -418,12 +435,18 @@ class Evaluator:
         aliases: dict[str, str] | None = None,
         experts: Iterable[str] = BUILTIN_EXPERTS,
         tools: list[dict[str, Any]] | None = None,
+        available: dict[str, str] | None = None,
+        fallback: Iterable[str] = (),
     ) -> None:
         self.keywords = keywords
         self.experts = list(experts)
         self.aliases = {e: e for e in self.experts}
         self.aliases.update({k.lower(): v for k, v in (aliases or {}).items()})
-        self.tools = tools if tools is not None else [_minimal_tool(e) for e in self.experts]
+        # The experts that can run (name -> description): taught, offered, and kept when the model asks.
+        self.available = dict(available) if available is not None else dict.fromkeys(self.experts, "")
+        self.fallback = [e for e in fallback if e in self.available]
+        offered = [_minimal_tool(e) for e in self.experts if e in self.available]
+        self.tools = tools if tools is not None else offered
 
     def resolve(self, name: str) -> str | None:
         """The canonical expert for a tag name or alias."""
@@ -496,14 +519,32 @@ class Evaluator:
         strategy = TOOLS if report.protocol == "tools" else TAGS
         # Also checks, once, that Ollama is up and the model exists (a 404 or no server ends the run).
         shown = await upstream.show(report.model)
-        report.protocol_injected = protocol_needed(inject_protocol, shown.modelfile, has_system=False)
-        prompt = strategy.prompt if report.protocol_injected else None
+        taught = strategy.prompt_for(self.available)
+        report.protocol_injected = protocol_needed(inject_protocol, shown.modelfile, False, taught)
+        prompt = taught if report.protocol_injected else None
         tools = self.tools if strategy.offers_tools else None
         for case in cases:
             result = CaseResult(case, *self.keyword_decision(case))
             messages = turn1_messages(report.suite, case, prompt)
             result.turn = await self._turn(upstream, report.model, messages, tools, report.max_tokens)
+            self._apply_run_rules(result)
             self._record(report, result, len(cases), on_progress)
+
+    def _apply_run_rules(self, result: CaseResult) -> None:
+        """What the run loop does with this decision: the model's asks it drops, and the LLM calls it makes."""
+        case, turn = result.case, result.turn
+        if turn is None or turn.error:
+            return
+        if any(e in self.available for e in result.keywords):
+            result.llm_calls = 1  # decided by keywords: one answer turn, tags in it ignored
+            return
+        if not result.keywords:  # (keywords that picked only experts that cannot run are still scored as picked)
+            result.dropped = [e for e in turn.asked if not case.images or e not in self.available]
+        if case.images == 0:
+            result.llm_calls = 1  # no image: one turn, its tags dropped
+            return
+        kept = [e for e in turn.asked if e in self.available]
+        result.llm_calls = 2 if kept or self.fallback else 1
 
     async def _turn(
         self,
@@ -626,6 +667,11 @@ def render_report(report: Report) -> str:
     summary("no expert needed", lambda s: f"{s.none_ok}/{s.none_needed} ok {_pct(s.none_ok, s.none_needed)}")
     summary("  asked wrongly", lambda s: str(s.none_wrong))
     summary("needed, none asked", lambda s: str(s.silent))
+    if report.with_model:
+        calls = report.model_stats()["router_llm_calls"]
+        spread = ", ".join(f"{v} x {k}" for k, v in calls.items() if k != "mean")
+        lines.append(f"{'LLM calls/request':<19}{'':^{col}}{'':^{col}}{_fmt(calls['mean']):^{col}}")
+        lines.append(f"{'':<19}{'':^{col}}{'':^{col}}{spread:^{col}}")
 
     if report.with_model:
         st = report.model_stats()
@@ -642,7 +688,10 @@ def render_report(report: Report) -> str:
             f"max {_ms(lat['max'])}; first token p50 {_ms(ft['p50'])}; "
             f"tokens {st['prompt_tokens']} prompt + {st['output_tokens']} output"
         )
-        lines.append("router = the keyword decision when keywords matched, else the model's turn-1 request.")
+        lines.append(
+            "router = the keyword decision when keywords matched, else the model's turn-1 request less what the "
+            f"run loop drops ({st['dropped_asks']} asks: experts that cannot run here, tags without an image)."
+        )
     lines.append(f"({report.wall_s:.1f} s)")
     return "\n".join(ln.rstrip() for ln in lines)
 
@@ -683,9 +732,10 @@ def _count(items: Iterable[str]) -> dict[str, int]:
 
 
 # --- wiring to the registry and the CLI -----------------------------------------------------------
-def evaluator_from_registry(registry: Any, keywords: KeywordRouter) -> Evaluator:
-    """An evaluator that knows the installed experts' aliases and offers the same tool definitions as
-    the orchestrator (router.core.toolspec). The built-in four are always scored and offered, installed or not."""
+def evaluator_from_registry(registry: Any, keywords: KeywordRouter, fallback: Iterable[str] = ()) -> Evaluator:
+    """An evaluator that knows the installed experts' aliases, teaches and offers what the orchestrator
+    does here (the experts that can run: :func:`router.core.protocols.taught`, router.core.toolspec). The
+    built-in four are always scored, installed or not."""
     experts = list(BUILTIN_EXPERTS)
     aliases: dict[str, str] = {}
     for name in registry.names():
@@ -693,7 +743,11 @@ def evaluator_from_registry(registry: Any, keywords: KeywordRouter) -> Evaluator
             experts.append(name)
         for a in registry.expert_class(name).aliases:
             aliases[a] = name
-    tools = toolspec.ollama_tools(registry)
-    offered = {t["function"]["name"] for t in tools}
-    tools += [_minimal_tool(e) for e in experts if f"{TOOL_PREFIX}{e}" not in offered]
-    return Evaluator(keywords, aliases=aliases, experts=experts, tools=tools)
+    return Evaluator(
+        keywords,
+        aliases=aliases,
+        experts=experts,
+        tools=toolspec.ollama_tools(registry),
+        available=taught(registry),
+        fallback=fallback,
+    )

@@ -52,7 +52,7 @@ def eval_command(ctx, model, suite_path, ollama_host, protocol_mode, limit, keyw
 
     settings = Settings.load((ctx.obj or {}).get("config"), model=model, ollama_host=ollama_host)
     keywords = KeywordRouter.from_toml(settings.keywords_file)
-    ev = evaluator_from_registry(common.configured_registry(settings), keywords)
+    ev = evaluator_from_registry(common.configured_registry(settings), keywords, settings.fallback)
     suite = load_suite(suite_path, ev.experts)
     progress = None
     if not as_json and not keywords_only and sys.stderr.isatty():

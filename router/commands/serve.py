@@ -35,6 +35,12 @@ from router.commands.common import settings_from
 @click.option(
     "--max-concurrent", type=click.IntRange(1), help="requests in flight; more get Ollama's 503 (default 512)"
 )
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="show streaming clients which experts are looking, in Ollama's `thinking` field (default: off, or "
+    "[serve] progress)",
+)
 @click.pass_context
 def serve_command(
     ctx,
@@ -51,6 +57,7 @@ def serve_command(
     max_rounds,
     no_cache,
     max_concurrent,
+    progress,
 ):
     """Serve an Ollama-compatible API that gives text-only models vision.
 
@@ -83,14 +90,21 @@ def serve_command(
         max_connections=conf.max_connections,
         header_timeout_s=conf.header_timeout,
         body_timeout_s=conf.body_timeout,
+        progress=conf.progress if progress is None else progress,
     )
     app = create_app(settings, common.configured_registry(settings), config=cfg)
     proxy: VisionProxy = app.state.proxy
+    # Checked once, here: the same set the prompt, the tools and /_vision/health offer, until a refresh.
+    availability = proxy.orch.registry.availability()
+    runnable = [n for n, why in availability.items() if why is None]
     click.echo(
         f"vision-router {__version__} on http://{host}:{port} -> Ollama at {proxy.cfg.upstream} "
-        f"(protocol {settings.protocol}; experts: {', '.join(proxy.orch.registry.names()) or 'none'})",
+        f"(protocol {settings.protocol}; experts: {', '.join(runnable) or 'none'})",
         err=True,
     )
+    for name, why in availability.items():
+        if why is not None:
+            click.echo(f"  {name}: not offered, {why}", err=True)
     click.echo(f"use it: OLLAMA_HOST={host}:{port} ollama run {settings.model}", err=True)
     uvicorn.run(
         app,

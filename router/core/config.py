@@ -121,6 +121,11 @@ class ServeSettings(BaseModel):
     max_connections: int = Field(1024, ge=1, description="open client connections")
     header_timeout: float = Field(10.0, gt=0, description="seconds a request's headers may take (slow clients)")
     body_timeout: float = Field(120.0, gt=0, description="seconds a request's body may take")
+    progress: bool = Field(
+        False,
+        description="show streaming clients which experts are looking, in Ollama's `thinking` field "
+        "(not to clients that sent think: false)",
+    )
 
 
 class Settings(BaseModel):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from experts.cancel import run_cancellable
-from experts.errors import VisionRouterError
+from experts.errors import EngineMissing, VisionRouterError
 from experts.images import DecodedImage
 from experts.registry import Registry
 from experts.schema import ExpertResult
@@ -78,6 +78,9 @@ class Dispatcher:
             if call.query and expert.positional and expert.positional not in args:
                 args[expert.positional] = call.query
             canonical = expert.parse_args(args).model_dump(exclude_defaults=True, mode="json")
+            why = self.registry.unavailable(expert.name)
+            if why is not None:  # known at start-up or from an earlier load: skipped at once, never retried
+                raise EngineMissing(f"{expert.name} cannot run here: {why}")
         except VisionRouterError as exc:
             fut: asyncio.Future[ExpertResult] = loop.create_future()
             fut.set_result(ExpertResult.failure(call.image.image_id, call.expert, call.args, str(exc)))
@@ -132,6 +135,8 @@ class Dispatcher:
                     image.image_id, name, args, f"timed out after {limit:g} s while {what}", elapsed
                 )
             except VisionRouterError as exc:
+                if isinstance(exc, EngineMissing):  # engine or weights absent: remembered, not tried again
+                    self.registry.mark_unavailable(name, str(exc).removeprefix(f"{name}: "))
                 return ExpertResult.failure(image.image_id, name, args, str(exc), (time.perf_counter() - t0) * 1000)
             except Exception as exc:  # an expert bug is an error line, not a failed request
                 return ExpertResult.failure(

@@ -22,6 +22,15 @@ class ThinkingDelta:
 
 
 @dataclass
+class Progress:
+    """What the router is doing while no answer text can come yet (``looking at image 1: ocr…``). Only
+    when the request asked for it; the proxy shows it in Ollama's ``thinking`` field. Not part of the
+    answer, the thinking or the Final."""
+
+    text: str
+
+
+@dataclass
 class ToolCalls:
     """Tool calls for the client's own tools: returned unexecuted, exactly as Ollama would."""
 
@@ -47,4 +56,4 @@ class Final:
     answered: bool = True
 
 
-Event = TextDelta | ThinkingDelta | ToolCalls | Final
+Event = TextDelta | ThinkingDelta | Progress | ToolCalls | Final

@@ -3,6 +3,8 @@ their results as the ``[IMAGE CONTEXT]`` the model reads next.
 
 Work is bounded per request: at most ``max_runs`` distinct expert runs (an identical call asked again
 costs nothing and is not counted); the rest are skipped, said so in the next context and the trace.
+An expert that cannot run here (the registry's availability, known from start-up) is never started:
+one line in the next context says so, once per expert.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class ExpertWork:
         self._runs: set[tuple] = set()
         self._over_runs = 0  # skipped since the last context
         self._over_reply = 0
+        self._refused: set[str] = set()  # experts the model was already told cannot run
 
     # --- images -----------------------------------------------------------------------------------
     def attach(self, img: DecodedImage) -> int:
@@ -57,9 +60,13 @@ class ExpertWork:
         return self.images[idx - 1]
 
     # --- starting runs ----------------------------------------------------------------------------
+    def _key(self, call: ExpertCall) -> tuple:
+        name = self.registry.resolve(call.expert) or call.expert.lower()
+        return (call.image_index, name, json.dumps(call.args, sort_keys=True, default=str), call.query)
+
     def start(self, call: ExpertCall) -> Pending | None:
         """Start one call now, or skip it when the request has used up its runs."""
-        key = (call.image_index, call.expert.lower(), json.dumps(call.args, sort_keys=True, default=str), call.query)
+        key = self._key(call)
         if key not in self._runs:
             if len(self._runs) >= self.max_runs:
                 self._over_runs += 1
@@ -73,17 +80,53 @@ class ExpertWork:
     def start_all(self, calls: Iterable[ExpertCall]) -> list[Pending]:
         return [p for p in map(self.start, calls) if p is not None]
 
+    def runnable(self, name: str, source: str) -> bool:
+        """Whether ``name`` can run here. If not: skipped at once, with one note for the model (once per
+        expert and request) and a trace line; nothing waits on it, nothing is downloaded."""
+        why = self.registry.unavailable(name)
+        if why is None:
+            return True
+        canonical = self.registry.resolve(name) or name
+        if canonical not in self._refused:
+            self._refused.add(canonical)
+            self.notes.append(protocol.cannot_run(canonical, why))
+        self.trace.skipped.append(f"{name} ({source}): cannot run here")
+        return False
+
     def on_latest(self, expert: str, args: dict, source: str) -> list[Pending]:
-        """One expert on each of the newest images."""
+        """One expert on each of the newest images (none when it cannot run here)."""
+        if not self.runnable(expert, source):
+            return []
         return self.start_all(ExpertCall(self.img(i), i, expert, dict(args), source=source) for i in self.latest)
 
     def fallback(self, names: Iterable[str]) -> list[Pending]:
-        """The fallback experts that are installed, on the newest images."""
+        """The fallback experts that can run here, on the newest images."""
         out: list[Pending] = []
         for name in names:
-            if self.registry.resolve(name) is not None:
+            if self.registry.can_run(name):
                 out += self.on_latest(name, {}, "fallback")
         return out
+
+    def dropped(self, tag: Tag) -> bool:
+        """Whether the model's tag is dropped rather than answered with a round: it names an expert that
+        cannot run here, comes without an image, or asks for exactly what already ran (a weak model
+        repeating itself must not cost another LLM call). Said in the trace (and, for the first two, in
+        the next context)."""
+        if not self.images:
+            self.trace.skipped.append(f"{tag.raw} (no image attached)")
+            return True
+        if not self.runnable(tag.name, "tag"):
+            return True
+        targets = [tag.image] if tag.image is not None else self.latest
+        if tag.image is not None and not 1 <= tag.image <= len(self.images):
+            return False  # answered with a note naming the images there are
+        if all(
+            self._key(ExpertCall(self.img(i), i, tag.name, dict(tag.args), query=tag.query)) in self._runs
+            for i in targets
+        ):
+            self.trace.skipped.append(f"{tag.raw} (already looked at)")
+            return True
+        return False
 
     def tag_calls(self, tag: Tag) -> list[Pending]:
         """The calls a tag asks for (its image, or the newest ones); a note when it cannot run."""
@@ -169,6 +212,17 @@ class ExpertWork:
         return ", ".join(
             f"{e} (image{'s' if len(ix) > 1 else ''} {', '.join(map(str, ix))})" for e, ix in per_expert.items()
         )
+
+    @staticmethod
+    def progress_line(pending: list[Pending]) -> str:
+        """``looking at image 1: ocr, detect…``: what a streaming client is shown while these calls run."""
+        per_image: dict[int, list[str]] = {}
+        for call, _ in pending:
+            names = per_image.setdefault(call.image_index, [])
+            if call.expert not in names:
+                names.append(call.expert)
+        parts = [f"image {i}: {', '.join(names)}" for i, names in sorted(per_image.items())]
+        return f"looking at {'; '.join(parts)}…\n"
 
     def has_notes(self) -> bool:
         return bool(self.notes) or bool(self._over_reply or self._over_runs)

@@ -31,7 +31,7 @@ from experts.registry import Registry, default_registry
 from router.core.cache import ResultCache
 from router.core.config import Settings
 from router.core.dispatch import Dispatcher, run_coroutine
-from router.core.events import Event, Final, TextDelta, ThinkingDelta, ToolCalls
+from router.core.events import Event, Final, Progress, TextDelta, ThinkingDelta, ToolCalls
 from router.core.keywords import KeywordRouter
 from router.core.run import Request, Run
 from router.core.upstream import SHOW_TTL_S, STAT_FIELDS, Upstream
@@ -43,6 +43,7 @@ __all__ = [
     "Final",
     "ImageInput",
     "Orchestrator",
+    "Progress",
     "TextDelta",
     "ThinkingDelta",
     "ToolCalls",
@@ -161,6 +162,7 @@ class Orchestrator:
         extra_context: str | None = None,
         tools: Sequence[dict[str, Any]] | None = None,
         protocol: str | None = None,
+        progress: bool = False,
     ) -> AsyncIterator[Event]:
         """Run one request and yield :class:`TextDelta` events, then exactly one :class:`Final`.
 
@@ -172,6 +174,7 @@ class Orchestrator:
         ``tools``: the client's own tool definitions, sent along with ours; calls to them end the
         request with a :class:`ToolCalls` event (the client runs them).
         ``protocol``: ``tags``, ``tools`` or ``auto`` for this request (default: the settings').
+        ``progress``: also yield :class:`Progress` events while experts look (for a streaming client).
         """
         req = Request(
             model=model or self.settings.model,
@@ -183,6 +186,7 @@ class Orchestrator:
             extra_context=extra_context,
             client_tools=[t for t in tools or () if isinstance(t, dict)],
             protocol=protocol or self.settings.protocol,
+            progress=progress,
         )
         async for ev in Run(self, req).events(messages, decoded):
             yield ev

@@ -61,12 +61,21 @@ class CallRules:
     room: int  # how many more expert requests this reply may make (the per-reply cap)
 
 
+def taught(registry: Registry) -> dict[str, str]:
+    """The experts a prompt teaches: those that can run here (name -> description)."""
+    return {n: registry.expert_class(n).description for n in registry.runnable()}
+
+
 class Protocol:
     """The interface of both strategies."""
 
     name = ""
-    prompt = ""
     offers_tools = False
+    prompt = ""  # the prompt for the default experts (the Modelfile's set); what a run sends: prompt_for()
+
+    def prompt_for(self, experts: Mapping[str, str]) -> str:
+        """The system prompt that teaches this way of asking for ``experts`` (name -> description)."""
+        raise NotImplementedError
 
     def tools_for_turn(
         self, registry: Registry, client_tools: Sequence[Mapping[str, Any]], final: bool
@@ -122,25 +131,32 @@ class TagProtocol(Protocol):
     name = "tags"
     prompt = tag_text.PROTOCOL_PROMPT
 
+    def prompt_for(self, experts: Mapping[str, str]) -> str:
+        return tag_text.tag_prompt(experts)
+
 
 class ToolsProtocol(Protocol):
     name = "tools"
-    prompt = toolspec.TOOLS_PROMPT
     offers_tools = True
+    prompt = toolspec.TOOLS_PROMPT
+
+    def prompt_for(self, experts: Mapping[str, str]) -> str:
+        return toolspec.tools_prompt(dict(experts))
 
 
 TAGS = TagProtocol()
 TOOLS = ToolsProtocol()
 
 
-def protocol_needed(mode: str, modelfile: str | None, has_system: bool) -> bool:
-    """Whether the protocol prompt is sent as a system message: ``always``, ``never``, or ``auto``:
-    unless the model's SYSTEM (its Modelfile) teaches the tags and no client system message replaces it."""
+def protocol_needed(mode: str, modelfile: str | None, has_system: bool, prompt: str) -> bool:
+    """Whether ``prompt`` is sent as a system message: ``always``, ``never``, or ``auto``: unless the model's
+    SYSTEM (its Modelfile) is this very prompt (the same experts taught) and no client system message
+    replaces it."""
     if mode == "never":
         return False
     if mode == "always":
         return True
-    return has_system or tag_text.PROTOCOL_MARKER not in (modelfile or "")
+    return has_system or prompt.strip() not in (modelfile or "")
 
 
 def bad_call_notes(sorted_calls: SortedCalls) -> list[str]:
@@ -149,7 +165,7 @@ def bad_call_notes(sorted_calls: SortedCalls) -> list[str]:
 
 def tool_error(problem: str, registry: Registry) -> str:
     """The ``tool`` message answering a call that could not run."""
-    return f"error: {problem}. Available tools: " + ", ".join(toolspec.tool_name(n) for n in registry.names())
+    return f"error: {problem}. Available tools: " + ", ".join(toolspec.tool_name(n) for n in registry.runnable())
 
 
 def tool_name_of(tool: Mapping[str, Any]) -> Any:

@@ -1,11 +1,17 @@
 """One request through the run loop, as a small state machine::
 
-    prepare  -> typed messages, images numbered and replaced by notes, protocol chosen and taught
-    first    -> keyword / preset experts start before the model says anything (context in front)
+    prepare  -> typed messages, images numbered and replaced by notes
+    first    -> experts decided already (presets, keywords, a forced format)? they look now, and the
+                model is told to answer from the findings: ONE turn, tags in it ignored.
+                Else the model decides: the protocol for the experts that can run here is taught.
     turn     -> stream one LLM turn: text out as it comes, each closed tag dispatched at once
     next     -> hand back the client's calls | fall back to tags | a tool round | a tag round |
-                the fallback round | one recovery turn | done
+                the fallback round (then one answer turn) | one recovery turn | done
     finish   -> the Final event (an answer, or a clear "no answer" with the experts' findings)
+
+An expert that cannot run here (no weights, a service down: the registry knows from start-up) is
+skipped at once wherever it is asked for, with one line in the next context. Tags that name one,
+repeat what already ran, or come without an image are dropped.
 
 Events go through an :class:`asyncio.Queue`: the loop runs as one task that puts them, the caller's
 generator takes them, and closing that generator (the client left) cancels the task, which closes
@@ -24,7 +30,7 @@ from experts.images import DecodedImage
 from router.core import protocol as tag_text
 from router.core.context import no_answer
 from router.core.dispatch import ExpertCall
-from router.core.events import Event, Final, TextDelta, ThinkingDelta, ToolCalls
+from router.core.events import Event, Final, Progress, TextDelta, ThinkingDelta, ToolCalls
 from router.core.expert_work import ExpertWork, Pending
 from router.core.messages import (
     Conversation,
@@ -45,6 +51,7 @@ from router.core.protocols import (
     SortedCalls,
     bad_call_notes,
     protocol_needed,
+    taught,
     tool_error,
     tool_name_of,
 )
@@ -71,6 +78,7 @@ class Request:
     extra_context: str | None = None
     client_tools: list[dict[str, Any]] = field(default_factory=list)
     protocol: str = "tags"  # tags, tools or auto
+    progress: bool = False  # say which experts are looking (Progress events) while they run
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class Step:
     rounds: int = 0  # expert rounds done
     buffer: bool = False  # hold this turn's words back: a fallback round may replace them
     recovery: bool = False  # the one extra turn after a last round that only asked for experts
+    answer_only: bool = False  # the router decided the experts (or there is no image): one turn, tags ignored
 
 
 @dataclass
@@ -90,7 +99,7 @@ class Reply:
     text: str = ""  # raw, tags included
     buffered: list[str] = field(default_factory=list)
     tag_calls: list[Pending] = field(default_factory=list)
-    tags_seen: bool = False
+    tags_seen: bool = False  # tags that started expert work (dropped ones do not count)
     asked_again: bool = False  # asked for experts when none could run
     calls: SortedCalls = field(default_factory=SortedCalls)
 
@@ -126,6 +135,7 @@ class Run:
         self.thinking: list[str] = []
         self.client_calls: list[dict[str, Any]] = []
         self.protocol: Protocol = TAGS
+        self.taught: str | None = None  # the system prompt this run sent, if any
         self.conv = Conversation([])
         self.user_text = ""
         self.step = Step()
@@ -162,9 +172,6 @@ class Run:
             self.conv = await asyncio.to_thread(self._typed, messages, decoded)
         else:
             self.conv = self._typed(messages, decoded)
-        if self.work.images:
-            self.protocol = await self._choose_protocol()
-            await self._teach_protocol()
         if self.req.extra_context:
             self.conv.before_question(self.req.extra_context)
 
@@ -202,28 +209,43 @@ class Run:
             return TOOLS if "tools" in (shown.capabilities or []) else TAGS
         return TAGS
 
-    async def _teach_protocol(self) -> None:
+    async def _teach(self, prompt: str) -> None:
+        """Send ``prompt`` as (or joined to) the system message, or put it in place of the one this run
+        sent before; unless the model's own SYSTEM already is this prompt (``inject_protocol``)."""
+        if self.taught is not None:
+            self.conv.replace_in_system(self.taught, prompt)
+            self.taught = prompt
+            return
         mode = self.o.settings.inject_protocol
         # The Python client keeps `modelfile` (which holds SYSTEM), not the `system` field.
         modelfile = (await self.o.show(self.req.model)).modelfile if mode == "auto" else None
-        if protocol_needed(mode, modelfile, self.conv.has_system()):
+        if protocol_needed(mode, modelfile, self.conv.has_system(), prompt):
             self.trace.protocol_injected = True
-            self.conv.add_system(self.protocol.prompt)
+            self.conv.add_system(prompt)
+            self.taught = prompt
 
     # --- first: experts before the model speaks --------------------------------------------------
     async def _first(self) -> Step:
+        if not self.work.images:
+            return Step(answer_only=True)  # nothing to look at: tags in the reply are dropped
+        if self.max_rounds <= 0:
+            await self._teach(tag_text.NO_EXPERTS_PROMPT)
+            return Step(answer_only=True)
         fallback = self.o.settings.fallback
-        if not self.work.images or self.max_rounds <= 0:
-            return Step()
         pending = [p for name, args in self.req.forced for p in self.work.on_latest(name, args, "preset")]
         pending += self._keyword_calls()
         # A forced output format leaves no room for a tag turn: the fallback experts decide instead.
         if not pending and self.req.format:
             pending = self.work.fallback(fallback)
-        if not pending:
-            return Step(buffer=bool(fallback))
-        await self._context_first(pending, rounds=1)
-        return Step(rounds=1)
+        if pending:  # decided: the model answers from the findings, in one turn
+            await self._teach(tag_text.ANSWER_PROMPT)
+            await self._context_first(pending)
+            return Step(rounds=1, answer_only=True)
+        self.protocol = await self._choose_protocol()
+        await self._teach(self.protocol.prompt_for(taught(self.o.registry)))
+        if self.work.has_notes():  # asked for, but cannot run: the model hears it now, not never
+            self.conv.before_question(await self.work.collect([]))
+        return Step(buffer=bool(fallback))
 
     def _keyword_calls(self) -> list[Pending]:
         pending: list[Pending] = []
@@ -234,16 +256,22 @@ class Run:
             pending += self.work.on_latest(m.expert, dict(m.args), "keyword")
         return pending
 
-    async def _context_first(self, pending: list[Pending], rounds: int) -> None:
+    async def _collect(self, pending: list[Pending]) -> str:
+        """Wait for expert calls (saying which look, when the caller asked for progress); their context."""
+        if self.req.progress and pending:
+            self._put(Progress(self.work.progress_line(pending)))
+        return await self.work.collect(pending)
+
+    async def _context_first(self, pending: list[Pending]) -> None:
         """Results the router fetched itself go in front of the question, with what was looked at."""
-        context = await self.work.collect(pending)
+        context = await self._collect(pending)
         done = self.work.looked_at(pending)
-        note = f"\n{tag_text.looked_at(done, rounds >= self.max_rounds)}" if done else ""
+        note = f"\n{tag_text.looked_at(done)}" if done else ""
         self.conv.before_question(context + note)
 
     # --- turn -------------------------------------------------------------------------------------
     async def _turn(self, step: Step) -> Reply:
-        final = step.recovery or step.rounds >= self.max_rounds
+        final = step.recovery or step.answer_only or step.rounds >= self.max_rounds
         self.turns += 1
         reader = _TurnReader(self, final, step.buffer)
         t0 = time.perf_counter()
@@ -318,13 +346,15 @@ class Run:
             return after
         if not r.final and r.tags_seen and (r.tag_calls or self.work.has_notes()):
             self._flush(r)  # the words before the tag belong to the answer, as when streamed
-            context = await self.work.collect(r.tag_calls)
+            context = await self._collect(r.tag_calls)
             self.conv.extend(self.protocol.follow_up(r.text, SortedCalls(), [], context, self._last(after)))
             return after
         if step.buffer and not r.tags_seen and await self._fallback_round():
-            return after  # the unseen-image guess of turn 1 is dropped
+            return Step(rounds=after.rounds, answer_only=True)  # the unseen-image guess of turn 1 is dropped
         self._flush(r)
-        if r.asked_again and not step.recovery and self._blank():
+        # One turn told plainly to answer, when the reply was only tags: not on the decided path (one call
+        # there), but without an image the user should hear that one is needed.
+        if r.asked_again and not step.recovery and self._blank() and not (step.answer_only and self.work.images):
             self._recover(r)
             return Step(rounds=step.rounds, recovery=True)
         return None
@@ -341,31 +371,36 @@ class Run:
             )
             for oc in calls.ours
         ]
-        answers = [await self.work.collect(p) for p in started]
+        answers = [await self._collect(p) for p in started]
         answers += [tool_error(problem, self.o.registry) for _, problem in calls.bad]
         answers += [f"error: {why}, at most {self.work.max_per_reply} per reply" for _, why in calls.skipped]
-        context = await self.work.collect(r.tag_calls) if r.tag_calls else None
+        context = await self._collect(r.tag_calls) if r.tag_calls else None
         self.conv.extend(self.protocol.follow_up(r.text, calls, answers, context, self._last(after)))
 
     async def _fallback_round(self) -> bool:
-        """Images attached and nobody asked: the fallback experts look, and the model is asked again."""
+        """Images attached and nobody asked: the fallback experts look, and the model answers from them
+        (turn 1 never reached the history, so this is the decided path: the answer prompt, one turn)."""
         pending = self.work.fallback(self.o.settings.fallback)
         if not pending:
             return False
         self.trace.fallback = True
-        await self._context_first(pending, rounds=self.step.rounds + 1)
+        await self._teach(tag_text.ANSWER_PROMPT)
+        await self._context_first(pending)
         return True
 
     def _fall_back_to_tags(self) -> None:
         # The words of the malformed turn were buffered (turn 1) or are already out: nothing to undo.
-        self.conv.replace_in_system(self.protocol.prompt, TAGS.prompt)
+        if self.taught is not None:
+            prompt = TAGS.prompt_for(taught(self.o.registry))
+            self.conv.replace_in_system(self.taught, prompt)
+            self.taught = prompt
         self.protocol = TAGS
 
     def _recover(self, r: Reply) -> None:
         """The last round only asked for experts again: one more turn, told plainly to answer."""
         if r.text.strip():
             self.conv.extend([assistant(r.text)])
-        self.conv.extend([user(tag_text.NO_MORE_EXPERTS)])
+        self.conv.extend([user(tag_text.NO_MORE_EXPERTS if self.work.images else tag_text.NO_IMAGES)])
 
     # --- events -----------------------------------------------------------------------------------
     def _put(self, ev: Event) -> None:
@@ -463,16 +498,20 @@ class _TurnReader:
     def _tag(self, tag: Tag) -> None:
         trace = self.run.trace
         self.tag_names.append(tag.raw)
-        self.reply.tags_seen = True
         if self.final:
             trace.ignored_tags.append(tag.raw)
             self.reply.asked_again = True
             return
-        trace.tags.append(tag.raw)
         self.after_tag = True
         key = tag.key()
         if key in self.keys:
+            trace.tags.append(tag.raw)
             return
+        if self.run.work.dropped(tag):  # cannot run here, or repeats what already ran: no round for it
+            self.reply.asked_again = True
+            return
+        self.reply.tags_seen = True
+        trace.tags.append(tag.raw)
         if len(self.keys) >= self.run.work.max_per_reply:
             self.run.work.skip_request(tag.raw)
             return

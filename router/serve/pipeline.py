@@ -113,6 +113,9 @@ class Pipeline:
             keep_alive=req.keep_alive,
             think=req.think,
             tools=req.tools or None,
+            # Progress goes out as `thinking`: only when the operator turned it on, only while the client
+            # streams, and never to a client that said think: false.
+            progress=self.proxy.cfg.progress and req.stream and req.think is not False,
         )
         images = [im for m in req.messages for im in m.decoded]
         return RunTask(agen, request, lambda final: self.metrics.final(kind, final), self.proxy.cfg.upstream, images)

@@ -111,6 +111,7 @@ class ProxyConfig:
     max_connections: int = 1024  # open client connections
     max_header_bytes: int = 64 * 1024
     max_concurrent: int = 512  # requests in flight; more get Ollama's 503 "server busy" (OLLAMA_MAX_QUEUE)
+    progress: bool = False  # streaming clients see which experts are looking, in the `thinking` field
 
 
 def server_options(cfg: ProxyConfig) -> dict[str, Any]:
@@ -233,7 +234,7 @@ class VisionProxy:
                 return await self.show(request)
         elif method in ("GET", "HEAD"):
             if path == "/_vision/health":
-                return await self.health()
+                return await self.health(request.query_params.get("refresh") not in (None, "", "0", "false"))
             if path == "/_vision/metrics":
                 self.metrics.count("metrics")
                 return JSONResponse(self.metrics.snapshot(self.orch.dispatcher.cache.stats.as_dict()))
@@ -403,8 +404,13 @@ class VisionProxy:
             return self._upstream_failure(exc)
 
     # --- health -----------------------------------------------------------------------------------
-    async def health(self) -> Response:
+    async def health(self, refresh: bool = False) -> Response:
+        """The proxy, Ollama and the experts: those that can run, and why any other cannot. ``refresh``
+        (``?refresh=1``) checks every expert again (weights fetched since, a service back up)."""
         self.metrics.count("health")
+        registry = self.orch.registry
+        # Off the event loop: a refresh asks remote expert services, and a status may read the disk.
+        availability = await asyncio.to_thread(registry.refresh_availability if refresh else registry.availability)
         upstream: dict[str, Any] = {"url": self.cfg.upstream}
         try:
             r = await self.http.get("/api/version", timeout=2.0)
@@ -419,7 +425,8 @@ class VisionProxy:
                 "status": "ok" if upstream["ok"] else "degraded",
                 "version": __version__,
                 "upstream": upstream,
-                "experts": self.orch.registry.names(),
+                "experts": [n for n, why in availability.items() if why is None],
+                "unavailable": {n: why for n, why in availability.items() if why is not None},
                 "protocol": self.settings.protocol,
             }
         )

@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-from router.core.orchestrator import Final, TextDelta, ThinkingDelta, ToolCalls
+from router.core.orchestrator import Final, Progress, TextDelta, ThinkingDelta, ToolCalls
 from router.serve.codecs import ChatMessage, Routed
 from router.serve.wire import NativeRequest, may_hold, validate
 
@@ -102,7 +102,7 @@ class NativeWriter:
         c: dict[str, Any] = {"model": self.model, "created_at": now_rfc3339()}
         if isinstance(ev, TextDelta):
             self._put(c, content=ev.text)
-        elif isinstance(ev, ThinkingDelta):
+        elif isinstance(ev, (ThinkingDelta, Progress)):
             self._put(c, content="", thinking=ev.text)
         elif isinstance(ev, ToolCalls) and self.chat:
             self._put(c, content="", tool_calls=ev.calls)

@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-from router.core.orchestrator import Final, TextDelta, ThinkingDelta, ToolCalls
+from router.core.orchestrator import Final, Progress, TextDelta, ThinkingDelta, ToolCalls
 from router.serve.codecs import ChatMessage, Routed
 from router.serve.wire import BadRequest, GoStruct, may_hold, validate
 
@@ -373,7 +373,7 @@ class OpenAIWriter:
     def chunk(self, ev: Any) -> bytes | None:
         if isinstance(ev, TextDelta):
             return self.w.content(ev.text)
-        if isinstance(ev, ThinkingDelta):
+        if isinstance(ev, (ThinkingDelta, Progress)):
             return self.w.reasoning(ev.text)
         if isinstance(ev, ToolCalls):
             self.had_calls = True
