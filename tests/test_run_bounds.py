@@ -56,7 +56,7 @@ def test_recovery_turn_answer_is_the_answer(fake_ollama):
 def test_last_round_words_with_tags_removed_are_the_answer(fake_ollama):
     fake_ollama.script("[VISION: ocr]", "It says GRAND OPENING. [VISION: detect]")
     final = orch(fake_ollama, max_rounds=1).ask("Tell me about this poster", [IMG])
-    assert final.answered and final.answer == "It says GRAND OPENING. "
+    assert final.answered and final.answer == "It says GRAND OPENING."  # the trailing space is held back, then dropped
     assert len(fake_ollama.calls("/api/chat")) == 2  # no extra turn when there is an answer
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from experts.images import DecodedImage
 from router.core import protocol as tag_text
+from router.core.answer_text import AnswerFilter
 from router.core.context import no_answer
 from router.core.dispatch import ExpertCall
 from router.core.events import Event, Final, TextDelta, ThinkingDelta, ToolCalls
@@ -130,6 +131,7 @@ class Run:
         self.user_text = ""
         self.step = Step()
         self.turns = 0
+        self.joint = ""  # the white space the last turn's words ended with: it joins the next turn's
 
     async def events(self, messages: Sequence[Any], decoded: list[DecodedImage] | None) -> AsyncIterator[Event]:
         """The request's events, ending with one :class:`Final`; errors are raised here."""
@@ -426,6 +428,8 @@ class _TurnReader:
         self.tag_names: list[str] = []
         self.tool_calls: list[ToolCall] = []
         self.after_tag = False
+        # What the user reads: echoed scaffolding out, loops cut (a JSON answer keeps its repeated lines).
+        self.clean = AnswerFilter((run.protocol.prompt,), repetition=run.req.format is None)
         self.first: float | None = None
         self.last: Any = None
 
@@ -444,6 +448,9 @@ class _TurnReader:
 
     def close(self) -> None:
         self._items(self.parser.close_items())
+        self._out(self.clean.close())
+        if self.clean.released:
+            self.run.joint = self.clean.trailing
 
     def _items(self, items: list[str | Tag]) -> None:
         for item in items:
@@ -455,6 +462,14 @@ class _TurnReader:
     def _visible(self, text: str) -> None:
         if not text or (self.after_tag and not self.final):
             return  # words after a tag are the model guessing at results it has not seen
+        self._out(self.clean.feed(text))
+
+    def _out(self, text: str) -> None:
+        if not text:
+            return
+        if not self.clean.released and self.run.answer:
+            text = self.run.joint + text  # words of an earlier turn are out: join as the model wrote them
+        self.clean.released = True
         if self.buffer:
             self.reply.buffered.append(text)
         else:
