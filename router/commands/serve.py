@@ -35,6 +35,7 @@ from router.commands.common import settings_from
 @click.option(
     "--max-concurrent", type=click.IntRange(1), help="requests in flight; more get Ollama's 503 (default 512)"
 )
+@click.option("--findings", is_flag=True, help="end each routed answer with a line of what the experts found")
 @click.pass_context
 def serve_command(
     ctx,
@@ -51,6 +52,7 @@ def serve_command(
     max_rounds,
     no_cache,
     max_concurrent,
+    findings,
 ):
     """Serve an Ollama-compatible API that gives text-only models vision.
 
@@ -83,6 +85,7 @@ def serve_command(
         max_connections=conf.max_connections,
         header_timeout_s=conf.header_timeout,
         body_timeout_s=conf.body_timeout,
+        findings=findings or conf.findings,
     )
     app = create_app(settings, common.configured_registry(settings), config=cfg)
     proxy: VisionProxy = app.state.proxy

@@ -53,7 +53,7 @@ _LINE_RES = (
     re.compile(r"image \d+ \([^)]*\bid [0-9a-f]+\):?"),
 )
 _LINE_PREFIXES = ("already looked at:", "- experts: ")
-_IMAGE_HEAD_PARTIAL = re.compile(r"image \d+(?: \([^)]*(?:\):?)?)?")
+_IMAGE_HEAD_PARTIAL = re.compile(r"image \d+(?: (?:\([^)]*(?:\):?)?)?)? ?")
 
 # --- repetition ------------------------------------------------------------------------------------------
 MIN_REPEAT_BYTES = 16  # "Yes." twice is not a loop
@@ -143,6 +143,7 @@ class _Scaffolding:
         self.dropped = False  # the rest of the turn goes
         self.in_block = False  # inside an echoed [IMAGE CONTEXT] block
         self.at_start = True  # the buffer begins a line whose head is not decided yet
+        self.role_done = False  # this line's role prefix (or its absence) is decided
         self.skip_space = False  # after a stripped "Assistant:", the spaces that followed it
         self.line_kept = False  # this line has released words
         self.line_cut = False  # something was taken out of this line
@@ -198,21 +199,24 @@ class _Scaffolding:
 
     # the head of a line: a role, or a whole scaffolding line ---------------------------------------------
     def _head(self, final: bool) -> bool:
-        role = _role(self.buf)
-        if role is None and not final:
-            return False  # may still become "User:"
-        if role in _NEXT_TURN_ROLES:
-            self.dropped = True
-            return True
-        if role == _OWN_ROLE:
-            self.buf = self.buf[self.buf.index(_first_colon(self.buf)) + 1 :]
-            self.skip_space = True
-            self.line_cut = True
+        if not self.role_done:
+            role = _role(self.buf)
+            if role is None and not final:
+                return False  # may still become "User:"
+            if role in _NEXT_TURN_ROLES:
+                self.dropped = True
+                return True
+            if role == _OWN_ROLE:
+                self.buf = self.buf[self.buf.index(_first_colon(self.buf)) + 1 :]
+                self.skip_space = True
+                self.line_cut = True
+            self.role_done = True  # one role per line: "Assistant: User: x" keeps "User: x"
         nl = self.buf.find("\n")
         line = self.buf if nl < 0 else self.buf[:nl]
-        if nl < 0 and not final and self._may_be_line(line):
+        complete = nl >= 0 or final
+        if not complete and self._may_be_line(line):
             return False
-        if self._is_line(line):
+        if complete and self._is_line(line):
             self.buf = "" if nl < 0 else self.buf[nl + 1 :]
             self.line_cut = True
             self._end_line()
@@ -222,9 +226,14 @@ class _Scaffolding:
 
     def _may_be_line(self, line: str) -> bool:
         n = _norm_partial(line.lstrip())
-        if not n or n.startswith(_LINE_PREFIXES) or any(p.startswith(n) for p in _LINE_PREFIXES):
+        if not n:
             return True
-        return _image_head_possible(n) or any(p.startswith(n) for p in self.lines)
+        ended = n.rstrip()  # after white space the line may end as well as go on
+        if ended.startswith(_LINE_PREFIXES) or any(p.startswith(n) for p in _LINE_PREFIXES):
+            return True
+        if _image_head_possible(n) or (ended != n and self._is_line(ended)):
+            return True
+        return any(p.startswith(n) for p in self.lines)
 
     def _is_line(self, line: str) -> bool:
         n = _norm(line)
@@ -301,7 +310,7 @@ class _Scaffolding:
         else:
             self.sep += "\n"  # a blank line of the answer's own
         self.space = ""
-        self.line_kept = self.line_cut = False
+        self.line_kept = self.line_cut = self.role_done = False
         self.at_start = True
         self.skip_space = False
 

@@ -120,6 +120,7 @@ class ServeSettings(BaseModel):
     max_connections: int = Field(1024, ge=1, description="open client connections")
     header_timeout: float = Field(10.0, gt=0, description="seconds a request's headers may take (slow clients)")
     body_timeout: float = Field(120.0, gt=0, description="seconds a request's body may take")
+    findings: bool = Field(False, description="end each routed answer with a line of what the experts found")
 
 
 class Settings(BaseModel):

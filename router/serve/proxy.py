@@ -109,6 +109,7 @@ class ProxyConfig:
     max_connections: int = 1024  # open client connections
     max_header_bytes: int = 64 * 1024
     max_concurrent: int = 512  # requests in flight; more get Ollama's 503 "server busy" (OLLAMA_MAX_QUEUE)
+    findings: bool = False  # end routed answers with one line of what the experts found
 
 
 def server_options(cfg: ProxyConfig) -> dict[str, Any]:
