@@ -85,7 +85,7 @@ def test_ask_exits_non_zero_only_when_the_model_gave_no_answer(fake_ollama, cli_
     fake_ollama.responder = always("It says GRAND OPENING.")
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
-    assert r.stdout == "It says GRAND OPENING.\n" and r.stderr == ""
+    assert r.stdout == "It says GRAND OPENING.\n" and r.stderr == "looked at: ocr 1 line; detect 2 objects\n"
 
 
 def test_demo_says_clearly_when_the_model_gave_no_answer(fake_ollama, cli_registry):

@@ -22,7 +22,7 @@ from router.core.trace import render_trace
 @click.option("--ollama-host", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object: answer, results, trace")
 @click.option("--no-stream", is_flag=True, help="print the answer only when complete")
-@click.option("--quiet", is_flag=True, help="print the answer only, without the line of what the experts found")
+@click.option("--quiet", is_flag=True, help="no line of what the experts found (stderr) after the answer")
 @click.option("--trace", is_flag=True, help="show the decision path on stderr")
 @click.option("--max-rounds", type=click.IntRange(0, 8), help="expert rounds per message (default 2)")
 @click.option("--no-cache", is_flag=True, help="do not read or write the on-disk result cache")
@@ -111,8 +111,8 @@ def ask(
             click.echo(final.answer, nl=False)
         click.echo("")
         if findings and final.answered and not quiet:
-            # Kept apart from the answer: a blank line, dimmed on a terminal.
-            click.echo("\n" + click.style(findings, dim=True))
+            # On stderr, dimmed on a terminal: the user sees it after the answer, stdout stays the answer.
+            click.echo(click.style(findings, dim=True), err=True)
     if annotate_dir:
         from router.apps.annotate import annotate
 
