@@ -27,6 +27,26 @@ def fake_ollama():
         yield fake
 
 
+@pytest.fixture(scope="session")
+def _real_ollama_server():
+    from tests.real_ollama import RealOllama, missing
+
+    absent = missing()
+    if absent:
+        pytest.skip("the real-model tier needs " + ", ".join(absent))
+    with RealOllama() as server:
+        yield server
+
+
+@pytest.fixture
+def real_ollama(_real_ollama_server):
+    """An Ollama-compatible server with a real model (SmolLM2-135M-Instruct, greedy), loaded once per
+    session; its recorded requests and scripts are cleared for each test. Model: ``.model_name``."""
+    _real_ollama_server.reset()
+    yield _real_ollama_server
+    _real_ollama_server.reset()
+
+
 def png_bytes(width: int = 64, height: int = 48, color=(255, 255, 255), fmt: str = "PNG", **save) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buf, fmt, **save)

@@ -5,6 +5,10 @@ It follows shared/ollama-contract.md: NDJSON streaming (``application/x-ndjson``
 with Ollama's statuses and messages; 404 ``model 'x' not found`` for unknown models; load requests
 (no prompt / no messages) answer ``done_reason: "load"``. Replies are scripted per turn, and every
 request body is recorded so tests can assert what the upstream saw (e.g. that no image reached it).
+
+The reply source is pluggable: scripted :class:`Reply` objects, a :attr:`FakeOllama.responder`, or a
+real model whose :class:`Reply` streams lazily (``Reply.stream``; see tests/real_ollama.py). The HTTP
+surface is the same for all of them.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -37,6 +42,10 @@ class Reply:
     ``status`` != 200 answers ``{"error": error}`` with that status instead. ``cut_after`` closes the
     connection after that many chunks (a broken stream); ``delay_s`` waits before the first byte and
     ``chunk_delay_s`` between chunks. ``error_after`` sends a mid-stream ``{"error": ...}`` line.
+
+    ``stream``: pieces produced lazily (a model generating): iterated off the event loop as they
+    come, closed when the client leaves. Its producer may set ``prompt_eval_count``/``eval_count``
+    and ``done_reason`` once it is exhausted; they replace the estimates in the final chunk.
     """
 
     content: str = ""
@@ -51,6 +60,9 @@ class Reply:
     cut_after: int | None = None
     error_after: int | None = None
     done_reason: str = "stop"
+    stream: Iterable[str] | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
 
     def pieces(self) -> list[str]:
         if self.chunks is not None:
@@ -70,6 +82,7 @@ class FakeModel:
     parameter_size: str = "4.0B"
     quantization_level: str = "Q4_K_M"
     projector_info: dict[str, Any] | None = None
+    context_length: int = 262144
 
 
 Responder = Callable[[str, dict[str, Any]], "Reply | str"]
@@ -135,9 +148,9 @@ class FakeOllama:
         return Reply(content="ok")
 
     # --- lifecycle ----------------------------------------------------------------------------
-    def start(self) -> FakeOllama:
+    def start(self, port: int = 0) -> FakeOllama:
         # Go's net/http (Ollama) keeps idle connections open; uvicorn's default closes them after 5 s.
-        self._server = LocalServer(self.app(), lifespan="off", timeout_keep_alive=120).start()
+        self._server = LocalServer(self.app(), port=port, lifespan="off", timeout_keep_alive=120).start()
         self.url, self.port = self._server.url, self._server.port
         return self
 
@@ -249,7 +262,7 @@ class FakeOllama:
             "parameters": "temperature 0.7\ntop_k 20\ntop_p 0.8",
             "template": "{{ .Prompt }}",
             "details": self._details(m),
-            "model_info": {"general.architecture": m.family, f"{m.family}.context_length": 262144},
+            "model_info": {"general.architecture": m.family, f"{m.family}.context_length": m.context_length},
             "capabilities": list(m.capabilities),
             "modified_at": "2026-08-01T10:00:00Z",
         }
@@ -332,16 +345,24 @@ class FakeOllama:
             return JSONResponse({"error": reply.error or "internal error"}, status_code=reply.status)
         turn = _Turn(body, reply, chat)
         if body.get("stream", True) is False:
-            text = reply.content if reply.chunks is None else "".join(reply.chunks)
+            try:
+                pieces = await _all_pieces(reply)
+            except Exception as exc:  # a model that failed: Ollama's 500 with the reason
+                return JSONResponse({"error": str(exc) or type(exc).__name__}, status_code=500)
+            for piece in pieces:
+                turn.count(piece)
+            text = "".join(pieces)
             return JSONResponse(turn.chunk(text, reply.thinking, reply.tool_calls, done=True))
         return StreamingResponse(self._stream(turn), media_type="application/x-ndjson")
 
     async def _stream(self, turn: _Turn) -> AsyncIterator[str]:
-        reply, finished = turn.reply, False
+        reply, finished, i = turn.reply, False, -1
         try:
             if reply.thinking:
                 yield json.dumps(turn.chunk("", thinking=reply.thinking)) + "\n"
-            for i, piece in enumerate(turn.pieces):
+            async for piece in _lazy_pieces(reply):
+                i += 1
+                turn.count(piece)
                 if reply.cut_after is not None and i >= reply.cut_after:
                     finished = True
                     raise ConnectionResetError("scripted cut")  # uvicorn drops the connection
@@ -357,7 +378,11 @@ class FakeOllama:
                 yield json.dumps(turn.chunk("", tool_calls=reply.tool_calls)) + "\n"
             finished = True
             yield json.dumps(turn.chunk("", done=True)) + "\n"
+        except _ModelFailed as exc:  # mid-stream: the status is already 200, so a final error line
+            finished = True
+            yield json.dumps({"error": str(exc)}) + "\n"
         finally:
+            _close(reply)
             self._stream_ended(finished)
 
     def _stream_ended(self, finished: bool) -> None:
@@ -430,7 +455,6 @@ class FakeOllama:
             await asyncio.sleep(reply.delay_s)
         if reply.status != 200:
             return _oai_error(reply.status, reply.error or "internal error")
-        pieces = reply.pieces()
         cid = "chatcmpl-" + hashlib.sha256(raw).hexdigest()[:6]
         created = int(time.time())
         calls = [
@@ -445,14 +469,12 @@ class FakeOllama:
             }
             for i, c in enumerate(reply.tool_calls or [])
         ]
-        finish = "tool_calls" if calls else reply.done_reason
-        usage = {
-            "prompt_tokens": 10,
-            "completion_tokens": max(1, len(pieces)),
-            "total_tokens": 10 + max(1, len(pieces)),
-        }
         base = {"id": cid, "created": created, "model": name, "system_fingerprint": "fp_ollama"}
         if body.get("stream") is not True:
+            try:
+                pieces = await _all_pieces(reply)
+            except Exception as exc:
+                return _oai_error(500, str(exc) or type(exc).__name__)
             msg: dict[str, Any] = {"role": "assistant", "content": "".join(pieces)}
             if calls:
                 msg["tool_calls"] = calls
@@ -460,11 +482,15 @@ class FakeOllama:
                 {
                     **base,
                     "object": "chat.completion",
-                    "choices": [{"index": 0, "message": msg, "finish_reason": finish}],
-                    "usage": usage,
+                    "choices": [{"index": 0, "message": msg, "finish_reason": _finish(reply, calls)}],
+                    "usage": _usage(reply, len(pieces)),
                 }
             )
+        return StreamingResponse(self._v1_stream(body, reply, base, calls), media_type="text/event-stream")
 
+    async def _v1_stream(
+        self, body: dict[str, Any], reply: Reply, base: dict[str, Any], calls: list[dict[str, Any]]
+    ) -> AsyncIterator[str]:
         def sse(delta: dict[str, Any], finish_reason: str | None) -> str:
             obj = {
                 **base,
@@ -473,21 +499,78 @@ class FakeOllama:
             }
             return f"data: {json.dumps(obj)}\n\n"
 
-        async def gen():
-            for i, piece in enumerate(pieces):
-                if reply.chunk_delay_s and i:
+        n = 0
+        try:
+            async for piece in _lazy_pieces(reply):
+                if reply.chunk_delay_s and n:
                     await asyncio.sleep(reply.chunk_delay_s)
+                n += 1
                 yield sse({"role": "assistant", "content": piece}, None)
-            if calls:
-                yield sse({"role": "assistant", "content": "", "tool_calls": calls}, None)
-            yield sse({"role": "assistant", "content": ""}, finish)
-            so = body.get("stream_options") or {}
-            if so.get("include_usage"):
-                last = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
-                yield f"data: {json.dumps(last)}\n\n"
-            yield "data: [DONE]\n\n"
+        except _ModelFailed as exc:
+            err = {"message": str(exc), "type": "api_error", "param": None, "code": None}
+            yield f"data: {json.dumps({'error': err})}\n\n"
+            return
+        finally:
+            _close(reply)
+        if calls:
+            yield sse({"role": "assistant", "content": "", "tool_calls": calls}, None)
+        yield sse({"role": "assistant", "content": ""}, _finish(reply, calls))
+        so = body.get("stream_options") or {}
+        if so.get("include_usage"):
+            last = {**base, "object": "chat.completion.chunk", "choices": [], "usage": _usage(reply, n)}
+            yield f"data: {json.dumps(last)}\n\n"
+        yield "data: [DONE]\n\n"
 
-        return StreamingResponse(gen(), media_type="text/event-stream")
+
+def _finish(reply: Reply, calls: list[dict[str, Any]]) -> str:
+    return "tool_calls" if calls else reply.done_reason
+
+
+def _usage(reply: Reply, pieces: int) -> dict[str, int]:
+    prompt = reply.prompt_eval_count if reply.prompt_eval_count is not None else 10
+    out = reply.eval_count if reply.eval_count is not None else max(1, pieces)
+    return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+
+
+class _ModelFailed(Exception):
+    """A lazy reply's producer (a model) raised while streaming."""
+
+
+_EXHAUSTED = object()
+
+
+async def _lazy_pieces(reply: Reply) -> AsyncIterator[str]:
+    """The reply's pieces; a lazy ``stream`` is advanced in a worker thread (a model generating must
+    not block the event loop that serves the other routes)."""
+    if reply.stream is None:
+        for piece in reply.pieces():
+            yield piece
+        return
+    it = iter(reply.stream)
+    reply.stream = it  # so _close reaches the very iterator being advanced
+    while True:
+        try:
+            piece = await anyio.to_thread.run_sync(next, it, _EXHAUSTED)
+        except Exception as exc:
+            raise _ModelFailed(str(exc) or type(exc).__name__) from exc
+        if piece is _EXHAUSTED:
+            return
+        if piece:
+            yield piece
+
+
+async def _all_pieces(reply: Reply) -> list[str]:
+    try:
+        return [p async for p in _lazy_pieces(reply)]
+    finally:
+        _close(reply)
+
+
+def _close(reply: Reply) -> None:
+    """Stop a lazy producer (the client left, or it is done): a generator's ``finally`` runs."""
+    close = getattr(reply.stream, "close", None)
+    if close is not None:
+        close()
 
 
 def _oai_error(status: int, message: str) -> JSONResponse:
@@ -558,18 +641,26 @@ class _Turn:
 
     def __init__(self, body: dict[str, Any], reply: Any, chat: bool) -> None:
         self.model, self.reply, self.chat = body["model"], reply, chat
-        self.pieces = reply.pieces()
         if chat:
-            prompt_chars = sum(len(str(x.get("content", ""))) for x in body.get("messages", []))
+            self.prompt_chars = sum(len(str(x.get("content", ""))) for x in body.get("messages", []))
         else:
-            prompt_chars = len(body.get("prompt", ""))
-        n = len(self.pieces)
-        self.stats = {
+            self.prompt_chars = len(body.get("prompt", ""))
+        self.n = 0  # pieces sent
+
+    def count(self, text: str) -> None:
+        self.n += 1
+
+    def stats(self) -> dict[str, int]:
+        """Nanosecond stats: the producer's token counts when it gave them, else estimates."""
+        r, n = self.reply, self.n
+        prompt = r.prompt_eval_count if r.prompt_eval_count is not None else max(1, math.ceil(self.prompt_chars / 4))
+        out = r.eval_count if r.eval_count is not None else max(1, n)
+        return {
             "total_duration": 5_000_000 + 1_000_000 * n,
             "load_duration": 1_000_000,
-            "prompt_eval_count": max(1, math.ceil(prompt_chars / 4)),
+            "prompt_eval_count": prompt,
             "prompt_eval_duration": 2_000_000,
-            "eval_count": max(1, n),
+            "eval_count": out,
             "eval_duration": 1_000_000 * max(1, n),
         }
 
@@ -589,7 +680,7 @@ class _Turn:
         c["done"] = done
         if done:
             c["done_reason"] = self.reply.done_reason
-            c.update(self.stats)
+            c.update(self.stats())
             if not self.chat:
                 c["context"] = [1, 2, 3]
         return c
