@@ -56,7 +56,7 @@ _LINE_PREFIXES = ("already looked at:", "- experts: ")
 _IMAGE_HEAD_PARTIAL = re.compile(r"image \d+(?: (?:\([^)]*(?:\):?)?)?)? ?")
 
 # --- repetition ------------------------------------------------------------------------------------------
-MIN_REPEAT_BYTES = 16  # "Yes." twice is not a loop
+MIN_REPEAT_BYTES = 10  # "Yes." twice is not a loop; "The answer is:" twice is
 MAX_REPEATS = 2  # the second repeated sentence ends the turn
 # A sentence ends at . ! ? followed by white space, at a CJK full stop, or at the end of a line.
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s)|[。！？]|\n")
@@ -216,7 +216,7 @@ class _Scaffolding:
         complete = nl >= 0 or final
         if not complete and self._may_be_line(line):
             return False
-        if complete and self._is_line(line):
+        if complete and (self._is_line(line) or (nl < 0 and self._cut_short(line))):
             self.buf = "" if nl < 0 else self.buf[nl + 1 :]
             self.line_cut = True
             self._end_line()
@@ -234,6 +234,11 @@ class _Scaffolding:
         if _image_head_possible(n) or (ended != n and self._is_line(ended)):
             return True
         return any(p.startswith(n) for p in self.lines)
+
+    def _cut_short(self, line: str) -> bool:
+        """The turn ended inside an echoed prompt line (the model ran out of tokens while echoing)."""
+        n = _norm(line)
+        return len(n) >= MIN_LINE_CHARS and any(p.startswith(n) for p in self.lines)
 
     def _is_line(self, line: str) -> bool:
         n = _norm(line)
@@ -274,7 +279,11 @@ class _Scaffolding:
         could = len(inner) < MAX_BRACKET_CHARS and any(
             s.startswith(despaced) or despaced.startswith(s) for s in _BRACKET_STARTS
         )
-        if close < 0 and could and not final and nl < 0:
+        if close < 0 and could and nl < 0:
+            if final:
+                self.buf = ""  # the turn ended inside a note or a marker: it goes too
+                self.line_cut = True
+                return True
             return False  # may still close as a note or a marker: wait
         m = _BRACKET_RE.fullmatch(("[" + inner + "]").translate(_BRACKET_MAP)) if could and close >= 0 else None
         if m is None:
@@ -380,8 +389,10 @@ class _Repetition:
             m = _SENTENCE_END_RE.search(self.buf)
             if m is None:
                 break
-            self._sentence(self.buf[: m.end()], out)
-            self.buf = self.buf[m.end() :]
+            # A line break is not part of the sentence it ends: it waits with the white space.
+            end = m.start() if m.group() == "\n" and m.start() > 0 else m.end()
+            self._sentence(self.buf[:end], out)
+            self.buf = self.buf[end:]
             self.released = 0
         if not self.dropped and not self._may_repeat(self.buf):
             self._out(self.buf[self.released :], out)
