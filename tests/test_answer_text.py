@@ -23,6 +23,16 @@ REAL_ECHO = (
     "The image is written in the language of the image.\n\nThe image is written in the language of the image."
 )
 
+# Two more first replies of the real tiny model (tests/real_ollama.py) to keyword-decided questions.
+REAL_LOOP = "[image 1 attached: 384x191 PNG; ask a vision expert with a tag to look at it]\n\nThe answer is:\n\n" * 6
+REAL_PROMPT_ECHO = (
+    "[image 1 attached: 384x191 PNG; ask a vision expert with a tag to look at it]\n\nThe results come back in an "
+    "[IMAGE CONTEXT] block. Answer from them, in the user's language, and say plainly when they do not contain "
+    "the answer.\n\nThe results come back in an [IMAGE CONTEXT] block. Answer from them; ask for another expert "
+    "only if they cannot answer.\n\nThe results come back in an [IMAGE CONTEXT] block. Answer from them; ask for "
+    "another expert only if they cannot"
+)
+
 ORDINARY = [
     "The sign says STOP.",
     "It says GRAND OPENING 50% OFF.",
@@ -61,8 +71,10 @@ def chunked(text: str, cuts: list[int], **kw) -> str:
 
 
 # --- what is taken out ----------------------------------------------------------------------------------
-def test_the_real_echo_leaves_nothing():
+def test_the_real_echoes_leave_nothing_of_the_scaffolding():
     assert visible(REAL_ECHO) == ""
+    assert visible(REAL_PROMPT_ECHO) == ""  # prompt sentences and their starts, inside the model's own lines
+    assert visible(REAL_LOOP + "[image 1") == "The answer is:"  # once; the note cut off by the token cap goes
 
 
 @pytest.mark.parametrize(
@@ -170,6 +182,9 @@ PIECES = [
     "3.14 ",
     "【VISION：",
     "】",
+    "The results come back in an [IMAGE CONTEXT] block. ",
+    "Answer from them, in the user's language, and say plainly when they do not contain the answer.",
+    "The answer is:",
 ]
 
 

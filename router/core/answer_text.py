@@ -61,6 +61,8 @@ MAX_REPEATS = 2  # the second repeated sentence ends the turn
 # A sentence ends at . ! ? followed by white space, at a CJK full stop, or at the end of a line.
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s)|[。！？]|\n")
 _FENCE = "```"
+_ENDS = ".!?。！？ "
+MIN_ECHO_CHARS = 24  # a prompt sentence (or its start) this long, echoed, is dropped
 
 
 def _norm(text: str) -> str:
@@ -87,13 +89,44 @@ def prompt_lines(*texts: str) -> frozenset[str]:
     return frozenset(out)
 
 
+@functools.lru_cache(maxsize=32)
+def prompt_sentences(*texts: str) -> frozenset[str]:
+    """The normalised sentences of the prompts as the repetition stage sees them (after the tag parser and
+    the scaffolding stage): a small model echoes a prompt sentence, or its start, inside its own lines."""
+    out: set[str] = set()
+    for text in texts:
+        for line in text.splitlines():
+            stage = _Scaffolding(frozenset())
+            shown = stage.feed(parse_tags(line)[0]) + stage.close()
+            out.update(n for part in _sentences(shown) if len(n := _norm(part)) >= MIN_ECHO_CHARS)
+    return frozenset(out)
+
+
 def default_prompt_texts() -> tuple[str, ...]:
-    """Every prompt text the router sends of its own: the protocol module's strings and the tools prompt."""
+    """Every prompt text the router sends of its own: the protocol module's strings, the note after
+    results the router fetched itself, and the tools prompt."""
     from router.core import protocol, toolspec
 
     texts = [v for k, v in vars(protocol).items() if k.isupper() and isinstance(v, str)]
     texts += [v for k, v in vars(toolspec).items() if k.isupper() and isinstance(v, str)]
+    looked_at = getattr(protocol, "looked_at", None)
+    if callable(looked_at):
+        try:
+            texts += [looked_at("", False), looked_at("", True)]
+        except TypeError:  # its signature changed: the module's strings above still count
+            pass
     return tuple(texts)
+
+
+def _sentences(text: str) -> list[str]:
+    """``text`` cut where the repetition stage cuts sentences."""
+    out, start = [], 0
+    for m in _SENTENCE_END_RE.finditer(text):
+        end = m.start() if m.group() == "\n" and m.start() > start else m.end()
+        out.append(text[start:end])
+        start = end
+    out.append(text[start:])
+    return [p for p in out if p.strip()]
 
 
 class AnswerFilter:
@@ -101,9 +134,9 @@ class AnswerFilter:
     :meth:`close` once; concatenated, their results are the cleaned turn, however it was chunked."""
 
     def __init__(self, prompts: Iterable[str] = (), repetition: bool = True) -> None:
-        lines = prompt_lines(*default_prompt_texts(), *prompts)
-        self._scaffolding = _Scaffolding(lines)
-        self._repetition = _Repetition() if repetition else None
+        texts = (*default_prompt_texts(), *prompts)
+        self._scaffolding = _Scaffolding(prompt_lines(*texts))
+        self._repetition = _Repetition(prompt_sentences(*texts)) if repetition else None
         self.released = False  # set by the caller once it put out words of this turn
 
     @property
@@ -291,9 +324,9 @@ class _Scaffolding:
             self.buf = buf[1:]
             return True
         self.buf = buf[close + 1 :]
+        if m.group("open") and not self.line_kept:
+            self.in_block = True  # a block starts a line; mid-sentence ("an [IMAGE CONTEXT] block") it is a word
         self.line_cut = True
-        if m.group("open"):
-            self.in_block = True
         return True
 
     def _words(self, text: str, out: list[str]) -> None:
@@ -370,7 +403,8 @@ def _find_closer(s: str, start: int) -> int:
 
 # --- stage 2: repetition, sentence by sentence -----------------------------------------------------------
 class _Repetition:
-    def __init__(self) -> None:
+    def __init__(self, echoes: frozenset[str] = frozenset()) -> None:
+        self.echoes = echoes  # the prompts' sentences: one of them, or its start, is an echo
         self.buf = ""  # the sentence being written (and white space before it)
         self.released = 0  # of buf, already out
         self.space = ""  # blank lines, released before the next sentence that stays
@@ -416,7 +450,7 @@ class _Repetition:
         if n.startswith(_FENCE):
             self.in_code = not self.in_code
         elif not self.in_code and _long_enough(n):
-            if n in self.seen:
+            if n in self.seen or self._echo(n):
                 self.repeats += 1
                 self.dropped = self.repeats >= MAX_REPEATS
                 self.cut = True
@@ -433,13 +467,18 @@ class _Repetition:
         self.cut = False
         out.append(text)
 
+    def _echo(self, n: str) -> bool:
+        key = n.rstrip(_ENDS)
+        return len(key) >= MIN_ECHO_CHARS and any(p.startswith(key) for p in self.echoes)
+
     def _may_repeat(self, fragment: str) -> bool:
         n = _norm_partial(fragment)
         if not n:
             return True  # white space alone waits: it goes with the sentence it starts, or is dropped at the end
         if self.in_code:
             return False
-        return any(s.startswith(n) for s in self.seen)
+        key = n.rstrip(_ENDS)  # "...the answer." may still be the start of a longer prompt sentence
+        return any(s.startswith(n) for s in self.seen) or any(p.startswith(key) for p in self.echoes)
 
 
 def _long_enough(n: str) -> bool:
