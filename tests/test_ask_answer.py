@@ -102,3 +102,20 @@ def Reply_of(text: str):  # noqa: N802  (reads like the fake's Reply)
     from tests.fake_ollama import Reply
 
     return Reply(text, chunk_size=3)
+
+
+def test_the_model_is_not_read_on_once_it_writes_the_next_turn(fake_ollama):
+    """Nothing after "User:" reaches the user, so the stream is closed there: the model stops generating."""
+    import time
+
+    from router.core.config import Settings
+    from router.core.orchestrator import Orchestrator
+    from tests.fake_ollama import Reply
+
+    junk = "The answer is 100.\n" * 400  # 950 chunks at 50 ms: 47 s if read to the end
+    fake_ollama.script(Reply(f"It says {FakeOcr.text}.\nUser: and now?\n{junk}", chunk_size=8, chunk_delay_s=0.05))
+    orch = Orchestrator(Settings(ollama_host=fake_ollama.url, cache_dir=""), registry=make_registry())
+    t0 = time.monotonic()
+    final = orch.ask("What is written here?", [png_bytes(120, 80)])
+    assert final.answer == f"It says {FakeOcr.text}."
+    assert time.monotonic() - t0 < 15

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -249,8 +250,13 @@ class Run:
         self.turns += 1
         reader = _TurnReader(self, final, step.buffer)
         t0 = time.perf_counter()
-        async for chunk in self.o.upstream.chat(self.req.model, self.conv.messages, **self._turn_args(final, step)):
-            reader.feed(chunk)
+        async with aclosing(
+            self.o.upstream.chat(self.req.model, self.conv.messages, **self._turn_args(final, step))
+        ) as chunks:
+            async for chunk in chunks:
+                reader.feed(chunk)
+                if reader.clean.dropping:
+                    break  # it started the next turn or loops: nothing more of this turn would reach the user
         reader.close()
         reply = reader.reply
         reply.text = "".join(reader.raw)
