@@ -119,3 +119,4 @@ def test_the_model_is_not_read_on_once_it_writes_the_next_turn(fake_ollama):
     final = orch.ask("What is written here?", [png_bytes(120, 80)])
     assert final.answer == f"It says {FakeOcr.text}."
     assert time.monotonic() - t0 < 15
+    assert final.findings == "looked at: ocr 1 line"  # the Python API: the model's answer and the findings apart

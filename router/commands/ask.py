@@ -11,7 +11,6 @@ import click
 
 from router.commands import common
 from router.commands.common import load_image_arg, settings_from
-from router.core.findings import findings_line
 from router.core.trace import render_trace
 
 
@@ -103,7 +102,7 @@ def ask(
             click.echo("")
         click.echo(findings_without_model(orch, question, decoded, forced))
         raise click.ClickException(str(exc)) from None
-    findings = findings_line(final.analyses)
+    findings = final.findings
     if as_json:
         click.echo(json.dumps(_final_json(final, findings), ensure_ascii=False, indent=2))
     else:

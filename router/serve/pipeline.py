@@ -24,7 +24,6 @@ from starlette.responses import Response, StreamingResponse
 from experts.errors import ImageError, VisionRouterError
 from experts.images import DecodedImage, decode_base64_image
 from router.core.errors import UpstreamError
-from router.core.findings import findings_line
 from router.core.orchestrator import Final, TextDelta
 from router.serve.codecs import ChatMessage, Codec, Routed, Writer
 from router.serve.errors import as_router_error, status_of
@@ -141,7 +140,7 @@ class Pipeline:
         model's answer alone; a "no answer" already lists the findings, and tool calls are not an answer."""
         if not (self.proxy.cfg.findings and isinstance(ev, Final) and ev.answered and not ev.tool_calls):
             return [ev]
-        line = findings_line(ev.analyses)
+        line = ev.findings
         if not line:
             return [ev]
         tail = f"\n\n{line}" if ev.answer else line
