@@ -102,6 +102,7 @@ def prompt_sentences(*texts: str) -> frozenset[str]:
     return frozenset(out)
 
 
+@functools.lru_cache(maxsize=1)
 def default_prompt_texts() -> tuple[str, ...]:
     """Every prompt text the router sends of its own: the protocol module's strings, the note after
     results the router fetched itself, and the tools prompt."""
@@ -428,7 +429,8 @@ class _Repetition:
             self._sentence(self.buf[:end], out)
             self.buf = self.buf[end:]
             self.released = 0
-        if not self.dropped and not self._may_repeat(self.buf):
+        # Once part of a sentence is out it cannot become a repeat any more (a longer text is a prefix of less).
+        if not self.dropped and (self.released or not self._may_repeat(self.buf)):
             self._out(self.buf[self.released :], out)
             self.released = len(self.buf)
         return "".join(out)
