@@ -156,7 +156,7 @@ def test_tags_repeating_what_ran_or_without_an_image_are_dropped(fake_ollama):
     fake_ollama.reset()
     fake_ollama.script("Paris. [VISION: ocr]")
     final = orch(fake_ollama).ask("What is the capital of France?")
-    assert len(fake_ollama.calls("/api/chat")) == 1 and final.answer == "Paris. " and final.trace.experts == []
+    assert len(fake_ollama.calls("/api/chat")) == 1 and final.answer == "Paris." and final.trace.experts == []
 
 
 def test_real_clip_and_caption_without_weights_wait_for_nothing(fake_ollama, no_network, tmp_path):

@@ -432,7 +432,9 @@ def test_routed_answer_streams_token_by_token(fresh):
         for line in r.iter_lines():
             if line:
                 arrivals.append(time.monotonic() - t0)
-    assert len(arrivals) == 7  # six pieces and the terminal chunk
+    # six pieces and the terminal chunk; a first word that may start an echoed prompt sentence ("a" of "Add
+    # image=N ...") waits for the next piece
+    assert len(arrivals) >= 6
     assert arrivals[-1] > 1.0 and arrivals[0] < arrivals[-1] - 0.9
 
 

@@ -56,7 +56,7 @@ def test_recovery_turn_answer_is_the_answer(fake_ollama):
 def test_last_round_words_with_tags_removed_are_the_answer(fake_ollama):
     fake_ollama.script("[VISION: ocr]", "It says GRAND OPENING. [VISION: detect]")
     final = orch(fake_ollama, max_rounds=1).ask("Tell me about this poster", [IMG])
-    assert final.answered and final.answer == "It says GRAND OPENING. "
+    assert final.answered and final.answer == "It says GRAND OPENING."  # the trailing space is held back, then dropped
     assert len(fake_ollama.calls("/api/chat")) == 2  # no extra turn when there is an answer
 
 
@@ -85,7 +85,7 @@ def test_ask_exits_non_zero_only_when_the_model_gave_no_answer(fake_ollama, cli_
     fake_ollama.responder = always("It says GRAND OPENING.")
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
-    assert r.stdout == "It says GRAND OPENING.\n" and r.stderr == ""
+    assert r.stdout == "It says GRAND OPENING.\n" and r.stderr == "looked at: ocr 1 line; detect 2 objects\n"
 
 
 def test_demo_says_clearly_when_the_model_gave_no_answer(fake_ollama, cli_registry):
@@ -116,7 +116,7 @@ def test_tags_after_keywords_are_ignored_without_another_call(fake_ollama):
     fake_ollama.script("[VISION: detect]\nThe sign reads GRAND OPENING. [VISION: ocr]")
     final = orch(fake_ollama).ask("What is written on this sign?", [IMG])
     assert len(fake_ollama.calls("/api/chat")) == 1
-    assert final.answer == "\nThe sign reads GRAND OPENING. "
+    assert final.answer == "The sign reads GRAND OPENING."  # the tag line and trailing space never reach the user
     assert final.trace.ignored_tags == ["[VISION: detect]", "[VISION: ocr]"]
     assert [e.expert for e in final.trace.experts] == ["ocr"]
 

@@ -21,6 +21,7 @@ from router.core.trace import render_trace
 @click.option("--ollama-host", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object: answer, results, trace")
 @click.option("--no-stream", is_flag=True, help="print the answer only when complete")
+@click.option("--quiet", is_flag=True, help="no line of what the experts found (stderr) after the answer")
 @click.option("--trace", is_flag=True, help="show the decision path on stderr")
 @click.option("--max-rounds", type=click.IntRange(0, 8), help="expert rounds per message (default 2)")
 @click.option("--no-cache", is_flag=True, help="do not read or write the on-disk result cache")
@@ -42,6 +43,7 @@ def ask(
     ollama_host,
     as_json,
     no_stream,
+    quiet,
     trace,
     max_rounds,
     no_cache,
@@ -51,6 +53,7 @@ def ask(
     annotate_dir,
 ):
     """Ask MODEL a QUESTION about IMAGES (paths, or - for stdin)."""
+    from router.core.errors import UpstreamError
     from router.core.orchestrator import Orchestrator
 
     settings = settings_from(
@@ -78,8 +81,10 @@ def ask(
         extra_context = retrieve_context(rag_db, question, settings)
     decoded = [load_image_arg(p, settings) for p in images]
     stream_out = not as_json and not no_stream
+    printed: list[str] = []
 
     def on_text(t: str) -> None:
+        printed.append(t)
         click.echo(t, nl=False)
         sys.stdout.flush()
 
@@ -87,13 +92,26 @@ def ask(
     if system:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": question, "images": decoded})
-    final = orch.chat(messages, on_text=on_text if stream_out else None, experts=forced, extra_context=extra_context)
+    try:
+        final = orch.chat(
+            messages, on_text=on_text if stream_out else None, experts=forced, extra_context=extra_context
+        )
+    except UpstreamError as exc:
+        # No answer from the model, but the experts can still say what they see: that first, then the one line.
+        if printed:
+            click.echo("")
+        click.echo(findings_without_model(orch, question, decoded, forced))
+        raise click.ClickException(str(exc)) from None
+    findings = final.findings
     if as_json:
-        click.echo(json.dumps(_final_json(final), ensure_ascii=False, indent=2))
+        click.echo(json.dumps(_final_json(final, findings), ensure_ascii=False, indent=2))
     else:
         if not stream_out:
             click.echo(final.answer, nl=False)
         click.echo("")
+        if findings and final.answered and not quiet:
+            # On stderr, dimmed on a terminal: the user sees it after the answer, stdout stays the answer.
+            click.echo(click.style(findings, dim=True), err=True)
     if annotate_dir:
         from router.apps.annotate import annotate
 
@@ -110,9 +128,36 @@ def ask(
         raise click.ClickException("the model gave no answer; the experts' findings are above")
 
 
-def _final_json(final) -> dict[str, Any]:
+def findings_without_model(
+    orch: Any, question: str, images: list[Any], forced: list[tuple[str, dict[str, Any]]]
+) -> str:
+    """What the experts find when the model cannot answer: those the question's keywords (or the preset)
+    pick, else the fallback experts, on every image; results the failed run already got come from the cache."""
+    from experts.schema import ImageAnalysis
+    from router.core.context import render_image
+    from router.core.dispatch import ExpertCall
+
+    wanted = list(forced) + [(m.expert, dict(m.args)) for m in orch.keywords.route(question)]
+    wanted = [(n, a) for n, a in wanted if orch.registry.resolve(n)]
+    if not wanted:
+        wanted = [(n, {}) for n in orch.settings.fallback if orch.registry.resolve(n)]
+    if not images or not wanted:
+        return "No expert ran."
+    calls = [
+        ExpertCall(img, i, name, dict(args), source="cli") for i, img in enumerate(images, 1) for name, args in wanted
+    ]
+    results = orch.dispatcher.run_sync(calls)
+    lines = ["What the experts found (the model could not be asked):"]
+    for i, img in enumerate(images, 1):
+        mine = [r for c, r in zip(calls, results, strict=True) if c.image_index == i]
+        lines += render_image(ImageAnalysis.merge(img.image_id, i, mine, img.width, img.height))
+    return "\n".join(lines)
+
+
+def _final_json(final: Any, findings: str) -> dict[str, Any]:
     return {
         "answer": final.answer,
+        "findings": findings,
         "answered": final.answered,
         "model": final.model,
         "done_reason": final.done_reason,

@@ -41,6 +41,7 @@ from router.commands.common import settings_from
     help="show streaming clients which experts are looking, in Ollama's `thinking` field (default: off, or "
     "[serve] progress)",
 )
+@click.option("--findings", is_flag=True, help="end each routed answer with a line of what the experts found")
 @click.pass_context
 def serve_command(
     ctx,
@@ -58,6 +59,7 @@ def serve_command(
     no_cache,
     max_concurrent,
     progress,
+    findings,
 ):
     """Serve an Ollama-compatible API that gives text-only models vision.
 
@@ -91,6 +93,7 @@ def serve_command(
         header_timeout_s=conf.header_timeout,
         body_timeout_s=conf.body_timeout,
         progress=conf.progress if progress is None else progress,
+        findings=findings or conf.findings,
     )
     app = create_app(settings, common.configured_registry(settings), config=cfg)
     proxy: VisionProxy = app.state.proxy

@@ -126,6 +126,7 @@ class ServeSettings(BaseModel):
         description="show streaming clients which experts are looking, in Ollama's `thinking` field "
         "(not to clients that sent think: false)",
     )
+    findings: bool = Field(False, description="end each routed answer with a line of what the experts found")
 
 
 class Settings(BaseModel):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from experts.schema import ImageAnalysis
+from router.core.findings import findings_line
 from router.core.trace import Trace
 
 
@@ -54,6 +55,12 @@ class Final:
     thinking: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # the client's own tools, unexecuted
     answered: bool = True
+
+    @property
+    def findings(self) -> str:
+        """One short line of what the experts found (``looked at: ocr 7 lines; detect 24 objects``), built
+        from ``analyses``; never part of ``answer``, which is the model's text alone."""
+        return findings_line(self.analyses)
 
 
 Event = TextDelta | ThinkingDelta | Progress | ToolCalls | Final

@@ -23,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from experts.images import DecodedImage
 from router.core import protocol as tag_text
+from router.core.answer_text import AnswerFilter
 from router.core.context import no_answer
 from router.core.dispatch import ExpertCall
 from router.core.events import Event, Final, Progress, TextDelta, ThinkingDelta, ToolCalls
@@ -140,6 +142,7 @@ class Run:
         self.user_text = ""
         self.step = Step()
         self.turns = 0
+        self.joint = ""  # the white space the last turn's words ended with: it joins the next turn's
 
     async def events(self, messages: Sequence[Any], decoded: list[DecodedImage] | None) -> AsyncIterator[Event]:
         """The request's events, ending with one :class:`Final`; errors are raised here."""
@@ -275,8 +278,13 @@ class Run:
         self.turns += 1
         reader = _TurnReader(self, final, step.buffer)
         t0 = time.perf_counter()
-        async for chunk in self.o.upstream.chat(self.req.model, self.conv.messages, **self._turn_args(final, step)):
-            reader.feed(chunk)
+        async with aclosing(
+            self.o.upstream.chat(self.req.model, self.conv.messages, **self._turn_args(final, step))
+        ) as chunks:
+            async for chunk in chunks:
+                reader.feed(chunk)
+                if reader.clean.dropping:
+                    break  # it started the next turn or loops: nothing more of this turn would reach the user
         reader.close()
         reply = reader.reply
         reply.text = "".join(reader.raw)
@@ -461,6 +469,8 @@ class _TurnReader:
         self.tag_names: list[str] = []
         self.tool_calls: list[ToolCall] = []
         self.after_tag = False
+        # What the user reads: echoed scaffolding out, loops cut (a JSON answer keeps its repeated lines).
+        self.clean = AnswerFilter((run.taught or run.protocol.prompt,), repetition=run.req.format is None)
         self.first: float | None = None
         self.last: Any = None
 
@@ -479,6 +489,9 @@ class _TurnReader:
 
     def close(self) -> None:
         self._items(self.parser.close_items())
+        self._out(self.clean.close())
+        if self.clean.released:
+            self.run.joint = self.clean.trailing
 
     def _items(self, items: list[str | Tag]) -> None:
         for item in items:
@@ -490,6 +503,14 @@ class _TurnReader:
     def _visible(self, text: str) -> None:
         if not text or (self.after_tag and not self.final):
             return  # words after a tag are the model guessing at results it has not seen
+        self._out(self.clean.feed(text))
+
+    def _out(self, text: str) -> None:
+        if not text:
+            return
+        if not self.clean.released and self.run.answer:
+            text = self.run.joint + text  # words of an earlier turn are out: join as the model wrote them
+        self.clean.released = True
         if self.buffer:
             self.reply.buffered.append(text)
         else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -24,7 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from experts.errors import ImageError, VisionRouterError
 from experts.images import DecodedImage, decode_base64_image
 from router.core.errors import UpstreamError
-from router.core.orchestrator import Final
+from router.core.orchestrator import Final, TextDelta
 from router.serve.codecs import ChatMessage, Codec, Routed, Writer
 from router.serve.errors import as_router_error, status_of
 from router.serve.wire import BadRequest, load_json
@@ -95,7 +95,7 @@ class Pipeline:
             return codec.error(status_of(exc, 400), str(exc), getattr(exc, "param", None))
         if not req.stream:
             try:
-                events = [first, *await run.rest()]
+                events = [shown for ev in [first, *await run.rest()] for shown in self._shown(ev)]
             except VisionRouterError as exc:
                 return codec.error(status_of(exc, 500), str(exc))
             body = json.dumps(writer.whole(events), ensure_ascii=False, separators=(",", ":")).encode()
@@ -124,9 +124,10 @@ class Pipeline:
         try:
             ev = first
             while ev is not None:
-                piece = writer.chunk(ev)
-                if piece is not None:
-                    yield piece
+                for shown in self._shown(ev):
+                    piece = writer.chunk(shown)
+                    if piece is not None:
+                        yield piece
                 if isinstance(ev, Final):
                     break
                 ev = await run.next()
@@ -135,6 +136,18 @@ class Pipeline:
             yield writer.stream_error(str(exc), status_of(exc, 500))
         finally:
             run.cancel()
+
+    def _shown(self, ev: Any) -> list[Any]:
+        """The event as the client gets it: with ``findings`` on, an answer ends with the experts' findings
+        line (its own text piece, so it streams). The orchestrator's Final (metrics, traces) keeps the
+        model's answer alone; a "no answer" already lists the findings, and tool calls are not an answer."""
+        if not (self.proxy.cfg.findings and isinstance(ev, Final) and ev.answered and not ev.tool_calls):
+            return [ev]
+        line = ev.findings
+        if not line:
+            return [ev]
+        tail = f"\n\n{line}" if ev.answer else line
+        return [TextDelta(tail), replace(ev, answer=ev.answer + tail)]
 
 
 # --- one orchestrated request, as a task ---------------------------------------------------------------

@@ -112,6 +112,7 @@ class ProxyConfig:
     max_header_bytes: int = 64 * 1024
     max_concurrent: int = 512  # requests in flight; more get Ollama's 503 "server busy" (OLLAMA_MAX_QUEUE)
     progress: bool = False  # streaming clients see which experts are looking, in the `thinking` field
+    findings: bool = False  # end routed answers with one line of what the experts found
 
 
 def server_options(cfg: ProxyConfig) -> dict[str, Any]:
