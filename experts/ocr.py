@@ -50,6 +50,8 @@ class OcrExpert(Expert):
     Args = OcrArgs
     positional = "query"
     extra = "onnx"
+    # `query` only searches the lines read: 8 queries on one image share one engine pass.
+    filter_args = ("query",)
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
@@ -124,9 +126,12 @@ class OcrExpert(Expert):
             attributes["language"] = "+".join(
                 SCRIPT_LANG.get(s, s) for s, _ in sorted(counts.items(), key=lambda kv: -kv[1])
             )
-        result = self.new_result(image, text=text_lines, full_text=full_text or None, attributes=attributes)
+        return self.new_result(image, text=text_lines, full_text=full_text or None, attributes=attributes)
+
+    def refine(self, result: ExpertResult, args: OcrArgs) -> ExpertResult:  # type: ignore[override]
+        """Say whether ``query`` appears in the lines the pass read."""
         if args.query:
-            _apply_query(result, args.query, text_lines)
+            _apply_query(result, args.query, result.text)
         return result
 
 
