@@ -115,6 +115,9 @@ class OcrExpert(Expert):
             "line_count": len(text_lines),
             "script": script,
         }
+        tables = len({line.cell[0] for line in lines if line.cell is not None})
+        if tables:
+            attributes["tables"] = tables
         blocks = len({line.block for line in lines})
         if blocks > 1:
             # Columns, table cells, sidebars and separate labels: which block each line (in order) belongs to.
@@ -141,6 +144,7 @@ def _text_line(line: Line) -> TextLine:
         score=round(line.score, 4),
         box=[[round(x, 1), round(y, 1)] for x, y in line.quad()],
         bbox=[round(v, 1) for v in line.bbox()],
+        cell=list(line.cell) if line.cell is not None else None,
     )
 
 

@@ -44,10 +44,12 @@ class Segment:
 @dataclass
 class Line:
     """Segments that share a visual line within one column or block, left to right; ``block`` numbers the
-    block (a paragraph, a column's run of lines, a table column, a sidebar) the line belongs to."""
+    block (a paragraph, a column's run of lines, a table column, a sidebar) the line belongs to; ``cell`` is
+    (table, row, column) for a line in a table cell, all numbered from 0 in reading order."""
 
     segments: list[Segment] = field(default_factory=list)
     block: int = 0
+    cell: tuple[int, int, int] | None = None
 
     @property
     def text(self) -> str:
@@ -106,6 +108,11 @@ BLOCK_GAP = 1.0
 # line height, for most of the lines.
 ROW_ALIGN = 0.25
 ROW_SHARE = 0.6
+# Within a table, a visual row no more than this many line heights further from the row above than the
+# tightest pair is the same cell wrapping (cells have padding between rows).
+CELL_GAP = 0.25
+# A blank of more than this many line heights between two lines of a block is a paragraph break.
+PARA_GAP = 0.5
 
 
 def group_lines(segments: list[Segment], overlap: float = 0.5, join_gap: float | None = JOIN_GAP) -> list[Line]:
@@ -131,10 +138,16 @@ def group_lines(segments: list[Segment], overlap: float = 0.5, join_gap: float |
         for line in block:
             line.block = k
     ordered = _order(blocks)
-    # Number blocks in reading order.
+    # Number blocks, tables and their rows in reading order.
     renumber: dict[int, int] = {}
+    tables: dict[int, int] = {}
+    rows: dict[tuple[int, int], int] = {}
     for line in ordered:
         line.block = renumber.setdefault(line.block, len(renumber))
+        if line.cell is not None:
+            table, row, col = line.cell
+            t = tables.setdefault(table, len(tables))
+            line.cell = (t, rows.setdefault((table, row), sum(k[0] == table for k in rows)), col)
     return ordered
 
 
@@ -265,18 +278,92 @@ def _cut(blocks: list[list[Line]], axis: int) -> list[list[list[Line]]]:
 def _order(blocks: list[list[Line]]) -> list[Line]:
     """Reading order of a region's lines (a recursive X-Y cut, columns first)."""
     if len(blocks) == 1:
-        return sorted(blocks[0], key=lambda ln: (ln.cy, ln.bbox()[0]))
+        return _read_rows(blocks[0])
     columns = _cut(blocks, 0)
     if len(columns) > 1:
         if _table_rows(columns):
-            rows = _rows([ln for b in blocks for ln in b], 0.5)
-            return [ln for row in rows for ln in sorted(row, key=lambda ln: ln.bbox()[0])]
+            return _read_rows([ln for b in blocks for ln in b], columns)
         return [ln for col in columns for ln in _order(col)]
     bands = _cut(blocks, 1)
     if len(bands) > 1:
         return [ln for band in bands for ln in _order(band)]
+    split = _split_below_boxes(blocks)
+    if split is not None:
+        return _order(split)
     # Overlapping blocks with no clean cut: by their tops, then left to right.
     return [ln for b in sorted(blocks, key=lambda b: (_extent(b)[1], _extent(b)[0])) for ln in _order([b])]
+
+
+def _read_rows(lines: list[Line], columns: list[list[list[Line]]] | None = None) -> list[Line]:
+    """Lines by visual rows, top to bottom, each left to right. Rows with lines side by side are table rows
+    (given ``columns``, a table's; else where at least two such rows follow each other): their lines get a
+    ``cell`` (the column from ``columns``, else the position in the row), and a cell that wraps onto more
+    lines is read whole before the next cell of its row."""
+    rows = [sorted(row, key=lambda ln: ln.bbox()[0]) for row in _rows(lines, 0.5)]
+    if all(len(row) == 1 for row in rows):
+        return [row[0] for row in rows]
+    col_of = {id(ln): k for k, col in enumerate(columns) for b in col for ln in b} if columns else {}
+    wide = [len(row) > 1 for row in rows]
+    in_table = [
+        w and (bool(columns) or (i > 0 and wide[i - 1]) or (i + 1 < len(rows) and wide[i + 1]))
+        for i, w in enumerate(wide)
+    ]
+    table = id(rows[0][0])
+    out: list[Line] = []
+    for r, group in enumerate(_table_row_groups(rows, bool(columns))):
+        if not any(in_table[i] for i in group):
+            out.extend(ln for i in group for ln in rows[i])
+            continue
+        cells: dict[int, list[Line]] = {}
+        for i in group:
+            for k, ln in enumerate(rows[i]):
+                cells.setdefault(col_of.get(id(ln), k), []).append(ln)
+        for col in sorted(cells):
+            for ln in sorted(cells[col], key=lambda ln: ln.cy):
+                ln.cell = (table, r, col)
+                out.append(ln)
+    return out
+
+
+def _table_row_groups(rows: list[list[Line]], known_columns: bool) -> list[list[int]]:
+    """Visual rows (their indices) grouped into table rows. A cell's wrapped lines sit closer together than
+    the rows of a table (its cell padding and borders): with known columns, a gap within CELL_GAP line
+    heights of the tightest one continues the row above, unless every gap is that tight (one line per cell)."""
+    single = [[i] for i in range(len(rows))]
+    if not known_columns or len(rows) < 2:
+        return single
+    tops = [min(ln.bbox()[1] for ln in row) for row in rows]
+    bottoms = [max(ln.bbox()[3] for ln in row) for row in rows]
+    gaps = [tops[i + 1] - bottoms[i] for i in range(len(rows) - 1)]
+    h = float(np.median([ln.height for row in rows for ln in row]))
+    tight = min(gaps)
+    if max(gaps) - tight <= CELL_GAP * h:
+        return single
+    groups = [[0]]
+    for i, gap in enumerate(gaps, start=1):
+        if gap <= tight + CELL_GAP * h:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _split_below_boxes(blocks: list[list[Line]]) -> list[list[Line]] | None:
+    """Blocks with no clean cut because one runs on under a box beside it (a column under a floated sidebar,
+    then a paragraph across the page): the block split at its first paragraph gap below the box's bottom,
+    so the column beside the box and what follows it become separate bands. None when there is no such gap."""
+    for k, a in enumerate(blocks):
+        ea = _extent(a)
+        for b in blocks:
+            eb = _extent(b)
+            if b is a or eb[1] < ea[1] or eb[3] >= ea[3] or not (ea[0] <= eb[2] and eb[0] <= ea[2]):
+                continue
+            lines = sorted(a, key=lambda ln: ln.bbox()[1])
+            for i in range(1, len(lines)):
+                top, prev = lines[i].bbox()[1], lines[i - 1].bbox()[3]
+                if prev >= eb[3] - 0.5 * lines[i].height and top - prev > PARA_GAP * lines[i].height:
+                    return blocks[:k] + [lines[:i], lines[i:]] + blocks[k + 1 :]
+    return None
 
 
 def _table_rows(columns: list[list[list[Line]]]) -> bool:
