@@ -108,9 +108,9 @@ BLOCK_GAP = 1.0
 # line height, for most of the lines.
 ROW_ALIGN = 0.25
 ROW_SHARE = 0.6
-# Within a table, a visual row no more than this many line heights further from the row above than the
-# tightest pair is the same cell wrapping (cells have padding between rows).
-CELL_GAP = 0.25
+# Side-by-side groups at least this many line heights wide are columns of prose, never table columns
+# (the widest table columns of the real set's two-column tables: ...).
+PROSE_WIDTH = 15.0
 # A blank of more than this many line heights between two lines of a block is a paragraph break.
 PARA_GAP = 0.5
 
@@ -282,7 +282,7 @@ def _order(blocks: list[list[Line]]) -> list[Line]:
     columns = _cut(blocks, 0)
     if len(columns) > 1:
         if _table_rows(columns):
-            return _read_rows([ln for b in blocks for ln in b], columns)
+            return _read_rows([ln for b in blocks for ln in b], in_table=True)
         return [ln for col in columns for ln in _order(col)]
     bands = _cut(blocks, 1)
     if len(bands) > 1:
@@ -294,58 +294,49 @@ def _order(blocks: list[list[Line]]) -> list[Line]:
     return [ln for b in sorted(blocks, key=lambda b: (_extent(b)[1], _extent(b)[0])) for ln in _order([b])]
 
 
-def _read_rows(lines: list[Line], columns: list[list[list[Line]]] | None = None) -> list[Line]:
+def _read_rows(lines: list[Line], in_table: bool = False) -> list[Line]:
     """Lines by visual rows, top to bottom, each left to right. Rows with lines side by side are table rows
-    (given ``columns``, a table's; else where at least two such rows follow each other): their lines get a
-    ``cell`` (the column from ``columns``, else the position in the row), and a cell that wraps onto more
-    lines is read whole before the next cell of its row."""
+    (``in_table``: the region is a table; else where at least two such rows follow each other), and their
+    lines get a ``cell``, the column being the position in the row. In a table, a row close under the one
+    above with nothing under its first cell continues it (cells wrapping onto more lines): its lines join the cell
+    they sit under, and each cell is read whole before the next one."""
     rows = [sorted(row, key=lambda ln: ln.bbox()[0]) for row in _rows(lines, 0.5)]
     if all(len(row) == 1 for row in rows):
         return [row[0] for row in rows]
-    col_of = {id(ln): k for k, col in enumerate(columns) for b in col for ln in b} if columns else {}
     wide = [len(row) > 1 for row in rows]
-    in_table = [
-        w and (bool(columns) or (i > 0 and wide[i - 1]) or (i + 1 < len(rows) and wide[i + 1]))
-        for i, w in enumerate(wide)
-    ]
-    table = id(rows[0][0])
-    out: list[Line] = []
-    for r, group in enumerate(_table_row_groups(rows, bool(columns))):
-        if not any(in_table[i] for i in group):
-            out.extend(ln for i in group for ln in rows[i])
-            continue
-        cells: dict[int, list[Line]] = {}
-        for i in group:
-            for k, ln in enumerate(rows[i]):
-                cells.setdefault(col_of.get(id(ln), k), []).append(ln)
-        for col in sorted(cells):
-            for ln in sorted(cells[col], key=lambda ln: ln.cy):
-                ln.cell = (table, r, col)
-                out.append(ln)
-    return out
-
-
-def _table_row_groups(rows: list[list[Line]], known_columns: bool) -> list[list[int]]:
-    """Visual rows (their indices) grouped into table rows. A cell's wrapped lines sit closer together than
-    the rows of a table (its cell padding and borders): with known columns, a gap within CELL_GAP line
-    heights of the tightest one continues the row above, unless every gap is that tight (one line per cell)."""
-    single = [[i] for i in range(len(rows))]
-    if not known_columns or len(rows) < 2:
-        return single
-    tops = [min(ln.bbox()[1] for ln in row) for row in rows]
-    bottoms = [max(ln.bbox()[3] for ln in row) for row in rows]
-    gaps = [tops[i + 1] - bottoms[i] for i in range(len(rows) - 1)]
-    h = float(np.median([ln.height for row in rows for ln in row]))
-    tight = min(gaps)
-    if max(gaps) - tight <= CELL_GAP * h:
-        return single
-    groups = [[0]]
-    for i, gap in enumerate(gaps, start=1):
-        if gap <= tight + CELL_GAP * h:
+    groups: list[list[int]] = []
+    for i, row in enumerate(rows):
+        head = rows[groups[-1][0]] if groups else None
+        close = (
+            i > 0 and min(ln.bbox()[1] for ln in row) - max(ln.bbox()[3] for ln in rows[i - 1]) < 0.5 * row[0].height
+        )
+        if in_table and head and len(head) > 1 and close and row[0].bbox()[0] >= head[0].bbox()[2]:
             groups[-1].append(i)
         else:
             groups.append([i])
-    return groups
+
+    def tabular(group: list[int]) -> bool:
+        i = group[0]  # outside a known table, two rows of side-by-side lines in a row make one
+        return wide[i] and (in_table or (i > 0 and wide[i - 1]) or (i + 1 < len(rows) and wide[i + 1]))
+
+    table = id(rows[0][0])
+    out: list[Line] = []
+    for r, group in enumerate(groups):
+        if not tabular(group):
+            out.extend(ln for i in group for ln in rows[i])
+            continue
+        head = rows[group[0]]
+        cells = sorted((_under(ln, head), i, k) for i in group for k, ln in enumerate(rows[i]))
+        for col, i, k in cells:
+            rows[i][k].cell = (table, r, col)
+            out.append(rows[i][k])
+    return out
+
+
+def _under(line: Line, head: list[Line]) -> int:
+    """Which of a table row's first-line cells ``line`` sits under: the last one starting left of it."""
+    x = line.bbox()[0]
+    return max((k for k, h in enumerate(head) if h.bbox()[0] <= x + 0.5 * line.height), default=0)
 
 
 def _split_below_boxes(blocks: list[list[Line]]) -> list[list[Line]] | None:
@@ -367,9 +358,15 @@ def _split_below_boxes(blocks: list[list[Line]]) -> list[list[Line]] | None:
 
 
 def _table_rows(columns: list[list[list[Line]]]) -> bool:
-    """Side-by-side groups are a table when most of their lines have a partner on the same row next door."""
+    """Side-by-side groups are a table when most of their lines have a partner on the same row next door,
+    unless every group is as wide as a column of prose (PROSE_WIDTH line heights): columns set on one line
+    grid (CSS columns, CJK text of one size) have partners on every row too."""
     lines = [[ln for b in col for ln in b] for col in columns]
     if sum(len(c) > 1 for c in lines) < 2:
+        return False
+    h = float(np.median([ln.height for c in lines for ln in c]))
+    widths = [_extent([ln for b in col for ln in b])[2] - _extent([ln for b in col for ln in b])[0] for col in columns]
+    if min(widths) >= PROSE_WIDTH * h:
         return False
     aligned = 0
     for k, col in enumerate(lines):
