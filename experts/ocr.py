@@ -52,6 +52,8 @@ class OcrExpert(Expert):
     extra = "onnx"
     # `query` only searches the lines read: 8 queries on one image share one engine pass.
     filter_args = ("query",)
+    # 2: tables read row by row with cells, floated sidebars and CJK columns read as blocks (issue 18).
+    version = "2"
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
