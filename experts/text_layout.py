@@ -108,8 +108,8 @@ BLOCK_GAP = 1.0
 # line height, for most of the lines.
 ROW_ALIGN = 0.25
 ROW_SHARE = 0.6
-# Side-by-side groups at least this many line heights wide are columns of prose, never table columns
-# (the widest table columns of the real set's two-column tables: ...).
+# Side-by-side groups all at least this many line heights wide are columns of prose, never a table (every
+# table of the real set has a column at most 11.6 line heights wide; prose columns of the layout pages: 20+).
 PROSE_WIDTH = 15.0
 # A blank of more than this many line heights between two lines of a block is a paragraph break.
 PARA_GAP = 0.5
