@@ -290,7 +290,10 @@ def _order(blocks: list[list[Line]]) -> list[Line]:
     split = _split_below_boxes(blocks)
     if split is not None:
         return _order(split)
-    # Overlapping blocks with no clean cut: by their tops, then left to right.
+    # Overlapping blocks with no clean cut: a table when its blocks sit on common rows (a cell box that the
+    # detector ran across a column boundary leaves no clean cut), else by their tops, then left to right.
+    if _table_rows([[b] for b in blocks]):
+        return _read_rows([ln for b in blocks for ln in b], in_table=True)
     return [ln for b in sorted(blocks, key=lambda b: (_extent(b)[1], _extent(b)[0])) for ln in _order([b])]
 
 

@@ -57,7 +57,7 @@ ORDER_FLOORS = {
     "debian-handbook-zh-cn-table-1024": (0.002, 0.0011, "raw"),
     "debian-handbook-en-sidebar-1024": (0.001, 0.5803, 0.10),
     "debian-handbook-zh-cn-sidebar-1024": (0.003, 0.5318, 0.10),
-    "debian-handbook-en-2col-1024": (0.066, 0.6890, 0.10),
+    "debian-handbook-en-2col-1024": (0.055, 0.6890, 0.10),
     "debian-handbook-zh-cn-2col-1024": (0.048, 0.7676, 0.10),
 }
 
