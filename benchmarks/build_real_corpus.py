@@ -12,15 +12,23 @@ Real means made by a real renderer from real documents, never drawn by this proj
   Chromium: a script added to a copy of the page measures every character's box, and characters of one block
   element on one visual line make a truth line. Lines cut by the window's bottom edge are cropped away.
 - A photographed look (perspective, blur, uneven light, noise, JPEG) on some of those renders; same truth.
+- Layouts that are hard to read in order (``--layouts``, added to an existing corpus): HTML tables, a boxed
+  sidebar floated beside a narrow column, two-column pages, en and zh-CN, from the Debian Administrator's
+  Handbook (``debian-handbook``) in Chromium. The float and the columns are one CSS rule added to the page's own
+  stylesheet (named in each image's ``page``). Each image also gets ``reading_orders``: the line indices in the
+  order a reader takes them (the DOM's order: tables row by row, cells left to right; for a floated sidebar
+  also with the sidebar just before or just after the column text beside it), scored by the benchmark's
+  order-aware CER.
 
 The skimage ``page`` scan is not stored: tests and the benchmark load it from scikit-image, truth typed by hand
 (see ``SKIMAGE_PAGE`` in benchmarks/real_images.py).
 
 Needs (only to rebuild, never at test time): poppler-utils, chromium, and the .deb files of
-maint-guide, maint-guide-zh-cn, debian-reference-{common,en,zh-cn}, python3.11-doc
-(``apt-get download ...``; unpacked with ``dpkg -x``, nothing installed)::
+maint-guide, maint-guide-zh-cn, debian-reference-{common,en,zh-cn}, python3.11-doc, debian-handbook
+(``apt-get download ...``; unpacked with ``dpkg -x``, nothing installed), and a CJK font for Chromium
+(``fonts-noto-cjk``)::
 
-    python benchmarks/build_real_corpus.py --debs /tmp/debs [--out tests/data/real/ocr]
+    python benchmarks/build_real_corpus.py --debs /tmp/debs [--out tests/data/real/ocr] [--layouts]
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ LICENCES = {
     "debian-reference": "GPL-2+ (debian-reference-common copyright file)",
     "maint-guide": "GPL-2.0+ (maint-guide copyright file)",
     "python3.11-doc": "PSF-2.0 (python3.11-doc copyright file)",
+    "debian-handbook": "GPL-2.0+ or CC-BY-SA-3.0 (debian-handbook copyright file)",
 }
 
 # (package, pdf path under the unpacked root, lang, [(page, dpi, start as a fraction of page height)])
@@ -108,6 +117,59 @@ HTMLS = [
     ("maint-guide-zh-cn", "usr/share/doc/maint-guide-zh-cn/html/first.zh-cn.html", "zh", 1024, 700, ""),
 ]
 
+HANDBOOK = "usr/share/doc/debian-handbook/html"
+FLOAT_SIDEBAR = "div.sidebar{float:right;width:38%;margin:0 0 10px 20px}"
+TWO_COLUMNS = "body{column-count:2;column-gap:40px}"
+# (name, html path under the unpacked root, lang, window width, height, selector to scroll to, CSS rule added)
+LAYOUTS = [
+    ("debian-handbook-en-table-1024", f"{HANDBOOK}/en-US/sect.ldap-directory.html", "en", 1024, 600, "div.table", ""),
+    (
+        "debian-handbook-zh-cn-table-1024",
+        f"{HANDBOOK}/zh-CN/sect.ldap-directory.html",
+        "zh",
+        1024,
+        600,
+        "div.table",
+        "",
+    ),
+    (
+        "debian-handbook-en-sidebar-1024",
+        f"{HANDBOOK}/en-US/sect.http-web-server.html",
+        "en",
+        1024,
+        280,
+        "div.sidebar",
+        FLOAT_SIDEBAR,
+    ),
+    (
+        "debian-handbook-zh-cn-sidebar-1024",
+        f"{HANDBOOK}/zh-CN/sect.http-web-server.html",
+        "zh",
+        1024,
+        280,
+        "div.sidebar",
+        FLOAT_SIDEBAR,
+    ),
+    (
+        "debian-handbook-en-2col-1024",
+        f"{HANDBOOK}/en-US/sect.ldap-directory.html",
+        "en",
+        1024,
+        700,
+        "div.para",
+        TWO_COLUMNS,
+    ),
+    (
+        "debian-handbook-zh-cn-2col-1024",
+        f"{HANDBOOK}/zh-CN/sect.ldap-directory.html",
+        "zh",
+        1024,
+        700,
+        "div.para",
+        TWO_COLUMNS,
+    ),
+]
+
 # Photographed look on these renders (by name), each with its own seed.
 PHOTO_OF = [
     "debian-reference-en-p32",
@@ -138,7 +200,10 @@ TRUTH_JS = r"""
 <script>
 window.addEventListener('load', () => {
   const sel = %s; const el = sel ? document.querySelector(sel) : null;
-  document.documentElement.setAttribute('data-top', el ? el.getBoundingClientRect().top : 0);
+  const box = el ? el.getBoundingClientRect() : null;
+  document.documentElement.setAttribute('data-top', box ? box.top : 0);
+  if (box) document.documentElement.setAttribute('data-rect',
+    JSON.stringify([box.left, box.top, box.right, box.bottom]));
   const blockOf = n => { let e = n.parentElement;
     while (e && getComputedStyle(e).display.startsWith('inline')) e = e.parentElement; return e; };
   const ids = new Map(); const out = []; const r = document.createRange();
@@ -179,8 +244,10 @@ class Item:
     lines: list[dict]
     width: int = 0
     height: int = 0
+    reading_orders: list[list[int]] | None = None
 
     def record(self) -> dict:
+        extra = {"reading_orders": self.reading_orders} if self.reading_orders else {}
         return {
             "file": self.file,
             "source": self.source,
@@ -191,7 +258,7 @@ class Item:
             "width": self.width,
             "height": self.height,
             "lines": self.lines,
-        }
+        } | extra
 
 
 def _licence(package: str) -> str:
@@ -299,15 +366,19 @@ def chromium(url: str, width: int, height: int, profile: Path, *extra: str) -> s
     )
 
 
-def render_html(page: Path, width: int, height: int, scroll_to: str, tmp: Path) -> tuple[np.ndarray, list[dict]]:
-    """A ``width`` x ``height`` view of ``page`` from the top, or from the element ``scroll_to`` selects, and
-    the lines Chromium laid out in it.
+def render_html(
+    page: Path, width: int, height: int, scroll_to: str, tmp: Path, css: str = ""
+) -> tuple[np.ndarray, list[dict], list[float] | None]:
+    """A ``width`` x ``height`` view of ``page`` from the top, or from the element ``scroll_to`` selects, the
+    lines Chromium laid out in it, and the box of that element in the view (None without ``scroll_to``).
 
     The page is laid out in a window tall enough to hold the view (same width, so the same line breaks) and
     cropped, with both cuts moved into the blank between lines; a copy of the page sits next to it so its
-    CSS loads."""
+    CSS loads. ``css`` is a rule added after the page's own stylesheets."""
     copy = page.with_name("_truth_" + page.name)
     html = page.read_text(encoding="utf-8")
+    if css:
+        html = html.replace("</head>", f"<style>{css}</style></head>", 1)
     script = TRUTH_JS % json.dumps(scroll_to)
     copy.write_text(
         html.replace("</body>", script + "</body>") if "</body>" in html else html + script, encoding="utf-8"
@@ -338,7 +409,40 @@ def render_html(page: Path, width: int, height: int, scroll_to: str, tmp: Path) 
         for r in runs
         if r["y1"] >= y0 and r["y2"] <= y1 and r["x1"] >= 0 and r["x2"] <= width
     ]
-    return img, merge_runs(kept)
+    rect = re.search(r'data-rect="([^"]*)"', dom)
+    box = None
+    if rect:
+        left, top_, right, bottom = json.loads(html_mod.unescape(rect.group(1)))
+        box = [left, top_ - y0, right, bottom - y0]
+    return img, merge_runs(kept), box
+
+
+def reading_orders(lines: list[dict], float_box: list[float] | None = None) -> list[list[int]]:
+    """The orders a reader may take ``lines`` in (indices): the DOM's (blocks in document order, each top to
+    bottom: a table row by row, cells left to right) and, for a floated box, also with the box's lines just
+    before the column text beside it or just after it."""
+    dom = sorted(range(len(lines)), key=lambda i: (lines[i]["block"], lines[i]["bbox"][1], lines[i]["bbox"][0]))
+    orders = [dom]
+    if float_box:
+        fx1, fy1, fx2, fy2 = float_box
+        inside = [i for i in dom if _within(lines[i]["bbox"], float_box)]
+        rest = [i for i in dom if i not in inside]
+        # After the column text beside it: before the first block that starts below the box (a paragraph that
+        # wraps on under the box is read to its end first).
+        starts = {}
+        for i in rest:
+            starts[lines[i]["block"]] = min(starts.get(lines[i]["block"], 1e9), lines[i]["bbox"][1])
+        below = next((k for k, i in enumerate(rest) if starts[lines[i]["block"]] >= fy2), len(rest))
+        beside = next((k for k, i in enumerate(rest) if lines[i]["bbox"][3] > fy1), len(rest))
+        for at in (beside, below):
+            order = rest[:at] + inside + rest[at:]
+            if order not in orders:
+                orders.append(order)
+    return orders
+
+
+def _within(bbox: list[float], box: list[float]) -> bool:
+    return bbox[0] >= box[0] - 1 and bbox[1] >= box[1] - 1 and bbox[2] <= box[2] + 1 and bbox[3] <= box[3] + 1
 
 
 def _snap(boxes: list[list[float]], y: float, direction: int) -> float:
@@ -441,7 +545,7 @@ def build(debs: Path, out: Path) -> list[Item]:
                     )
                 )
         for package, rel, lang, width, height, scroll in HTMLS:
-            img, lines = render_html(debs / "root" / rel, width, height, scroll, tmp)
+            img, lines, _ = render_html(debs / "root" / rel, width, height, scroll, tmp)
             name = f"{package}-{Path(rel).name.split('.')[0]}-{width}"
             cv2.imwrite(str(out / f"{name}.png"), img)
             images[name] = img
@@ -481,18 +585,55 @@ def build(debs: Path, out: Path) -> list[Item]:
     return items
 
 
+def build_layouts(debs: Path, out: Path) -> list[Item]:
+    """Render the :data:`LAYOUTS` pages into ``out`` (PNG, 256-colour palette) and return their items."""
+    from PIL import Image
+
+    items = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        for name, rel, lang, width, height, scroll, css in LAYOUTS:
+            img, lines, box = render_html(debs / "root" / rel, width, height, scroll, Path(tmp_name), css)
+            rgb = Image.fromarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+            rgb.quantize(256).save(out / f"{name}.png", optimize=True)  # a render's few colours: a third the size
+            items.append(
+                Item(
+                    f"{name}.png",
+                    "debian-handbook",
+                    f"{rel} in headless Chromium, window {width}x{height}"
+                    + (f", scrolled to {scroll}" if scroll else "")
+                    + (f"; CSS added: {css}" if css else ""),
+                    lang,
+                    _licence("debian-handbook"),
+                    "Chromium's layout of the page's text nodes (one line = one visual line of one block element); "
+                    "reading orders from the DOM",
+                    lines,
+                    img.shape[1],
+                    img.shape[0],
+                    reading_orders(lines, box if "float" in css else None),
+                )
+            )
+    return items
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debs", type=Path, required=True, help="folder with the .debs unpacked under root/")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--layouts", action="store_true", help="only (re)build the LAYOUTS pages, keep the others")
     args = parser.parse_args(argv)
-    items = build(args.debs, args.out)
+    if args.layouts:
+        new = build_layouts(args.debs, args.out)
+        names = {it.file for it in new}
+        old = json.loads((args.out / "truth.json").read_text(encoding="utf-8"))["images"]
+        records = [r for r in old if r["file"] not in names] + [it.record() for it in new]
+    else:
+        records = [it.record() for it in build(args.debs, args.out)]
     (args.out / "truth.json").write_text(
-        json.dumps({"images": [it.record() for it in items]}, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+        json.dumps({"images": records}, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
     )
-    zh = sum(it.lang == "zh" for it in items)
+    zh = sum(r["lang"] == "zh" for r in records)
     size = sum(p.stat().st_size for p in args.out.iterdir())
-    print(f"{len(items)} images ({zh} Chinese), {size / 1e6:.1f} MB in {args.out}")
+    print(f"{len(records)} images ({zh} Chinese), {size / 1e6:.1f} MB in {args.out}")
     return 0
 
 

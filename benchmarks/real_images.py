@@ -20,6 +20,10 @@ quotes and dashes as ASCII):
 - CER: (edit distance over the pairs + characters of unpaired truth lines + characters of unpaired read
   lines) / truth characters. Reading order between lines does not count; a line joined across two columns
   costs the characters of the column it swallowed, twice.
+- order CER (the layout pages, whose truth has ``reading_orders``: tables, a floated sidebar, two columns): the
+  whole text in the order read (lines joined, then normalised) against the truth's whole text in a reader's
+  order, edit distance / truth characters, the best over the orders a reader may take (a floated sidebar just
+  before or just after the column beside it). Unlike the CER above, lines read out of order cost here.
 - ms per image: wall time of the call, the expert's including its layout work; engines warm.
 
 Overall CER weighs images by their truth characters, overall F1 counts lines over the whole set.
@@ -82,6 +86,7 @@ class Sample:
     lines: list[str]
     data: bytes  # the encoded image, as a user would attach it
     source: str = ""
+    orders: list[list[str]] | None = None  # the truth lines in each order a reader may take them
 
 
 def load_corpus(names: list[str] | None = None) -> list[Sample]:
@@ -99,6 +104,7 @@ def load_corpus(names: list[str] | None = None) -> list[Sample]:
                 [t["text"] for t in item["lines"]],
                 (CORPUS / item["file"]).read_bytes(),
                 item["page"],
+                [[item["lines"][i]["text"] for i in order] for order in item.get("reading_orders", ())] or None,
             )
         )
     if (not names or "skimage-page" in names) and importlib.util.find_spec("skimage") is not None:
@@ -144,6 +150,7 @@ class Score:
     matched: int
     ms: float = 0.0
     pairs: list[tuple[str, str, float]] = field(default_factory=list)
+    order_cer: float | None = None
 
     @property
     def cer(self) -> float:
@@ -185,6 +192,18 @@ def score(read: list[str], truth: list[str]) -> Score:
     errors += sum(len(ref[i]) for i in set(range(len(ref))) - set(rows))
     errors += sum(len(hyp[j]) for j in set(range(len(hyp))) - set(cols))
     return Score(total, errors, len(ref), len(hyp), int(matched), pairs=pairs)
+
+
+def order_cer(read: list[str], orders: list[list[str]]) -> float:
+    """Whole-text CER of ``read`` in its order against the best of the truth's reading ``orders``."""
+    from rapidfuzz.distance import Levenshtein
+
+    hyp = normalise(" ".join(read))
+    best = 1e9
+    for order in orders:
+        ref = normalise(" ".join(order))
+        best = min(best, Levenshtein.distance(ref, hyp) / max(len(ref), 1))
+    return best
 
 
 def overall(scores: list[Score]) -> tuple[float, float, float]:
@@ -339,6 +358,8 @@ def run_ocr(samples: list[Sample], engines: list[str]) -> dict[str, Any]:
                 ms = (time.perf_counter() - t) * 1000
                 sc = score(lines, sample.lines)
                 sc.ms = ms
+                if sample.orders:
+                    sc.order_cer = order_cer(lines, sample.orders)
                 results[(engine, system)][sample.name] = sc
                 reads[(engine, system)][sample.name] = lines
     return {"samples": samples, "results": results, "reads": reads, "table": table(samples, results)}
@@ -353,13 +374,14 @@ def table(samples: list[Sample], results: dict[tuple[str, str], dict[str, Score]
         lines.append(f"\nOCR, engine {engine}: ocr expert vs raw {raw_name[1]} at its defaults")
         lines.append(
             f"{'image':42s} {'lang':4s} {'lines':>5s} {'CER exp':>8s} {'CER raw':>8s} "
-            f"{'F1 exp':>7s} {'F1 raw':>7s} {'ms exp':>7s} {'ms raw':>7s}"
+            f"{'F1 exp':>7s} {'F1 raw':>7s} {'ms exp':>7s} {'ms raw':>7s} {'oCER exp':>8s} {'oCER raw':>8s}"
         )
         for s in samples:
             e, r = exp[s.name], raw[s.name]
+            order = f" {e.order_cer:8.3f} {r.order_cer:8.3f}" if e.order_cer is not None else ""
             lines.append(
                 f"{s.name[:42]:42s} {s.lang:4s} {e.truth_lines:5d} {e.cer:8.3f} {r.cer:8.3f} "
-                f"{e.f1:7.3f} {r.f1:7.3f} {e.ms:7.0f} {r.ms:7.0f}"
+                f"{e.f1:7.3f} {r.f1:7.3f} {e.ms:7.0f} {r.ms:7.0f}{order}"
             )
         groups = [("all", samples)] + [(lang, [s for s in samples if s.lang == lang]) for lang in ("en", "zh")]
         for label, group in groups:
@@ -416,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                     "truth_lines": sc.truth_lines,
                     "read_lines": sc.read_lines,
                     "matched": sc.matched,
+                    "order_cer": sc.order_cer,
                     "read": out["reads"][(e, s)][name],
                 }
                 for name, sc in res.items()

@@ -61,6 +61,10 @@ class Expert:
     max_side: ClassVar[int | None] = None
     #: Bump when a change makes old results wrong: cached results of another version are not used.
     version: ClassVar[str] = "1"
+    #: Arguments that only filter or format a result (ocr's ``query``): the engine pass does not depend on
+    #: them, so callers run one pass per image and the other arguments (:meth:`pass_args`), share it, and
+    #: apply these afterwards with :meth:`refine`. :meth:`_analyze` must ignore them.
+    filter_args: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **config: Any) -> None:
         self.config: dict[str, Any] = dict(config)
@@ -132,9 +136,18 @@ class Expert:
         }
 
     # --- work ---------------------------------------------------------------------------------
+    def pass_args(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The arguments that shape the engine pass: ``args`` (canonical, validated) without :attr:`filter_args`."""
+        return {k: v for k, v in args.items() if k not in self.filter_args}
+
+    def refine(self, result: ExpertResult, args: ExpertArgs) -> ExpertResult:
+        """Apply the :attr:`filter_args` in ``args`` to a pass result that the caller owns (may modify it in
+        place). Cheap and engine-free: it runs once per caller on a shared pass. Default: as it is."""
+        return result
+
     def analyze(self, image: DecodedImage, args: dict[str, Any] | None = None) -> ExpertResult:
-        """Run the expert on one decoded image. Errors propagate; the dispatcher turns them into
-        error lines."""
+        """Run the expert on one decoded image: the engine pass, then :meth:`refine`. Errors propagate;
+        the dispatcher turns them into error lines."""
         parsed = self.parse_args(args)
         self.load()
         check_cancelled()  # given up on while the engine loaded
@@ -144,6 +157,7 @@ class Expert:
         result = self._analyze(view, parsed)
         if view is not image:
             self.rescale_result(result, view.scale)
+        result = self.refine(result, parsed)
         result.timing_ms = (time.perf_counter() - t0) * 1000.0
         result.image_id = image.image_id
         result.expert = self.name

@@ -52,6 +52,10 @@ class OcrExpert(Expert):
     Args = OcrArgs
     positional = "query"
     extra = "onnx"
+    # `query` only searches the lines read: 8 queries on one image share one engine pass.
+    filter_args = ("query",)
+    # 2: tables read row by row with cells, floated sidebars and CJK columns read as blocks (issue 18).
+    version = "2"
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
@@ -121,6 +125,9 @@ class OcrExpert(Expert):
             "line_count": len(text_lines),
             "script": script,
         }
+        tables = len({line.cell[0] for line in lines if line.cell is not None})
+        if tables:
+            attributes["tables"] = tables
         blocks = len({line.block for line in lines})
         if blocks > 1:
             # Columns, table cells, sidebars and separate labels: which block each line (in order) belongs to.
@@ -132,9 +139,12 @@ class OcrExpert(Expert):
             attributes["language"] = "+".join(
                 SCRIPT_LANG.get(s, s) for s, _ in sorted(counts.items(), key=lambda kv: -kv[1])
             )
-        result = self.new_result(image, text=text_lines, full_text=full_text or None, attributes=attributes)
+        return self.new_result(image, text=text_lines, full_text=full_text or None, attributes=attributes)
+
+    def refine(self, result: ExpertResult, args: OcrArgs) -> ExpertResult:  # type: ignore[override]
+        """Say whether ``query`` appears in the lines the pass read."""
         if args.query:
-            _apply_query(result, args.query, text_lines)
+            _apply_query(result, args.query, result.text)
         return result
 
 
@@ -144,6 +154,7 @@ def _text_line(line: Line) -> TextLine:
         score=round(line.score, 4),
         box=[[round(x, 1), round(y, 1)] for x, y in line.quad()],
         bbox=[round(v, 1) for v in line.bbox()],
+        cell=list(line.cell) if line.cell is not None else None,
     )
 
 

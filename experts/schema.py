@@ -31,6 +31,9 @@ class TextLine(BaseModel):
     score: float
     box: list[list[float]] = Field(default_factory=list, description="4 points [[x, y], ...], clockwise")
     bbox: list[float] = Field(default_factory=list, description="[x1, y1, x2, y2]")
+    cell: list[int] | None = Field(
+        default=None, description="[table, row, column] when the line is in a table cell, from 0 in reading order"
+    )
 
 
 class Style(BaseModel):

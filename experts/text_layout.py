@@ -44,10 +44,12 @@ class Segment:
 @dataclass
 class Line:
     """Segments that share a visual line within one column or block, left to right; ``block`` numbers the
-    block (a paragraph, a column's run of lines, a table column, a sidebar) the line belongs to."""
+    block (a paragraph, a column's run of lines, a table column, a sidebar) the line belongs to; ``cell`` is
+    (table, row, column) for a line in a table cell, all numbered from 0 in reading order."""
 
     segments: list[Segment] = field(default_factory=list)
     block: int = 0
+    cell: tuple[int, int, int] | None = None
 
     @property
     def text(self) -> str:
@@ -106,6 +108,11 @@ BLOCK_GAP = 1.0
 # line height, for most of the lines.
 ROW_ALIGN = 0.25
 ROW_SHARE = 0.6
+# Side-by-side groups all at least this many line heights wide are columns of prose, never a table (every
+# table of the real set has a column at most 11.6 line heights wide; prose columns of the layout pages: 20+).
+PROSE_WIDTH = 15.0
+# A blank of more than this many line heights between two lines of a block is a paragraph break.
+PARA_GAP = 0.5
 
 
 def group_lines(segments: list[Segment], overlap: float = 0.5, join_gap: float | None = JOIN_GAP) -> list[Line]:
@@ -131,10 +138,16 @@ def group_lines(segments: list[Segment], overlap: float = 0.5, join_gap: float |
         for line in block:
             line.block = k
     ordered = _order(blocks)
-    # Number blocks in reading order.
+    # Number blocks, tables and their rows in reading order.
     renumber: dict[int, int] = {}
+    tables: dict[int, int] = {}
+    rows: dict[tuple[int, int], int] = {}
     for line in ordered:
         line.block = renumber.setdefault(line.block, len(renumber))
+        if line.cell is not None:
+            table, row, col = line.cell
+            t = tables.setdefault(table, len(tables))
+            line.cell = (t, rows.setdefault((table, row), sum(k[0] == table for k in rows)), col)
     return ordered
 
 
@@ -265,24 +278,98 @@ def _cut(blocks: list[list[Line]], axis: int) -> list[list[list[Line]]]:
 def _order(blocks: list[list[Line]]) -> list[Line]:
     """Reading order of a region's lines (a recursive X-Y cut, columns first)."""
     if len(blocks) == 1:
-        return sorted(blocks[0], key=lambda ln: (ln.cy, ln.bbox()[0]))
+        return _read_rows(blocks[0])
     columns = _cut(blocks, 0)
     if len(columns) > 1:
         if _table_rows(columns):
-            rows = _rows([ln for b in blocks for ln in b], 0.5)
-            return [ln for row in rows for ln in sorted(row, key=lambda ln: ln.bbox()[0])]
+            return _read_rows([ln for b in blocks for ln in b], in_table=True)
         return [ln for col in columns for ln in _order(col)]
     bands = _cut(blocks, 1)
     if len(bands) > 1:
         return [ln for band in bands for ln in _order(band)]
-    # Overlapping blocks with no clean cut: by their tops, then left to right.
+    split = _split_below_boxes(blocks)
+    if split is not None:
+        return _order(split)
+    # Overlapping blocks with no clean cut: a table when its blocks sit on common rows (a cell box that the
+    # detector ran across a column boundary leaves no clean cut), else by their tops, then left to right.
+    if _table_rows([[b] for b in blocks]):
+        return _read_rows([ln for b in blocks for ln in b], in_table=True)
     return [ln for b in sorted(blocks, key=lambda b: (_extent(b)[1], _extent(b)[0])) for ln in _order([b])]
 
 
+def _read_rows(lines: list[Line], in_table: bool = False) -> list[Line]:
+    """Lines by visual rows, top to bottom, each left to right. Rows with lines side by side are table rows
+    (``in_table``: the region is a table; else where at least two such rows follow each other), and their
+    lines get a ``cell``, the column being the position in the row. In a table, a row close under the one
+    above with nothing under its first cell continues it (cells wrapping onto more lines): its lines join the cell
+    they sit under, and each cell is read whole before the next one."""
+    rows = [sorted(row, key=lambda ln: ln.bbox()[0]) for row in _rows(lines, 0.5)]
+    if all(len(row) == 1 for row in rows):
+        return [row[0] for row in rows]
+    wide = [len(row) > 1 for row in rows]
+    groups: list[list[int]] = []
+    for i, row in enumerate(rows):
+        head = rows[groups[-1][0]] if groups else None
+        close = (
+            i > 0 and min(ln.bbox()[1] for ln in row) - max(ln.bbox()[3] for ln in rows[i - 1]) < 0.5 * row[0].height
+        )
+        if in_table and head and len(head) > 1 and close and row[0].bbox()[0] >= head[0].bbox()[2]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+
+    def tabular(group: list[int]) -> bool:
+        i = group[0]  # outside a known table, two rows of side-by-side lines in a row make one
+        return wide[i] and (in_table or (i > 0 and wide[i - 1]) or (i + 1 < len(rows) and wide[i + 1]))
+
+    table = id(rows[0][0])
+    out: list[Line] = []
+    for r, group in enumerate(groups):
+        if not tabular(group):
+            out.extend(ln for i in group for ln in rows[i])
+            continue
+        head = rows[group[0]]
+        cells = sorted((_under(ln, head), i, k) for i in group for k, ln in enumerate(rows[i]))
+        for col, i, k in cells:
+            rows[i][k].cell = (table, r, col)
+            out.append(rows[i][k])
+    return out
+
+
+def _under(line: Line, head: list[Line]) -> int:
+    """Which of a table row's first-line cells ``line`` sits under: the last one starting left of it."""
+    x = line.bbox()[0]
+    return max((k for k, h in enumerate(head) if h.bbox()[0] <= x + 0.5 * line.height), default=0)
+
+
+def _split_below_boxes(blocks: list[list[Line]]) -> list[list[Line]] | None:
+    """Blocks with no clean cut because one runs on under a box beside it (a column under a floated sidebar,
+    then a paragraph across the page): the block split at its first paragraph gap below the box's bottom,
+    so the column beside the box and what follows it become separate bands. None when there is no such gap."""
+    for k, a in enumerate(blocks):
+        ea = _extent(a)
+        for b in blocks:
+            eb = _extent(b)
+            if b is a or eb[1] < ea[1] or eb[3] >= ea[3] or not (ea[0] <= eb[2] and eb[0] <= ea[2]):
+                continue
+            lines = sorted(a, key=lambda ln: ln.bbox()[1])
+            for i in range(1, len(lines)):
+                top, prev = lines[i].bbox()[1], lines[i - 1].bbox()[3]
+                if prev >= eb[3] - 0.5 * lines[i].height and top - prev > PARA_GAP * lines[i].height:
+                    return blocks[:k] + [lines[:i], lines[i:]] + blocks[k + 1 :]
+    return None
+
+
 def _table_rows(columns: list[list[list[Line]]]) -> bool:
-    """Side-by-side groups are a table when most of their lines have a partner on the same row next door."""
+    """Side-by-side groups are a table when most of their lines have a partner on the same row next door,
+    unless every group is as wide as a column of prose (PROSE_WIDTH line heights): columns set on one line
+    grid (CSS columns, CJK text of one size) have partners on every row too."""
     lines = [[ln for b in col for ln in b] for col in columns]
     if sum(len(c) > 1 for c in lines) < 2:
+        return False
+    h = float(np.median([ln.height for c in lines for ln in c]))
+    widths = [_extent([ln for b in col for ln in b])[2] - _extent([ln for b in col for ln in b])[0] for col in columns]
+    if min(widths) >= PROSE_WIDTH * h:
         return False
     aligned = 0
     for k, col in enumerate(lines):

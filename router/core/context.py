@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from experts.schema import ImageAnalysis
+from experts.schema import ImageAnalysis, TextLine
 from router.core.tags import neutralize
 
 MAX_TEXT_LINES = 40
@@ -64,7 +64,7 @@ def render_image(a: ImageAnalysis) -> list[str]:
     if a.text:
         shown = a.text[:MAX_TEXT_LINES]
         more = len(a.text) - len(shown)
-        body = " / ".join(q(t.text) for t in shown)
+        body = " / ".join(q(item) for item in text_items(shown))
         out.append(f"- text ({len(a.text)} lines, reading order): {body}" + (f" / ... {more} more" if more else ""))
     elif a.full_text:
         out.append(f"- text: {q(a.full_text)}")
@@ -94,6 +94,27 @@ def render_image(a: ImageAnalysis) -> list[str]:
     for key, err in a.errors.items():
         out.append(f"- error ({safe(key)}): {safe(err)}")
     return out
+
+
+def text_items(lines: list[TextLine]) -> list[str]:
+    """Text lines as the model reads them: one item per line, except that a table row is one item with its
+    cells in order, ``Question | Answer`` (a cell's wrapped lines joined by a space)."""
+    items: list[str] = []
+    row: tuple[int, int] | None = None
+    cells: dict[int, list[str]] = {}
+    for t in lines:
+        key = (t.cell[0], t.cell[1]) if t.cell and len(t.cell) == 3 else None
+        if key is None or key != row:
+            if cells:
+                items.append(" | ".join(" ".join(cells[c]) for c in sorted(cells)))
+            row, cells = key, {}
+        if key is None:
+            items.append(t.text)
+        else:
+            cells.setdefault(t.cell[2], []).append(t.text)
+    if cells:
+        items.append(" | ".join(" ".join(cells[c]) for c in sorted(cells)))
+    return items
 
 
 def _kv(d: dict[str, Any]) -> str:

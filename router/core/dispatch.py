@@ -70,14 +70,17 @@ class Dispatcher:
 
     def start(self, call: ExpertCall) -> asyncio.Future[ExpertResult]:
         """Start a call now (must be called inside a running event loop); returns its future.
-        An identical call already running is shared, not repeated."""
+
+        One engine pass per image, expert configuration and pass arguments: an identical pass already
+        running is shared, not repeated, and a cached one is reused; arguments that only filter the result
+        (the expert's ``filter_args``, e.g. ocr's ``query``) are applied to a copy of the shared pass."""
         loop = asyncio.get_running_loop()
         try:
             expert = self.registry.get(call.expert)
             args = dict(call.args)
             if call.query and expert.positional and expert.positional not in args:
                 args[expert.positional] = call.query
-            canonical = expert.parse_args(args).model_dump(exclude_defaults=True, mode="json")
+            parsed = expert.parse_args(args)
             why = self.registry.unavailable(expert.name)
             if why is not None:  # known at start-up or from an earlier load: skipped at once, never retried
                 raise EngineMissing(f"{expert.name} cannot run here: {why}")
@@ -85,16 +88,26 @@ class Dispatcher:
             fut: asyncio.Future[ExpertResult] = loop.create_future()
             fut.set_result(ExpertResult.failure(call.image.image_id, call.expert, call.args, str(exc)))
             return fut
-        key = cache_key(call.image.image_id, f"{expert.name}@{expert.cache_tag()}", canonical)
+        canonical = parsed.model_dump(exclude_defaults=True, mode="json")
+        pass_args = expert.pass_args(canonical)
+        shared = self._start_pass(expert, call.image, pass_args)
+        if pass_args == canonical:
+            return shared
+        return asyncio.ensure_future(_refined(expert, shared, parsed, canonical))
+
+    def _start_pass(self, expert: Any, image: DecodedImage, args: dict[str, Any]) -> asyncio.Future[ExpertResult]:
+        """The future of the engine pass for ``args``: the running one, the cached one, or a new run."""
+        loop = asyncio.get_running_loop()
+        key = cache_key(image.image_id, f"{expert.name}@{expert.cache_tag()}", args)
         running = self._inflight.get((id(loop), key))
         if running is not None:
             return running
         cached = self.cache.get(key)
         if cached is not None:
-            fut = loop.create_future()
+            fut: asyncio.Future[ExpertResult] = loop.create_future()
             fut.set_result(cached)
             return fut
-        task = asyncio.ensure_future(self._run(expert, call.image, canonical, key))
+        task = asyncio.ensure_future(self._run(expert, image, args, key))
         slot = (id(loop), key)
         self._inflight[slot] = task
         task.add_done_callback(lambda _t, k=slot: self._inflight.pop(k, None))
@@ -158,6 +171,22 @@ class Dispatcher:
                 sem = asyncio.Semaphore(self.max_concurrency)
                 self._sems[loop] = sem
             return sem
+
+
+async def _refined(
+    expert: Any, shared: asyncio.Future[ExpertResult], parsed: Any, args: dict[str, Any]
+) -> ExpertResult:
+    """A caller's own result from a shared pass: a copy with its filter arguments applied."""
+    # Shielded: one caller giving up must not cancel the pass the others wait for.
+    base = await asyncio.shield(shared)
+    if base.error:
+        return base.model_copy(update={"args": args})
+    try:
+        result = expert.refine(base.model_copy(deep=True), parsed)
+    except Exception as exc:  # an expert bug is an error line, not a failed request
+        return ExpertResult.failure(base.image_id, expert.name, args, f"{type(exc).__name__}: {exc}")
+    result.args = args
+    return result
 
 
 class _DaemonPool:
