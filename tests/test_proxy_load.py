@@ -16,7 +16,8 @@ from tests.test_proxy_support import MODEL, b64, no_image_bytes, png, start_stac
 
 CONCURRENT = 200
 ROUTED = 50
-ANSWER = "The quick brown fox jumps over the lazy dog. " * 2
+# Two different sentences: a routed answer that repeats a sentence is cut as a loop (router/core/answer_text.py).
+ANSWER = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs."
 
 
 def rss_mib() -> float:

@@ -40,6 +40,7 @@ class RecordingOrchestrator:
         self.real = Orchestrator(settings(ollama_host=fake_url), registry=registry())
         self.registry = self.real.registry
         self.dispatcher = self.real.dispatcher
+        self.upstream = self.real.upstream
         self.calls: list[tuple[list[dict[str, Any]], dict[str, Any]]] = []
 
     async def show(self, model: str) -> Any:
