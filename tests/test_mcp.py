@@ -8,10 +8,8 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +30,7 @@ from router.core.config import Settings  # noqa: E402
 from router.core.protocol import PROTOCOL_PROMPT  # noqa: E402
 from router.serve.local_server import LocalServer  # noqa: E402
 from router.serve.mcp_server import ImagePolicy, VisionMcp, loopback_hosts  # noqa: E402
+from tests.mcp_process import start_mcp_http  # noqa: E402
 from tests.test_caption import MAX_NEW, NO_SPECIALS, tiny_dir  # noqa: E402,F401  (tiny models for HTTP)
 from tests.test_clip import tiny_clip  # noqa: E402,F401
 
@@ -285,24 +284,11 @@ def test_http_command_refuses_remote_without_allow_remote():
 
 def test_http_command_serves_with_a_token(images):
     """`vision-router mcp --http --port 0 --token T` as a user starts it: it says where it listens."""
-    env = {**os.environ, "VISION_ROUTER_EXPERTS": "detect", "VISION_ROUTER_TOKEN": "from-env"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from router.commands import main; main()", "mcp", "--http", "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc, url, line = start_mcp_http({"VISION_ROUTER_EXPERTS": "detect", "VISION_ROUTER_TOKEN": "from-env"})
     try:
-        url = None
-        deadline = time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if "streamable HTTP on " in line:
-                url = line.split("streamable HTTP on ", 1)[1].split()[0]
-                assert "(bearer token required)" in line
-        assert url and url.startswith("http://127.0.0.1:") and url.endswith("/mcp")
+        assert "(bearer token required)" in line
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/mcp")
         base = url.removesuffix("/mcp")
-        _wait_listening(base)
 
         async def body(s: ClientSession) -> None:
             res = await s.call_tool("detect", {"image": _data_url(images["astronaut"]), "query": "face"})
@@ -313,18 +299,6 @@ def test_http_command_serves_with_a_token(images):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def _wait_listening(base: str) -> None:
-    host, port = base.removeprefix("http://").rsplit(":", 1)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((host, int(port)), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listening at {base}")
 
 
 def test_search_tool_answers_from_the_index(images, tmp_path):

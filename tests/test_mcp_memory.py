@@ -8,8 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +18,8 @@ pytest.importorskip("mcp", reason="needs the [mcp] extra")
 pytest.importorskip("starlette", reason="needs the [serve] extra")
 
 import httpx  # noqa: E402
+
+from tests.mcp_process import start_mcp_http  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD_MB = 24
@@ -34,29 +34,8 @@ def _rss_mb(pid: int) -> float:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the server's RSS from /proc (Linux)")
 @pytest.mark.timeout(180)
 def test_rejected_big_data_urls_do_not_pile_up_in_the_server():
-    env = {**os.environ, "VISION_ROUTER_EXPERTS": "detect", "VISION_ROUTER_CACHE": ""}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from router.commands import main; main()", "mcp", "--http", "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    proc, url, _ = start_mcp_http({"VISION_ROUTER_EXPERTS": "detect", "VISION_ROUTER_CACHE": ""})
     try:
-        url = None
-        deadline = time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if "streamable HTTP on " in line:
-                url = line.split("streamable HTTP on ", 1)[1].split()[0]
-        assert url, "the MCP server did not start"
-        host, port = url.removeprefix("http://").removesuffix("/mcp").split(":")
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((host, int(port)), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         accept = {"Accept": "application/json, text/event-stream"}
         init = {
             "jsonrpc": "2.0",

@@ -4,10 +4,7 @@ deadline (10 s), and real clients are still served. Bounded: 30 connections, one
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -17,7 +14,8 @@ pytest.importorskip("uvicorn", reason="needs the [serve] extra")
 
 import httpx  # noqa: E402
 
-from tests.test_expert_service import ROOT, service  # noqa: E402
+from tests.mcp_process import start_mcp_http  # noqa: E402
+from tests.test_expert_service import service  # noqa: E402
 
 SLOW = 30
 HEADER_DEADLINE_S = 10.0
@@ -32,17 +30,6 @@ def _slowloris(host: str, port: int) -> list[socket.socket]:
             s.sendall(b"POST /v1/analyze HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
         socks.append(s)
     return socks
-
-
-def _wait_listening(host: str, port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listening on {host}:{port}")
 
 
 def _all_cut_off(socks: list[socket.socket], within_s: float) -> int:
@@ -80,24 +67,9 @@ def test_expert_serve_cuts_off_slow_headers(tmp_path):
 @pytest.mark.timeout(120)
 def test_mcp_http_cuts_off_slow_headers():
     pytest.importorskip("mcp", reason="needs the [mcp] extra")
-    env = {**os.environ, "VISION_ROUTER_EXPERTS": "detect"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from router.commands import main; main()", "mcp", "--http", "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    proc, url, _ = start_mcp_http({"VISION_ROUTER_EXPERTS": "detect"})
     try:
-        url = None
-        deadline = time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if "streamable HTTP on " in line:
-                url = line.split("streamable HTTP on ", 1)[1].split()[0]
-        assert url, "the MCP server did not start"
         host, port = url.removeprefix("http://").removesuffix("/mcp").split(":")
-        _wait_listening(host, int(port))
         socks = _slowloris(host, int(port))
         assert _all_cut_off(socks, HEADER_DEADLINE_S + 5) == SLOW
         assert httpx.get(url, timeout=5).status_code in (400, 405, 406)  # still answering
