@@ -198,6 +198,9 @@ def test_the_documented_example_loads_and_applies(cfg, tmp_path, monkeypatch):
     example = config_mod.__doc__.split("Example ``config.toml``::", 1)[1]
     text = "\n".join(line[4:] for line in example.splitlines() if line.startswith("    "))
     (tmp_path / "my-keywords.toml").write_text('[[rule]]\nexpert = "ocr"\nkeywords = ["read"]\n', "utf-8")
+    (tmp_path / "my-exemplars.toml").write_text(
+        '[[route]]\nname = "read"\ncalls = [{ expert = "ocr" }]\nexamples = ["read it", "what does it say"]\n', "utf-8"
+    )
     monkeypatch.chdir(tmp_path)
     cfg.write_text(text, "utf-8")
     s = Settings.load(cfg)

@@ -350,8 +350,8 @@ def test_turn_one_is_the_run_loops_own(fake_ollama, suite_file, evaluator):
     from_eval = fake_ollama.calls("/api/chat")
     fake_ollama.reset()
     fake_ollama.script("Thanks.")
-    orch = Orchestrator(
-        Settings(ollama_host=fake_ollama.url, cache_dir="", fallback=[]),
+    orch = Orchestrator(  # the model-decides path: no keyword, no semantic route, no fallback
+        Settings(ollama_host=fake_ollama.url, cache_dir="", fallback=[], semantic=False),
         registry=make_registry(),
         keywords=KeywordRouter([]),
     )

@@ -27,6 +27,11 @@ def orch(fake, *extra, **settings):
     return Orchestrator(Settings(ollama_host=fake.url, **settings), registry=make_registry(*extra))
 
 
+def model_decides(fake, *extra, **settings):
+    """The tag path: nothing decides before the model (no semantic routing, no fallback experts)."""
+    return orch(fake, *extra, semantic=False, fallback=[], **settings)
+
+
 def assert_no_image_bytes(fake):
     """The upstream text model must never receive image bytes."""
     for body in fake.calls("/api/chat"):
@@ -37,7 +42,7 @@ def assert_no_image_bytes(fake):
 
 def test_model_asks_with_a_tag_two_llm_calls(fake_ollama):
     fake_ollama.script("Let me read it.\n[VISION: ocr]", "It says GRAND OPENING 50% OFF.")
-    final = orch(fake_ollama).ask("Tell me about this poster", [IMG])
+    final = model_decides(fake_ollama).ask("Tell me about this poster", [IMG])
     chats = fake_ollama.calls("/api/chat")
     assert len(chats) == 2
     assert final.answer == "Let me read it.\nIt says GRAND OPENING 50% OFF."
@@ -78,21 +83,34 @@ def test_no_tag_and_no_fallback_streams_turn_one(fake_ollama):
     assert len(fake_ollama.calls("/api/chat")) == 1 and final.answer == "A plain answer."
 
 
-def test_fallback_experts_run_when_nobody_asked(fake_ollama):
-    fake_ollama.script("I guess it is a cat.", "It shows the words GRAND OPENING 50% OFF.")
-    final = orch(fake_ollama).ask("hello there", [IMG])
-    chats = fake_ollama.calls("/api/chat")
-    assert len(chats) == 2
-    assert final.answer == "It shows the words GRAND OPENING 50% OFF."  # the unseen guess is dropped
+def test_fallback_experts_look_before_the_one_answer_when_nobody_decided(fake_ollama):
+    """Issue 23: no held-back turn to find out that the model would not ask. The fallback experts look at
+    once and the model answers from them in its first (streamed) turn, taught how to ask for more."""
+    fake_ollama.script("It shows the words GRAND OPENING 50% OFF.")
+    seen: list[str] = []
+    final = orch(fake_ollama, semantic=False).ask("hmm?", [IMG], on_text=seen.append)
+    (chat,) = fake_ollama.calls("/api/chat")
+    assert "".join(seen) == final.answer == "It shows the words GRAND OPENING 50% OFF."
     assert final.trace.fallback and {e.expert for e in final.trace.experts} == {"ocr", "detect"}
-    assert "GRAND OPENING" in chats[1]["messages"][-1]["content"]
+    assert {e.source for e in final.trace.experts} == {"fallback"}
+    assert "GRAND OPENING" in chat["messages"][-1]["content"]
+    assert "[VISION: ocr]" in chat["messages"][0]["content"]  # it may still ask
+
+
+def test_after_the_fallback_the_model_may_ask_for_more_a_second_round_only_then(fake_ollama):
+    fake_ollama.script('[VISION: detect "face"]', "One face, and the sign says GRAND OPENING.")
+    final = orch(fake_ollama, semantic=False).ask("hmm?", [IMG])
+    chats = fake_ollama.calls("/api/chat")
+    assert len(chats) == 2 and final.answer == "One face, and the sign says GRAND OPENING."
+    assert [e.source for e in final.trace.experts] == ["fallback", "fallback", "tag"]
+    assert "face [1,1,10,10]" in chats[1]["messages"][-1]["content"]
 
 
 def test_unknown_expert_is_dropped_and_said_in_the_next_context(fake_ollama):
     """A tag naming no expert here starts no round of its own (issue 17): the fallback experts look, and the
     next context says in one line why the tag was not run."""
     fake_ollama.script("[VISION: telepathy]", "I cannot do that.")
-    final = orch(fake_ollama).ask("guess its secret", [IMG])
+    final = orch(fake_ollama, semantic=False).ask("guess its secret", [IMG])
     assert len(fake_ollama.calls("/api/chat")) == 2
     ctx = fake_ollama.calls("/api/chat")[1]["messages"][-1]["content"]
     assert "Note: telepathy was not run, it cannot run here: unknown expert 'telepathy' (available: detect, ocr)" in ctx
@@ -115,7 +133,7 @@ def test_failing_and_hanging_experts_do_not_fail_the_request(fake_ollama):
 
 def test_rounds_are_bounded_and_tags_never_leak(fake_ollama):
     fake_ollama.script("[VISION: ocr]", "[VISION: detect]", "Final. [VISION: ocr image=1] done")
-    final = orch(fake_ollama, max_rounds=2).ask("look at it", [IMG])
+    final = model_decides(fake_ollama, max_rounds=2).ask("look at it", [IMG])
     chats = fake_ollama.calls("/api/chat")
     assert len(chats) == 3
     assert protocol.LAST_ROUND in chats[2]["messages"][-1]["content"]
@@ -158,7 +176,7 @@ def test_second_question_on_same_image_is_served_from_cache(fake_ollama, tmp_pat
 def test_history_images_are_numbered_and_targeted(fake_ollama):
     other = png_bytes(30, 30, (0, 0, 0))
     fake_ollama.script("[VISION: ocr image=1]", "first image text", "[VISION: ocr image=9]", "no such image")
-    o = orch(fake_ollama)
+    o = model_decides(fake_ollama)
     msgs = [
         {"role": "user", "content": "first", "images": [IMG_B64]},
         {"role": "assistant", "content": "ok"},

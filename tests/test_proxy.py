@@ -24,6 +24,7 @@ from tests.test_proxy_support import (
     ndjson,
     no_image_bytes,
     png,
+    settings,
     stack,  # noqa: F401  (fixture)
     start_stack,
     stop_stack,
@@ -215,16 +216,20 @@ def test_chat_with_image_streams_one_terminal_chunk(fresh):
     no_image_bytes(fresh.fake)
 
 
-def test_two_turns_sum_stats_and_hide_tags(fresh):
-    fresh.fake.script(Reply("Let me look. [VISION: ocr]", chunk_size=4), Reply("The text is SALE.", chunk_size=4))
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about it", "images": [IMAGE_B64]}]}
-    chunks = ndjson(post(fresh.url, "/api/chat", body).content)
-    text = "".join(c["message"]["content"] for c in chunks)
-    assert "VISION" not in text and "The text is SALE." in text
-    assert [c["done"] for c in chunks].count(True) == 1
-    assert len(fresh.fake.calls("/api/chat")) == 2
-    assert chunks[-1]["load_duration"] == 2 * 1_000_000  # summed over the hidden turn
-    no_image_bytes(fresh.fake)
+def test_two_turns_sum_stats_and_hide_tags():
+    fresh = start_stack(settings(semantic=False, fallback=[]))  # the model decides: a tag turn, then the answer
+    try:
+        fresh.fake.script(Reply("Let me look. [VISION: ocr]", chunk_size=4), Reply("The text is SALE.", chunk_size=4))
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about it", "images": [IMAGE_B64]}]}
+        chunks = ndjson(post(fresh.url, "/api/chat", body).content)
+        text = "".join(c["message"]["content"] for c in chunks)
+        assert "VISION" not in text and "The text is SALE." in text
+        assert [c["done"] for c in chunks].count(True) == 1
+        assert len(fresh.fake.calls("/api/chat")) == 2
+        assert chunks[-1]["load_duration"] == 2 * 1_000_000  # summed over the hidden turn
+        no_image_bytes(fresh.fake)
+    finally:
+        stop_stack(fresh)
 
 
 def test_stream_false_returns_one_object_and_options_pass(fresh):

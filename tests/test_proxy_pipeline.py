@@ -46,6 +46,9 @@ class RecordingOrchestrator:
     async def show(self, model: str) -> Any:
         return await self.real.show(model)
 
+    def preload(self) -> None:
+        self.real.preload()
+
     async def stream(self, messages: list[dict[str, Any]], **kw: Any):
         self.calls.append((messages, kw))
         yield Final(answer="ok", model=kw["model"], done_reason="stop", stats={}, trace=Trace(model=kw["model"]))

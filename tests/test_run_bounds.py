@@ -20,6 +20,8 @@ from tests.fake_ollama import Reply
 from tests.router_experts import make_registry
 
 IMG = png_bytes(80, 60, (250, 250, 250))
+# The model decides what to look at: no semantic routing, no fallback experts before its first turn.
+MODEL_DECIDES = {"semantic": False, "fallback": []}
 
 
 def orch(fake, **settings):
@@ -34,7 +36,7 @@ def always(text: str):
 # --- no silent empty answer ------------------------------------------------------------------------
 def test_model_that_only_repeats_tags_gets_a_clear_no_answer_with_the_findings(fake_ollama):
     fake_ollama.responder = always("[VISION: ocr]")
-    final = orch(fake_ollama, max_rounds=1).ask("Tell me about this poster", [IMG])
+    final = orch(fake_ollama, max_rounds=1, **MODEL_DECIDES).ask("Tell me about this poster", [IMG])
     chats = fake_ollama.calls("/api/chat")
     assert len(chats) == 3  # one round, the last turn, one turn told plainly to answer
     assert chats[-1]["messages"][-1] == {"role": "user", "content": protocol.NO_MORE_EXPERTS}
@@ -47,7 +49,7 @@ def test_model_that_only_repeats_tags_gets_a_clear_no_answer_with_the_findings(f
 def test_recovery_turn_answer_is_the_answer(fake_ollama):
     fake_ollama.script("[VISION: ocr]", "[VISION: ocr]", "It says GRAND OPENING.")
     seen: list[str] = []
-    final = orch(fake_ollama, max_rounds=1).ask("Tell me about this poster", [IMG], on_text=seen.append)
+    final = orch(fake_ollama, max_rounds=1, **MODEL_DECIDES).ask("Tell me about this poster", [IMG], on_text=seen.append)
     assert final.answered and final.answer == "It says GRAND OPENING."
     assert "".join(seen) == final.answer  # streamed like any answer
     assert final.trace.ignored_tags == ["[VISION: ocr]"]
@@ -55,7 +57,7 @@ def test_recovery_turn_answer_is_the_answer(fake_ollama):
 
 def test_last_round_words_with_tags_removed_are_the_answer(fake_ollama):
     fake_ollama.script("[VISION: ocr]", "It says GRAND OPENING. [VISION: detect]")
-    final = orch(fake_ollama, max_rounds=1).ask("Tell me about this poster", [IMG])
+    final = orch(fake_ollama, max_rounds=1, **MODEL_DECIDES).ask("Tell me about this poster", [IMG])
     assert final.answered and final.answer == "It says GRAND OPENING."  # the trailing space is held back, then dropped
     assert len(fake_ollama.calls("/api/chat")) == 2  # no extra turn when there is an answer
 

@@ -84,6 +84,9 @@ def test_tools_command_prints_json_for_installed_experts():
 
 # --- the orchestrator's tools protocol ----------------------------------------------------------------
 def orch(fake: FakeOllama, **over) -> Orchestrator:
+    """The model decides (native tool calls): nothing looks before its first turn unless a test says so."""
+    over.setdefault("semantic", False)
+    over.setdefault("fallback", [])
     return Orchestrator(settings(ollama_host=fake.url, **over), registry=registry())
 
 

@@ -110,6 +110,8 @@ def test_summary_and_json():
         "output_tokens": 89,
         "rounds": 2,
         "fallback": False,
+        "semantic": None,
+        "filtered": 0,
         "total_ms": 1600.0,
     }
     data = trace_json(t)
@@ -125,7 +127,8 @@ def test_trace_of_a_real_request(fake_ollama):
     from router.core.orchestrator import Orchestrator
 
     fake_ollama.script("[VISION: ocr]", "It says GRAND OPENING.")
-    orch = Orchestrator(Settings(ollama_host=fake_ollama.url, cache_dir=""), registry=make_registry())
+    settings = Settings(ollama_host=fake_ollama.url, cache_dir="", semantic=False, fallback=[])
+    orch = Orchestrator(settings, registry=make_registry())
     final = orch.ask("Tell me about this poster", [png_bytes(80, 60)])
     text = render_trace(final.trace)
     assert text.startswith("trace: qwen3-vision | 1 image (80x60 PNG) | 1 expert round | 2 LLM calls")

@@ -75,6 +75,7 @@ def ask(
     if not question:
         raise click.UsageError("give a question with -q/--question (or a --preset)")
     orch = Orchestrator(settings, registry=common.configured_registry(settings))
+    orch.preload()  # the semantic router loads while the images are read
     if rag_db:
         from router.apps.rag import retrieve_context
 

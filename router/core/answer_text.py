@@ -13,8 +13,13 @@ Two stages, each incremental and chunk-invariant on its own:
 - :class:`_Scaffolding`, line by line: role prefixes at a line start (``User:``/``Human:``/``System:``
   mean the model started writing the next turn: the rest of the turn is dropped; ``Assistant:`` is
   stripped), whole lines of the prompts, bracketed notes and context blocks anywhere.
-- :class:`_Repetition`, sentence by sentence: a sentence seen before in this turn is dropped; at the
-  second repeat the rest of the turn is dropped (a loop that a small model does not leave).
+- :class:`_Repetition`, sentence by sentence: a degenerate loop ends the turn. A sentence may come back as
+  often as the findings hold it and :data:`MAX_REPEATS` times more; past that the rest of the turn goes.
+
+Grounded in the findings (:class:`FoundText`: every string the experts found): what the image holds is never
+scaffolding. A ``User:`` line that OCR read in a chat screenshot, a receipt line printed three times, a prompt
+sentence that happens to be on a poster: the model may write each as often as the findings hold it. What the
+filter takes out is listed in :attr:`AnswerFilter.removed` (the trace shows it).
 """
 
 from __future__ import annotations
@@ -56,8 +61,9 @@ _LINE_PREFIXES = ("already looked at:", "- experts: ")
 _IMAGE_HEAD_PARTIAL = re.compile(r"image \d+(?: (?:\([^)]*(?:\):?)?)?)? ?")
 
 # --- repetition ------------------------------------------------------------------------------------------
-MIN_REPEAT_BYTES = 10  # "Yes." twice is not a loop; "The answer is:" twice is
-MAX_REPEATS = 2  # the second repeated sentence ends the turn
+MIN_REPEAT_BYTES = 10  # "Yes." ten times is not a loop worth cutting; a sentence is
+MAX_REPEATS = 3  # a sentence may be written this many times more than the findings hold it; once more is a loop
+MAX_ECHOES = 2  # the second echoed prompt sentence ends the turn (the model is reciting its prompt)
 # A sentence ends at . ! ? followed by white space, at a CJK full stop, or at the end of a line.
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s)|[。！？]|\n")
 _FENCE = "```"
@@ -74,6 +80,49 @@ def _norm_partial(text: str) -> str:
     """:func:`_norm` of a line still being written: a trailing space is kept (the next word follows it)."""
     n = _norm(text)
     return n + " " if n and text[-1:].isspace() else n
+
+
+def _key(text: str) -> str:
+    """Letters and digits only, case-folded: a table row ``| Cappuccino | 4.50 |`` and the OCR line
+    ``1 x Cappuccino 4.50`` share ``cappuccino450``."""
+    return "".join(c for c in text.casefold() if c.isalnum())
+
+
+class FoundText:
+    """The text the experts found (OCR lines, captions, labels, decoded codes), for asking whether a piece
+    of the model's reply is read off the image rather than echoed scaffolding."""
+
+    def __init__(self, texts: Iterable[str] = ()) -> None:
+        kept = [t for t in texts if t and t.strip()]
+        self._norm = "\n".join(_norm(t) for t in kept)
+        self._joined = " ".join(_norm(t) for t in kept)  # a line the model joined from two OCR lines
+        self._keys = "\n".join(_key(t) for t in kept)
+
+    def __bool__(self) -> bool:
+        return bool(self._norm)
+
+    def holds(self, text: str) -> bool:
+        """``text`` (case and white space aside) is in what the experts found."""
+        n = _norm(text)
+        return bool(n) and bool(self._norm) and (n in self._norm or n in self._joined)
+
+    def may_hold(self, partial: str) -> bool:
+        """A line still being written may yet turn out to be in the findings."""
+        n = _norm_partial(partial)
+        return bool(self._norm) and bool(n) and (n.rstrip() in self._norm or n.rstrip() in self._joined)
+
+    def count(self, text: str) -> int:
+        """How often the findings hold ``text``'s letters and digits (a repeated receipt line: 3)."""
+        k = _key(text)
+        return self._keys.count(k) if k else 0
+
+
+def found_strings(data: object) -> list[str]:
+    """Every string in an expert result's JSON (its text lines, caption, labels, decoded codes)."""
+    if isinstance(data, str):
+        return [data]
+    items = data.values() if isinstance(data, dict) else data if isinstance(data, (list, tuple)) else ()
+    return [s for item in items for s in found_strings(item)]
 
 
 @functools.lru_cache(maxsize=32)
@@ -130,45 +179,64 @@ class AnswerFilter:
     """One LLM turn's visible text in, what the user may read out. :meth:`feed` each piece, then
     :meth:`close` once; concatenated, their results are the cleaned turn, however it was chunked."""
 
-    def __init__(self, prompts: Iterable[str] = (), repetition: bool = True) -> None:
+    def __init__(
+        self,
+        prompts: Iterable[str] = (),
+        repetition: bool = True,
+        found: FoundText | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.enabled = enabled  # off: the model's text passes whole (``[serve] answer_filter = false``)
         texts = (*default_prompt_texts(), *prompts)
-        self._scaffolding = _Scaffolding(prompt_lines(*texts))
-        self._repetition = _Repetition(prompt_sentences(*texts)) if repetition else None
+        found = found or FoundText()
+        self.removed: list[tuple[str, str]] = []  # (why, text) of everything taken out, in order
+        self._scaffolding = _Scaffolding(prompt_lines(*texts), found, self.removed)
+        self._repetition = _Repetition(prompt_sentences(*texts), found, self.removed) if repetition else None
         self.released = False  # set by the caller once it put out words of this turn
 
     @property
     def trailing(self) -> str:
         """The white space held back at the end of the turn (after :meth:`close`): what would join a
         following turn's words to this one's."""
+        if not self.enabled:
+            return ""
         sc = self._scaffolding
         return (sc.sep[:2] if sc.collapse else sc.sep) + sc.space
 
     @property
     def dropping(self) -> bool:
         """True once the rest of the turn is dropped (the model started the next turn, or loops)."""
-        return self._scaffolding.dropped or bool(self._repetition and self._repetition.dropped)
+        return self.enabled and (self._scaffolding.dropped or bool(self._repetition and self._repetition.dropped))
 
     def feed(self, text: str) -> str:
+        if not self.enabled:
+            return text
         out = self._scaffolding.feed(text)
         return self._repetition.feed(out) if self._repetition and out else out
 
     def close(self) -> str:
+        if not self.enabled:
+            return ""
         out = self._scaffolding.close()
         if self._repetition is None:
             return out
         return self._repetition.feed(out) + self._repetition.close()
 
 
-def clean_answer(text: str, prompts: Iterable[str] = (), repetition: bool = True) -> str:
-    """A whole reply, cleaned as :class:`AnswerFilter` cleans it streamed."""
-    f = AnswerFilter(prompts, repetition)
+def clean_answer(text: str, prompts: Iterable[str] = (), repetition: bool = True, found: Iterable[str] = ()) -> str:
+    """A whole reply, cleaned as :class:`AnswerFilter` cleans it streamed; ``found``: the experts' text."""
+    f = AnswerFilter(prompts, repetition, FoundText(found))
     return f.feed(text) + f.close()
 
 
 # --- stage 1: scaffolding, line by line ------------------------------------------------------------------
 class _Scaffolding:
-    def __init__(self, lines: frozenset[str]) -> None:
+    def __init__(
+        self, lines: frozenset[str], found: FoundText | None = None, removed: list[tuple[str, str]] | None = None
+    ) -> None:
         self.lines = lines
+        self.found = found or FoundText()
+        self.removed = removed if removed is not None else []
         self.buf = ""  # raw text not decided yet
         self.dropped = False  # the rest of the turn goes
         self.in_block = False  # inside an echoed [IMAGE CONTEXT] block
@@ -200,9 +268,9 @@ class _Scaffolding:
                     break
             elif not self._body(final, out):
                 break
-        if self.dropped:
-            self.buf = ""
-        if final:
+        if self.dropped and self.buf.strip():
+            self.removed.append(("the model started another turn", self.buf))
+        if self.dropped or final:
             self.buf = ""
         return "".join(out)
 
@@ -233,6 +301,14 @@ class _Scaffolding:
             role = _role(self.buf)
             if role is None and not final:
                 return False  # may still become "User:"
+            if role and self.found:
+                read = self._read_off_image(final)  # a chat screenshot's "User: ..." line, transcribed
+                if read is None:
+                    return False
+                if read:
+                    self.role_done = True
+                    self.at_start = False
+                    return True
             if role in _NEXT_TURN_ROLES:
                 self.dropped = True
                 return True
@@ -246,13 +322,22 @@ class _Scaffolding:
         complete = nl >= 0 or final
         if not complete and self._may_be_line(line):
             return False
-        if complete and (self._is_line(line) or (nl < 0 and self._cut_short(line))):
+        if complete and (self._is_line(line) or (nl < 0 and self._cut_short(line))) and not self.found.holds(line):
+            self.removed.append(("a line of the router's prompt or context", line))
             self.buf = "" if nl < 0 else self.buf[nl + 1 :]
             self.line_cut = True
             self._end_line()
             return True
         self.at_start = False
         return True
+
+    def _read_off_image(self, final: bool) -> bool | None:
+        """Whether the line in the buffer, which starts with a role, is text the experts found (None: it
+        may still turn out to be; wait for more of it)."""
+        nl = self.buf.find("\n")
+        if nl < 0 and not final:
+            return None if self.found.may_hold(self.buf) else False
+        return self.found.holds(self.buf if nl < 0 else self.buf[:nl])
 
     def _may_be_line(self, line: str) -> bool:
         n = _norm_partial(line.lstrip())
@@ -316,6 +401,8 @@ class _Scaffolding:
                 return True
             return False  # may still close as a note or a marker: wait
         m = _BRACKET_RE.fullmatch(("[" + inner + "]").translate(_BRACKET_MAP)) if could and close >= 0 else None
+        if m is not None and self.found.holds(buf[: close + 1]):
+            m = None  # the image itself says it (a screenshot of a chat with a vision router)
         if m is None:
             self._words(buf[0], out)
             self.buf = buf[1:]
@@ -323,6 +410,8 @@ class _Scaffolding:
         self.buf = buf[close + 1 :]
         if m.group("open") and not self.line_kept:
             self.in_block = True  # a block starts a line; mid-sentence ("an [IMAGE CONTEXT] block") it is a word
+        why = "an echoed context block" if self.in_block else "an image note or marker"
+        self.removed.append((why, buf[: close + 1]))
         self.line_cut = True
         return True
 
@@ -400,14 +489,22 @@ def _find_closer(s: str, start: int) -> int:
 
 # --- stage 2: repetition, sentence by sentence -----------------------------------------------------------
 class _Repetition:
-    def __init__(self, echoes: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        echoes: frozenset[str] = frozenset(),
+        found: FoundText | None = None,
+        removed: list[tuple[str, str]] | None = None,
+    ) -> None:
         self.echoes = echoes  # the prompts' sentences: one of them, or its start, is an echo
+        self.found = found or FoundText()
+        self.removed = removed if removed is not None else []
         self.buf = ""  # the sentence being written (and white space before it)
         self.released = 0  # of buf, already out
         self.space = ""  # blank lines, released before the next sentence that stays
-        self.cut = False  # a repeat was dropped since the last sentence out: at most one blank line
-        self.seen: set[str] = set()
-        self.repeats = 0
+        self.cut = False  # an echo was dropped since the last sentence out: at most one blank line
+        self.seen: dict[str, int] = {}  # sentence -> how often it was written
+        self.at_limit: set[str] = set()  # sentences one more copy of which is a loop
+        self.echoed = 0
         self.dropped = False
         self.in_code = False  # inside a ``` fence: code repeats lines on purpose
 
@@ -425,8 +522,8 @@ class _Repetition:
             self._sentence(self.buf[:end], out)
             self.buf = self.buf[end:]
             self.released = 0
-        # Once part of a sentence is out it cannot become a repeat any more (a longer text is a prefix of less).
-        if not self.dropped and (self.released or not self._may_repeat(self.buf)):
+        # Once part of a sentence is out it cannot become a loop or an echo any more.
+        if not self.dropped and (self.released or not self._may_go(self.buf)):
             self._out(self.buf[self.released :], out)
             self.released = len(self.buf)
         return "".join(out)
@@ -448,12 +545,20 @@ class _Repetition:
         if n.startswith(_FENCE):
             self.in_code = not self.in_code
         elif not self.in_code and _long_enough(n):
-            if n in self.seen or self._echo(n):
-                self.repeats += 1
-                self.dropped = self.repeats >= MAX_REPEATS
+            if self._echo(n) and not self.found.holds(n):
+                self.removed.append(("an echoed prompt sentence", s.strip()))
+                self.echoed += 1
+                self.dropped = self.echoed >= MAX_ECHOES  # the model is reciting its prompt
                 self.cut = True
                 return
-            self.seen.add(n)
+            times = self.seen[n] = self.seen.get(n, 0) + 1
+            limit = self.found.count(n) + MAX_REPEATS
+            if times > limit:
+                self.removed.append((f"a loop: the same sentence {times} times", s.strip()))
+                self.dropped = True
+                return
+            if times == limit:
+                self.at_limit.add(n)
         self._out(s[self.released :], out)
 
     def _out(self, text: str, out: list[str]) -> None:
@@ -469,14 +574,15 @@ class _Repetition:
         key = n.rstrip(_ENDS)
         return len(key) >= MIN_ECHO_CHARS and any(p.startswith(key) for p in self.echoes)
 
-    def _may_repeat(self, fragment: str) -> bool:
+    def _may_go(self, fragment: str) -> bool:
+        """Whether a sentence still being written may turn out to be dropped (a loop or an echo)."""
         n = _norm_partial(fragment)
         if not n:
             return True  # white space alone waits: it goes with the sentence it starts, or is dropped at the end
         if self.in_code:
             return False
         key = n.rstrip(_ENDS)  # "...the answer." may still be the start of a longer prompt sentence
-        return any(s.startswith(n) for s in self.seen) or any(p.startswith(key) for p in self.echoes)
+        return any(s.startswith(n) for s in self.at_limit) or any(p.startswith(key) for p in self.echoes)
 
 
 def _long_enough(n: str) -> bool:

@@ -9,6 +9,7 @@ Example ``config.toml``::
     expert_timeout = 60
     cache_dir = "~/.cache/vision-router"   # "" keeps the cache in memory only
     keywords_file = "my-keywords.toml"
+    exemplars_file = "my-exemplars.toml"    # the semantic router's sentences; semantic = false turns it off
 
     [experts.ocr]
     engine = "onnx"
@@ -127,6 +128,11 @@ class ServeSettings(BaseModel):
         "(not to clients that sent think: false)",
     )
     findings: bool = Field(False, description="end each routed answer with a line of what the experts found")
+    answer_filter: bool = Field(
+        True,
+        description="take the router's own scaffolding (echoed prompts, notes, context blocks, loops) out of "
+        "answers, on every route; false passes the model's text whole",
+    )
 
 
 class Settings(BaseModel):
@@ -147,6 +153,11 @@ class Settings(BaseModel):
     max_image_bytes: int = Field(DEFAULT_MAX_BYTES, gt=0)
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
     keywords_file: str | None = Field(None, description="keyword table TOML; default: the built-in table")
+    semantic: bool = Field(True, description="route by meaning (multilingual exemplars) when no keyword matches")
+    semantic_min_confidence: float = Field(
+        0.6, ge=0, le=1, description="calibrated probability the semantic route must reach to be acted on"
+    )
+    exemplars_file: str | None = Field(None, description="semantic router exemplars TOML; default: the built-in")
     cache_dir: str | None = Field(None, description="on-disk result cache; default ~/.cache/vision-router, '' = off")
     cache_items: int = Field(1024, ge=0, description="in-memory LRU size")
     inject_protocol: Literal["auto", "always", "never"] = Field(
@@ -186,11 +197,13 @@ class Settings(BaseModel):
             existing = next((q for q in (d, *d.parents) if q.exists()), None)
             if existing is not None and not existing.is_dir():
                 raise ConfigError(f"{self._source}: cache_dir: expected a folder, got a file: {existing}")
-        if self.keywords_file:
-            try:
-                read_toml(Path(self.keywords_file).expanduser(), "keyword table")
-            except ConfigError as exc:
-                raise ConfigError(f"{self._source}: keywords_file: {exc}") from None
+        for key, what in (("keywords_file", "keyword table"), ("exemplars_file", "exemplar file")):
+            path = getattr(self, key)
+            if path:
+                try:
+                    read_toml(Path(path).expanduser(), what)
+                except ConfigError as exc:
+                    raise ConfigError(f"{self._source}: {key}: {exc}") from None
 
     def check_experts(self, registry: Any) -> None:
         """Every ``[experts.NAME]`` table names an installed expert (by name or alias), and holds only

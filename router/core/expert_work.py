@@ -17,6 +17,7 @@ from experts.images import DecodedImage
 from experts.registry import Registry
 from experts.schema import ExpertResult, ImageAnalysis
 from router.core import protocol
+from router.core.answer_text import found_strings
 from router.core.context import render_context
 from router.core.dispatch import Dispatcher, ExpertCall
 from router.core.tags import Tag
@@ -187,6 +188,11 @@ class ExpertWork:
             notes.append(f"{self._over_runs} expert run(s) were skipped: at most {self.max_runs} per message.")
         self._over_reply = self._over_runs = 0
         return notes
+
+    def found_texts(self) -> list[str]:
+        """Every string the experts found so far (text lines, captions, labels, decoded codes), in order."""
+        keep = {"image_id", "args", "timing_ms", "cached", "expert"}
+        return [t for _, r in self.results for t in found_strings(r.model_dump(exclude=keep))]
 
     def analyses(self) -> list[ImageAnalysis]:
         """Everything found in this request, merged per image."""

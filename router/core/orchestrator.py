@@ -19,6 +19,8 @@ This module is the public face (:class:`Orchestrator`, the events); the loop its
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from router.core.dispatch import Dispatcher, run_coroutine
 from router.core.events import Event, Final, Progress, TextDelta, ThinkingDelta, ToolCalls
 from router.core.keywords import KeywordRouter
 from router.core.run import Request, Run
+from router.core.semantic import SemanticRouter
 from router.core.upstream import SHOW_TTL_S, STAT_FIELDS, Upstream
 
 __all__ = [
@@ -48,6 +51,8 @@ __all__ = [
     "ThinkingDelta",
     "ToolCalls",
 ]
+
+log = logging.getLogger(__name__)
 
 ImageInput = DecodedImage | bytes | str | Path
 Messages = Sequence[Mapping[str, Any] | ollama.Message]  # Ollama's JSON, or the client's typed messages
@@ -68,6 +73,7 @@ class Orchestrator:
         registry: Registry | None = None,
         dispatcher: Dispatcher | None = None,
         keywords: KeywordRouter | None = None,
+        semantic: SemanticRouter | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.upstream = Upstream(self.settings.ollama_host, client=client, protocol_model=self.settings.model)
@@ -83,6 +89,17 @@ class Orchestrator:
             )
         self.dispatcher = dispatcher
         self.keywords = keywords or KeywordRouter.from_toml(self.settings.keywords_file)
+        self._semantic = _SemanticLoader(self.settings, semantic)
+
+    def preload(self) -> None:
+        """Start loading the semantic router in the background now (servers call this at start, so the
+        first request does not pay for it; the CLI while it decodes images)."""
+        self._semantic.start()
+
+    def semantic_router(self) -> SemanticRouter | None:
+        """The semantic router, loaded on first use (waits for a load in progress); ``None`` when it is
+        off (``semantic = false``) or cannot load here (said once in the log)."""
+        return self._semantic.get()
 
     # --- public API -------------------------------------------------------------------------
     async def show(self, model: str) -> ollama.ShowResponse:
@@ -190,6 +207,43 @@ class Orchestrator:
         )
         async for ev in Run(self, req).events(messages, decoded):
             yield ev
+
+
+class _SemanticLoader:
+    """Loads the semantic router once per process, in a thread; every caller waits for the same load."""
+
+    def __init__(self, settings: Settings, given: SemanticRouter | None) -> None:
+        self.settings = settings
+        self.router = given
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        if given is not None or not settings.semantic:
+            self.done.set()
+
+    def start(self) -> None:
+        with self.lock:
+            if self.done.is_set() or self.thread is not None:
+                return
+            self.thread = threading.Thread(target=self._load, name="semantic-router-load", daemon=True)
+            self.thread.start()
+
+    def get(self) -> SemanticRouter | None:
+        self.start()
+        self.done.wait()
+        return self.router
+
+    def _load(self) -> None:
+        try:
+            self.router = SemanticRouter.load(
+                self.settings.exemplars_file,
+                min_confidence=self.settings.semantic_min_confidence,
+                cache_dir=self.settings.resolved_cache_dir(),
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure leaves routing to keywords and the model
+            log.warning("semantic router off: %s", exc)
+        finally:
+            self.done.set()
 
 
 def _is_file(value: str) -> bool:

@@ -1,12 +1,14 @@
 """One request through the run loop, as a small state machine::
 
     prepare  -> typed messages, images numbered and replaced by notes
-    first    -> experts decided already (presets, keywords, a forced format)? they look now, and the
-                model is told to answer from the findings: ONE turn, tags in it ignored.
-                Else the model decides: the protocol for the experts that can run here is taught.
+    first    -> experts decided already (presets, keywords, the semantic router, a forced format)? they
+                look now, and the model is told to answer from the findings: ONE turn, tags in it ignored.
+                The semantic router says no expert is needed: the model answers, taught how to ask.
+                Nobody decided: the fallback experts look at once and the model answers from them, taught
+                how to ask for more (a second round only if it does).
     turn     -> stream one LLM turn: text out as it comes, each closed tag dispatched at once
     next     -> hand back the client's calls | fall back to tags | a tool round | a tag round |
-                the fallback round (then one answer turn) | one recovery turn | done
+                one recovery turn | done
     finish   -> the Final event (an answer, or a clear "no answer" with the experts' findings)
 
 An expert that cannot run here (no weights, a service down: the registry knows from start-up) is
@@ -21,6 +23,7 @@ the upstream stream.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from experts.images import DecodedImage
 from router.core import protocol as tag_text
-from router.core.answer_text import AnswerFilter
+from router.core.answer_text import AnswerFilter, FoundText
 from router.core.context import no_answer
 from router.core.dispatch import ExpertCall
 from router.core.events import Event, Final, Progress, TextDelta, ThinkingDelta, ToolCalls
@@ -57,6 +60,7 @@ from router.core.protocols import (
     tool_error,
     tool_name_of,
 )
+from router.core.semantic import Decision
 from router.core.tags import Tag, TagParser
 from router.core.trace import LLMCall, Trace
 from router.core.upstream import STAT_FIELDS
@@ -65,6 +69,8 @@ if TYPE_CHECKING:
     from router.core.orchestrator import Orchestrator
 
 _END = object()
+MAX_FILTERED_CHARS = 300  # of each piece the answer filter took out, kept in the trace
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,7 +94,6 @@ class Step:
     """The state between turns."""
 
     rounds: int = 0  # expert rounds done
-    buffer: bool = False  # hold this turn's words back: a fallback round may replace them
     recovery: bool = False  # the one extra turn after a last round that only asked for experts
     answer_only: bool = False  # the router decided the experts (or there is no image): one turn, tags ignored
 
@@ -99,7 +104,6 @@ class Reply:
 
     final: bool
     text: str = ""  # raw, tags included
-    buffered: list[str] = field(default_factory=list)
     tag_calls: list[Pending] = field(default_factory=list)
     tags_seen: bool = False  # tags that started expert work (dropped ones do not count)
     asked_again: bool = False  # asked for experts when none could run
@@ -234,21 +238,52 @@ class Run:
         if self.max_rounds <= 0:
             await self._teach(tag_text.NO_EXPERTS_PROMPT)
             return Step(answer_only=True)
-        fallback = self.o.settings.fallback
         pending = [p for name, args in self.req.forced for p in self.work.on_latest(name, args, "preset")]
         pending += self._keyword_calls()
+        decision = None if pending else await self._semantic_decision()
+        if decision is not None and decision.decided:
+            pending = [p for name, args in decision.calls for p in self.work.on_latest(name, args, "semantic")]
+            if not pending and not self.req.format:  # no expert needed: the model answers (it may still ask)
+                return await self._model_decides()
         # A forced output format leaves no room for a tag turn: the fallback experts decide instead.
         if not pending and self.req.format:
-            pending = self.work.fallback(fallback)
+            pending = self._fallback()
         if pending:  # decided: the model answers from the findings, in one turn
             await self._teach(tag_text.ANSWER_PROMPT)
             await self._context_first(pending)
             return Step(rounds=1, answer_only=True)
+        # Nobody decided: the fallback experts look at once and the model answers from them in its first
+        # turn, free to ask for more (a second round only then). No turn is spent finding out that it
+        # would not ask, and no answer waits for a turn and the experts one after the other.
+        pending = self._fallback()
+        step = await self._model_decides()
+        if pending:
+            await self._context_first(pending)
+            return Step(rounds=1)
+        return step
+
+    async def _model_decides(self) -> Step:
+        """The model is taught how to ask for the experts that can run here; its turn streams as it comes."""
         self.protocol = await self._choose_protocol()
         await self._teach(self.protocol.prompt_for(taught(self.o.registry)))
         if self.work.has_notes():  # asked for, but cannot run: the model hears it now, not never
             self.conv.before_question(await self.work.collect([]))
-        return Step(buffer=bool(fallback))
+        return Step()
+
+    def _fallback(self) -> list[Pending]:
+        pending = self.work.fallback(self.o.settings.fallback)
+        self.trace.fallback = bool(pending)
+        return pending
+
+    async def _semantic_decision(self) -> Decision | None:
+        """The semantic router's decision on the user's words (``None``: off, not loaded here, or no words).
+        Encoding is CPU work: off the event loop the proxy serves from."""
+        router = self.o.semantic_router()
+        if router is None or not self.user_text.strip():
+            return None
+        decision = await asyncio.to_thread(router.route, self.user_text, self.o.registry.can_run)
+        self.trace.semantic = decision.as_trace()
+        return decision
 
     def _keyword_calls(self) -> list[Pending]:
         pending: list[Pending] = []
@@ -276,7 +311,7 @@ class Run:
     async def _turn(self, step: Step) -> Reply:
         final = step.recovery or step.answer_only or step.rounds >= self.max_rounds
         self.turns += 1
-        reader = _TurnReader(self, final, step.buffer)
+        reader = _TurnReader(self, final)
         t0 = time.perf_counter()
         async with aclosing(
             self.o.upstream.chat(self.req.model, self.conv.messages, **self._turn_args(final, step))
@@ -311,7 +346,7 @@ class Run:
             for k, v in (("options", req.options), ("keep_alive", req.keep_alive), ("think", req.think))
             if v is not None
         }
-        if req.format is not None and (final or not self.work.images or not step.buffer):
+        if req.format is not None:
             args["format"] = req.format
         tools = self.protocol.tools_for_turn(self.o.registry, req.client_tools, final)
         if tools:
@@ -341,7 +376,6 @@ class Run:
     async def _next(self, step: Step, r: Reply) -> Step | None:
         calls = r.calls
         if self.client_calls:  # the client's own tools: hand the calls back and stop here
-            self._flush(r)
             self._put(ToolCalls(list(self.client_calls)))
             return None
         if calls.bad and self.req.protocol == "auto" and self.protocol.offers_tools:
@@ -349,21 +383,16 @@ class Run:
             return step
         after = Step(rounds=step.rounds + 1)
         if not r.final and (calls.ours or calls.bad or calls.skipped):
-            self._flush(r)
             await self._tool_round(r, after)
             return after
         if not r.final and r.tags_seen and (r.tag_calls or self.work.has_notes()):
-            self._flush(r)  # the words before the tag belong to the answer, as when streamed
             context = await self._collect(r.tag_calls)
             self.conv.extend(self.protocol.follow_up(r.text, SortedCalls(), [], context, self._last(after)))
             return after
-        if step.buffer and not r.tags_seen and await self._fallback_round():
-            return Step(rounds=after.rounds, answer_only=True)  # the unseen-image guess of turn 1 is dropped
-        self._flush(r)
         # One turn told plainly to answer, when the reply was only tags: not on the decided path (one call
         # there), but without an image the user should hear that one is needed.
         if r.asked_again and not step.recovery and self._blank() and not (step.answer_only and self.work.images):
-            self._recover(r)
+            await self._recover(r)
             return Step(rounds=step.rounds, recovery=True)
         return None
 
@@ -385,30 +414,23 @@ class Run:
         context = await self._collect(r.tag_calls) if r.tag_calls else None
         self.conv.extend(self.protocol.follow_up(r.text, calls, answers, context, self._last(after)))
 
-    async def _fallback_round(self) -> bool:
-        """Images attached and nobody asked: the fallback experts look, and the model answers from them
-        (turn 1 never reached the history, so this is the decided path: the answer prompt, one turn)."""
-        pending = self.work.fallback(self.o.settings.fallback)
-        if not pending:
-            return False
-        self.trace.fallback = True
-        await self._teach(tag_text.ANSWER_PROMPT)
-        await self._context_first(pending)
-        return True
-
     def _fall_back_to_tags(self) -> None:
-        # The words of the malformed turn were buffered (turn 1) or are already out: nothing to undo.
+        # The words of the malformed turn are already out: nothing to undo.
         if self.taught is not None:
             prompt = TAGS.prompt_for(taught(self.o.registry))
             self.conv.replace_in_system(self.taught, prompt)
             self.taught = prompt
         self.protocol = TAGS
 
-    def _recover(self, r: Reply) -> None:
-        """The last round only asked for experts again: one more turn, told plainly to answer."""
+    async def _recover(self, r: Reply) -> None:
+        """The reply only asked for experts that will not run: one more turn, told plainly to answer (and why
+        what it asked for did not run)."""
         if r.text.strip():
             self.conv.extend([assistant(r.text)])
-        self.conv.extend([user(tag_text.NO_MORE_EXPERTS if self.work.images else tag_text.NO_IMAGES)])
+        told = tag_text.NO_MORE_EXPERTS if self.work.images else tag_text.NO_IMAGES
+        if self.work.has_notes():
+            told = f"{await self.work.collect([])}\n{told}"
+        self.conv.extend([user(told)])
 
     # --- events -----------------------------------------------------------------------------------
     def _put(self, ev: Event) -> None:
@@ -421,12 +443,6 @@ class Run:
     def think(self, text: str) -> None:
         self.thinking.append(text)
         self._put(ThinkingDelta(text))
-
-    def _flush(self, r: Reply) -> None:
-        """Words held back while it was unclear whether a fallback round would replace them."""
-        if r.buffered:
-            self.emit("".join(r.buffered))
-            r.buffered.clear()
 
     def _blank(self) -> bool:
         return not "".join(self.answer).strip()
@@ -458,10 +474,9 @@ class _TurnReader:
     """Reads one streamed turn: visible text out (or held back), tags dispatched the moment they close
     (at most ``max_per_reply`` distinct ones), native tool calls and thinking collected."""
 
-    def __init__(self, run: Run, final: bool, buffer: bool) -> None:
+    def __init__(self, run: Run, final: bool) -> None:
         self.run = run
         self.final = final
-        self.buffer = buffer
         self.parser = TagParser()
         self.reply = Reply(final=final)
         self.raw: list[str] = []
@@ -469,8 +484,14 @@ class _TurnReader:
         self.tag_names: list[str] = []
         self.tool_calls: list[ToolCall] = []
         self.after_tag = False
-        # What the user reads: echoed scaffolding out, loops cut (a JSON answer keeps its repeated lines).
-        self.clean = AnswerFilter((run.taught or run.protocol.prompt,), repetition=run.req.format is None)
+        # What the user reads: echoed scaffolding out, loops cut (a JSON answer keeps its repeated lines);
+        # whatever the experts found is the image's text, never scaffolding.
+        self.clean = AnswerFilter(
+            (run.taught or run.protocol.prompt,),
+            repetition=run.req.format is None,
+            found=FoundText(run.work.found_texts()),
+            enabled=run.o.settings.serve.answer_filter,
+        )
         self.first: float | None = None
         self.last: Any = None
 
@@ -492,6 +513,9 @@ class _TurnReader:
         self._out(self.clean.close())
         if self.clean.released:
             self.run.joint = self.clean.trailing
+        for why, text in self.clean.removed:
+            log.debug("answer filter, turn %d: took out %s: %r", self.run.turns, why, text[:200])
+            self.run.trace.filtered.append({"turn": self.run.turns, "why": why, "text": text[:MAX_FILTERED_CHARS]})
 
     def _items(self, items: list[str | Tag]) -> None:
         for item in items:
@@ -511,10 +535,7 @@ class _TurnReader:
         if not self.clean.released and self.run.answer:
             text = self.run.joint + text  # words of an earlier turn are out: join as the model wrote them
         self.clean.released = True
-        if self.buffer:
-            self.reply.buffered.append(text)
-        else:
-            self.run.emit(text)
+        self.run.emit(text)
 
     def _tag(self, tag: Tag) -> None:
         trace = self.run.trace

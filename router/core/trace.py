@@ -45,6 +45,10 @@ class Trace(BaseModel):
     llm_calls: list[LLMCall] = Field(default_factory=list)
     rounds: int = 0
     fallback: bool = False
+    semantic: dict[str, Any] | None = Field(None, description="the semantic router's decision, when it was asked")
+    filtered: list[dict[str, Any]] = Field(
+        default_factory=list, description="what the answer filter took out of the model's text, and why"
+    )
     protocol_injected: bool = False
     cache: dict[str, Any] = Field(default_factory=dict)
     total_ms: float = 0.0
@@ -120,6 +124,8 @@ def _decision_rows(trace: Trace) -> list[tuple[str, str]]:
     for k in trace.keywords:
         args = f" {_args(k.get('args') or {})}" if k.get("args") else ""
         rows.append(("keyword", f"{k.get('keyword', '')!r} -> {k.get('expert', '')}{args}"))
+    if trace.semantic:
+        rows.append(("semantic", _semantic_row(trace.semantic)))
     for t in trace.tags:
         rows.append(("tag", t))
     for t in trace.ignored_tags:
@@ -131,10 +137,22 @@ def _decision_rows(trace: Trace) -> list[tuple[str, str]]:
     if len(trace.skipped) > MAX_SKIPPED_ROWS:
         rows.append(("skipped", f"... {len(trace.skipped) - MAX_SKIPPED_ROWS} more"))
     if trace.fallback:
-        rows.append(("fallback", "nobody asked for an expert: the fallback experts ran"))
-    if not (trace.keywords or trace.tags or trace.fallback or trace.experts):
+        rows.append(("fallback", "nobody decided: the fallback experts ran before the model's answer"))
+    for f in trace.filtered[:MAX_SKIPPED_ROWS]:
+        rows.append(("filtered", f"{f.get('why', '')}: {_clip(repr(f.get('text', '')), 70)}"))
+    if len(trace.filtered) > MAX_SKIPPED_ROWS:
+        rows.append(("filtered", f"... {len(trace.filtered) - MAX_SKIPPED_ROWS} more"))
+    if not (trace.keywords or trace.tags or trace.fallback or trace.experts or trace.semantic):
         rows.append(("decision", "no expert was asked for"))
     return rows
+
+
+def _semantic_row(d: dict[str, Any]) -> str:
+    calls = ", ".join(c["expert"] + (f" {_args(c['args'])}" if c.get("args") else "") for c in d.get("calls", []))
+    how = f"confidence {d.get('confidence', 0):.2f}, {d.get('ms', 0):.1f} ms"
+    if d.get("decided"):
+        return f"{d.get('route')!r} -> {calls or 'no expert needed'} ({how})"
+    return f"abstained: nearest {d.get('route')!r}, then {d.get('runner_up')!r} ({how})"
 
 
 def trace_json(trace: Trace) -> dict[str, Any]:
@@ -160,6 +178,8 @@ def trace_summary(trace: Trace) -> dict[str, Any]:
         "output_tokens": sum(c.eval_count for c in trace.llm_calls),
         "rounds": trace.rounds,
         "fallback": trace.fallback,
+        "semantic": (trace.semantic or {}).get("route") if (trace.semantic or {}).get("decided") else None,
+        "filtered": len(trace.filtered),
         "total_ms": trace.total_ms,
     }
 

@@ -190,6 +190,7 @@ class VisionProxy:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.orch.preload()  # the semantic router loads beside the server's start, not on the first request
         yield
         for client in self._pool:
             await client.aclose()
