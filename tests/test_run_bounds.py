@@ -49,7 +49,9 @@ def test_model_that_only_repeats_tags_gets_a_clear_no_answer_with_the_findings(f
 def test_recovery_turn_answer_is_the_answer(fake_ollama):
     fake_ollama.script("[VISION: ocr]", "[VISION: ocr]", "It says GRAND OPENING.")
     seen: list[str] = []
-    final = orch(fake_ollama, max_rounds=1, **MODEL_DECIDES).ask("Tell me about this poster", [IMG], on_text=seen.append)
+    final = orch(fake_ollama, max_rounds=1, **MODEL_DECIDES).ask(
+        "Tell me about this poster", [IMG], on_text=seen.append
+    )
     assert final.answered and final.answer == "It says GRAND OPENING."
     assert "".join(seen) == final.answer  # streamed like any answer
     assert final.trace.ignored_tags == ["[VISION: ocr]"]
