@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from experts.schema import BBox, ExpertResult, ImageAnalysis, Style, TextLine
 from router.core import protocol
-from router.core.answer_text import MIN_LINE_CHARS, AnswerFilter, clean_answer
+from router.core.answer_text import MAX_REPEATS, MIN_LINE_CHARS, AnswerFilter, clean_answer
 from router.core.context import render_context
 from router.core.findings import findings_line
 from router.core.tags import TagParser
@@ -74,7 +74,8 @@ def chunked(text: str, cuts: list[int], **kw) -> str:
 def test_the_real_echoes_leave_nothing_of_the_scaffolding():
     assert visible(REAL_ECHO) == ""
     assert visible(REAL_PROMPT_ECHO) == ""  # prompt sentences and their starts, inside the model's own lines
-    assert visible(REAL_LOOP + "[image 1") == "The answer is:"  # once; the note cut off by the token cap goes
+    # The loop is cut past MAX_REPEATS copies; the notes and the one cut off by the token cap go.
+    assert visible(REAL_LOOP + "[image 1") == "\n\n".join(["The answer is:"] * MAX_REPEATS)
 
 
 @pytest.mark.parametrize(
@@ -114,18 +115,36 @@ def test_an_echoed_context_block_leaves_nothing():
     assert visible(render_context([a], ["ocr: the engine is slow today"])) == ""
 
 
-def test_degenerate_repetition_is_cut_after_the_first_occurrence():
+def test_a_degenerate_loop_is_cut_past_max_repeats_copies():
     loop = "The image shows a cat sitting on a mat. " * 12
-    assert visible("It is a cat. " + loop) == "It is a cat. The image shows a cat sitting on a mat."
+    assert visible("It is a cat. " + loop) == "It is a cat. " + loop[: 40 * MAX_REPEATS - 1]
     lines = "\n".join(["The coin is round and made of metal."] * 6)
-    assert visible(lines) == "The coin is round and made of metal."
+    assert visible(lines) == "\n".join(["The coin is round and made of metal."] * MAX_REPEATS)
     zh = "图片中有一只猫坐在垫子上。" * 6
-    assert visible(zh) == "图片中有一只猫坐在垫子上。"
+    assert visible(zh) == "图片中有一只猫坐在垫子上。" * MAX_REPEATS
 
 
-def test_one_repeat_is_dropped_and_the_answer_goes_on():
+def test_a_repeated_sentence_is_never_cut_at_its_second_occurrence():
     text = "The box is green and white.\n\nIt says AURORA.\n\nThe box is green and white.\n\nThe price is $12.99."
-    assert visible(text) == "The box is green and white.\n\nIt says AURORA.\n\nThe price is $12.99."
+    assert visible(text) == text
+
+
+def test_the_findings_allow_as_many_copies_as_the_image_holds():
+    """A receipt that prints one line five times: the model may write it five times (and MAX_REPEATS more)."""
+    line = "1 x Espresso 2.10"
+    found = [line] * 5 + ["Total 10.50"]
+    answer = "\n".join([line] * 5 + ["Total 10.50"])
+    assert clean_answer(answer, found=found) == answer
+    looping = "\n".join([line] * (5 + MAX_REPEATS + 2) + ["Total 10.50"])
+    assert clean_answer(looping, found=found) == "\n".join([line] * (5 + MAX_REPEATS))
+
+
+def test_a_role_line_read_off_the_image_stays_and_an_invented_one_ends_the_turn():
+    found = ["User: is the shop open on Sunday?", "Shop: yes, 10 to 4"]
+    answer = "The chat reads:\nUser: is the shop open on Sunday?\nShop: yes, 10 to 4"
+    assert clean_answer(answer, found=found) == answer
+    assert clean_answer(answer + "\nUser: and what about Monday?", found=found) == answer
+    assert clean_answer(answer) == "The chat reads:"  # without findings: the model started the next turn
 
 
 def test_a_json_answer_keeps_its_repeated_lines():

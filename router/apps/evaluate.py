@@ -55,9 +55,10 @@ else:  # pragma: no cover
 BUILTIN_EXPERTS = ("ocr", "detect", "clip", "caption")
 TOOL_PREFIX = toolspec.TOOL_PREFIX
 DEFAULT_MAX_TOKENS = 256
-SYSTEMS = ("keywords", "model", "router")
+SYSTEMS = ("keywords", "semantic", "model", "router")
 SYSTEM_TITLES = {
     "keywords": "keywords",
+    "semantic": "semantic",
     "model": "model turn 1",
     "router": "router",
 }
@@ -312,19 +313,39 @@ class CaseResult:
     case: Case
     keywords: list[str]  # experts the keyword router chose
     keyword_hits: list[str]  # "keyword -> expert"
+    semantic: dict[str, Any] | None = None  # the semantic router's decision (Decision.as_trace), when asked
+    fallback: list[str] = field(default_factory=list)  # what looks when nobody decides
     turn: Turn | None = None
     dropped: list[str] = field(default_factory=list)  # the model's asks the run loop drops
     llm_calls: int | None = None  # what the run loop spends on this decision
+    scored_router: bool = False  # --no-model: the router's own decision is scored without a model turn
+
+    @property
+    def semantic_experts(self) -> list[str] | None:
+        """The experts the semantic router decided ([] = none needed), or None when it abstained."""
+        d = self.semantic
+        if not d or not d.get("decided"):
+            return None
+        return list(dict.fromkeys(c["expert"] for c in d.get("calls", [])))
+
+    @property
+    def semantic_none(self) -> bool:
+        return self.semantic_experts == []
 
     @property
     def router(self) -> list[str] | None:
-        """What the router would run: the keywords' choice when they chose, else the model's, less what the
-        run loop drops."""
+        """What the router would run: the keywords' choice when they chose, else the semantic router's, else
+        the fallback experts (when an image is attached) and what the model asks for, less what the run loop
+        drops."""
         if self.keywords:
             return self.keywords
+        sem = self.semantic_experts
+        if sem and self.case.images:
+            return sem
+        looked = list(self.fallback) if self.case.images and sem is None else []
         if self.turn is None or self.turn.error:
-            return None
-        return [e for e in self.turn.asked if e not in self.dropped]
+            return looked if self.scored_router else None
+        return list(dict.fromkeys(looked + [e for e in self.turn.asked if e not in self.dropped]))
 
     def as_dict(self) -> dict[str, Any]:
         c = self.case
@@ -339,6 +360,10 @@ class CaseResult:
             "keywords": self.keywords,
             "keyword_hits": self.keyword_hits,
         }
+        if self.semantic is not None:
+            out["semantic"] = self.semantic
+        if self.scored_router:
+            out["router"] = self.router
         if self.turn is not None:
             out["model"] = asdict(self.turn)
             out["router"] = self.router
@@ -364,8 +389,16 @@ class Report:
     def with_model(self) -> bool:
         return self.model is not None
 
+    @property
+    def with_semantic(self) -> bool:
+        return any(r.semantic is not None for r in self.cases)
+
     def scores(self) -> dict[str, SystemScore]:
         out = {"keywords": score("keywords", ((r.case, r.keywords) for r in self.cases), self.experts)}
+        if self.with_semantic:
+            out["semantic"] = score("semantic", ((r.case, r.semantic_experts or []) for r in self.cases), self.experts)
+        if not self.with_model and any(r.scored_router for r in self.cases):
+            out["router"] = score("router", ((r.case, r.router or []) for r in self.cases), self.experts)
         if self.with_model:
             ok = [r for r in self.cases if r.turn is not None and not r.turn.error]
             out["model"] = score("model", ((r.case, r.turn.asked) for r in ok), self.experts)  # type: ignore[union-attr]
@@ -437,8 +470,10 @@ class Evaluator:
         tools: list[dict[str, Any]] | None = None,
         available: dict[str, str] | None = None,
         fallback: Iterable[str] = (),
+        semantic: Any = None,
     ) -> None:
         self.keywords = keywords
+        self.semantic = semantic  # a router.core.semantic.SemanticRouter, or None
         self.experts = list(experts)
         self.aliases = {e: e for e in self.experts}
         self.aliases.update({k.lower(): v for k, v in (aliases or {}).items()})
@@ -456,6 +491,15 @@ class Evaluator:
         """The canonical expert for a tool call: only ``vision_<expert>`` names are ours."""
         n = name.strip()
         return self.resolve(n[len(TOOL_PREFIX) :]) if n.startswith(TOOL_PREFIX) else None
+
+    def decide(self, case: Case) -> CaseResult:
+        """The router's own decision for a case, before any model turn: keywords, then the semantic router
+        (asked, like in the run loop, only when an image is attached and no keyword matched). Like the keyword
+        column, it is scored as if every expert could run here: routing, not this machine's install."""
+        result = CaseResult(case, *self.keyword_decision(case), fallback=list(self.fallback))
+        if self.semantic is not None and case.images and not result.keywords:
+            result.semantic = self.semantic.route(case.prompt).as_trace()
+        return result
 
     def keyword_decision(self, case: Case) -> tuple[list[str], list[str]]:
         if case.images == 0:  # the orchestrator routes keywords only when an image is attached
@@ -482,13 +526,16 @@ class Evaluator:
         timeout_s: float = 300.0,
         on_progress: Callable[[int, int, CaseResult], None] | None = None,
     ) -> Report:
-        """Score the suite. ``model=None`` scores the keyword router alone (no Ollama needed)."""
+        """Score the suite. ``model=None`` scores the router's own decision without an LLM (no Ollama
+        needed): the keywords, the semantic router when one is given, and what runs when neither decides."""
         t0 = time.perf_counter()
         cases = suite.cases[:limit] if limit else list(suite.cases)
         report = Report(suite, [], self.experts)
         if model is None:
             for case in cases:
-                self._record(report, CaseResult(case, *self.keyword_decision(case)), len(cases), on_progress)
+                result = self.decide(case)
+                result.scored_router = self.semantic is not None
+                self._record(report, result, len(cases), on_progress)
         else:
             if protocol_mode not in ("tags", "tools"):
                 raise VisionRouterError(f"unknown protocol {protocol_mode!r} (tags or tools)")
@@ -524,7 +571,7 @@ class Evaluator:
         prompt = taught if report.protocol_injected else None
         tools = self.tools if strategy.offers_tools else None
         for case in cases:
-            result = CaseResult(case, *self.keyword_decision(case))
+            result = self.decide(case)
             messages = turn1_messages(report.suite, case, prompt)
             result.turn = await self._turn(upstream, report.model, messages, tools, report.max_tokens)
             self._apply_run_rules(result)
@@ -535,16 +582,19 @@ class Evaluator:
         case, turn = result.case, result.turn
         if turn is None or turn.error:
             return
-        if any(e in self.available for e in result.keywords):
-            result.llm_calls = 1  # decided by keywords: one answer turn, tags in it ignored
+        if any(e in self.available for e in result.keywords) or result.semantic_experts:
+            result.llm_calls = 1  # decided by keywords or by meaning: one answer turn, tags in it ignored
             return
         if not result.keywords:  # (keywords that picked only experts that cannot run are still scored as picked)
-            result.dropped = [e for e in turn.asked if not case.images or e not in self.available]
+            looked = self.fallback if result.semantic_experts is None else []
+            result.dropped = [e for e in turn.asked if not case.images or e not in self.available or e in looked]
         if case.images == 0:
             result.llm_calls = 1  # no image: one turn, its tags dropped
             return
-        kept = [e for e in turn.asked if e in self.available]
-        result.llm_calls = 2 if kept or self.fallback else 1
+        # Nobody decided (the fallback experts looked first) or no expert is needed: the model's turn is the
+        # answer, unless it asks for an expert that has not looked yet (a second round only then).
+        kept = [e for e in turn.asked if e not in result.dropped]
+        result.llm_calls = 2 if kept else 1
 
     async def _turn(
         self,
@@ -644,6 +694,8 @@ def render_report(report: Report) -> str:
         if report.protocol == "tools":
             inj = "experts offered as native tools; " + inj
         head += f"\nmodel {report.model} at {report.host}, --protocol {report.protocol} ({inj})"
+    elif report.with_semantic:
+        head += "\nthe router's own decision, no LLM: keywords, then the semantic router, else the fallback experts"
     else:
         head += "\nkeyword router only (no LLM)"
     lines = [head, ""]
@@ -667,11 +719,20 @@ def render_report(report: Report) -> str:
     summary("no expert needed", lambda s: f"{s.none_ok}/{s.none_needed} ok {_pct(s.none_ok, s.none_needed)}")
     summary("  asked wrongly", lambda s: str(s.none_wrong))
     summary("needed, none asked", lambda s: str(s.silent))
+    if report.with_semantic:
+        decided = [r for r in report.cases if r.semantic is not None]
+        n = sum(1 for r in decided if r.semantic_experts is not None)
+        ms = sorted(float(r.semantic.get("ms", 0)) for r in decided if r.semantic)
+        lines.append(
+            f"semantic router: asked on {len(decided)} prompts (image, no keyword), decided {n}, abstained "
+            f"{len(decided) - n}; decision p50 {_fmt(_percentile(ms, 50))} ms, p95 {_fmt(_percentile(ms, 95))} ms"
+        )
     if report.with_model:
         calls = report.model_stats()["router_llm_calls"]
         spread = ", ".join(f"{v} x {k}" for k, v in calls.items() if k != "mean")
-        lines.append(f"{'LLM calls/request':<19}{'':^{col}}{'':^{col}}{_fmt(calls['mean']):^{col}}")
-        lines.append(f"{'':<19}{'':^{col}}{'':^{col}}{spread:^{col}}")
+        pad = "".join(f"{'':^{col}}" for _ in systems[:-1])
+        lines.append(f"{'LLM calls/request':<19}{pad}{_fmt(calls['mean']):^{col}}")
+        lines.append(f"{'':<19}{pad}{spread:^{col}}")
 
     if report.with_model:
         st = report.model_stats()
@@ -689,8 +750,9 @@ def render_report(report: Report) -> str:
             f"tokens {st['prompt_tokens']} prompt + {st['output_tokens']} output"
         )
         lines.append(
-            "router = the keyword decision when keywords matched, else the model's turn-1 request less what the "
-            f"run loop drops ({st['dropped_asks']} asks: experts that cannot run here, tags without an image)."
+            "router = the keyword decision when keywords matched, else the semantic router's when it decided, else "
+            "the fallback experts and the model's turn-1 request, less what the run loop drops "
+            f"({st['dropped_asks']} asks: experts that cannot run here or already looked, tags without an image)."
         )
     lines.append(f"({report.wall_s:.1f} s)")
     return "\n".join(ln.rstrip() for ln in lines)
@@ -732,7 +794,9 @@ def _count(items: Iterable[str]) -> dict[str, int]:
 
 
 # --- wiring to the registry and the CLI -----------------------------------------------------------
-def evaluator_from_registry(registry: Any, keywords: KeywordRouter, fallback: Iterable[str] = ()) -> Evaluator:
+def evaluator_from_registry(
+    registry: Any, keywords: KeywordRouter, fallback: Iterable[str] = (), semantic: Any = None
+) -> Evaluator:
     """An evaluator that knows the installed experts' aliases, teaches and offers what the orchestrator
     does here (the experts that can run: :func:`router.core.protocols.taught`, router.core.toolspec). The
     built-in four are always scored, installed or not."""
@@ -750,4 +814,5 @@ def evaluator_from_registry(registry: Any, keywords: KeywordRouter, fallback: It
         tools=toolspec.ollama_tools(registry),
         available=taught(registry),
         fallback=fallback,
+        semantic=semantic,
     )

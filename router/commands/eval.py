@@ -38,6 +38,11 @@ from router.core.keywords import KeywordRouter
 @click.option("--limit", type=click.IntRange(1), help="only the first N prompts")
 @click.option("--keywords-only", is_flag=True, help="score the keyword router alone; no LLM, no Ollama")
 @click.option(
+    "--no-model",
+    is_flag=True,
+    help="score the router's own decision (keywords, then the semantic router, else the fallback); no LLM",
+)
+@click.option(
     "--max-tokens",
     type=click.IntRange(0),
     default=DEFAULT_MAX_TOKENS,
@@ -46,23 +51,36 @@ from router.core.keywords import KeywordRouter
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object: scores and every prompt's decisions")
 @click.pass_context
-def eval_command(ctx, model, suite_path, ollama_host, protocol_mode, limit, keywords_only, max_tokens, as_json):
-    """Benchmark routing: does the keyword table, and does MODEL, ask for the right experts?"""
+def eval_command(
+    ctx, model, suite_path, ollama_host, protocol_mode, limit, keywords_only, no_model, max_tokens, as_json
+):
+    """Benchmark routing: do the keyword table, the semantic router and MODEL ask for the right experts?"""
     from router.core.config import Settings
 
     settings = Settings.load((ctx.obj or {}).get("config"), model=model, ollama_host=ollama_host)
     keywords = KeywordRouter.from_toml(settings.keywords_file)
-    ev = evaluator_from_registry(common.configured_registry(settings), keywords, settings.fallback)
+    semantic = None
+    if settings.semantic and not keywords_only:
+        from router.core.semantic import SemanticRouter
+
+        semantic = SemanticRouter.load(
+            settings.exemplars_file,
+            min_confidence=settings.semantic_min_confidence,
+            cache_dir=settings.resolved_cache_dir(),
+        )
+    registry = common.configured_registry(settings)
+    ev = evaluator_from_registry(registry, keywords, settings.fallback, semantic)
     suite = load_suite(suite_path, ev.experts)
     progress = None
-    if not as_json and not keywords_only and sys.stderr.isatty():
+    without_model = keywords_only or no_model
+    if not as_json and not without_model and sys.stderr.isatty():
 
         def progress(i: int, n: int, r: CaseResult) -> None:
             click.echo(f"\r{i}/{n} {r.case.id:<24}", err=True, nl=i == n)
 
     report = ev.run(
         suite,
-        model=None if keywords_only else settings.model,
+        model=None if without_model else settings.model,
         host=settings.ollama_host,
         protocol_mode=protocol_mode,
         inject_protocol=settings.inject_protocol,

@@ -155,7 +155,7 @@ class Settings(BaseModel):
     keywords_file: str | None = Field(None, description="keyword table TOML; default: the built-in table")
     semantic: bool = Field(True, description="route by meaning (multilingual exemplars) when no keyword matches")
     semantic_min_confidence: float = Field(
-        0.6, ge=0, le=1, description="calibrated probability the semantic route must reach to be acted on"
+        0.5, ge=0, le=1, description="calibrated probability the semantic route must reach to be acted on"
     )
     exemplars_file: str | None = Field(None, description="semantic router exemplars TOML; default: the built-in")
     cache_dir: str | None = Field(None, description="on-disk result cache; default ~/.cache/vision-router, '' = off")

