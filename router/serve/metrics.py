@@ -24,6 +24,8 @@ class Metrics:
         self.stream_errors = 0
         self.experts: dict[str, dict[str, float]] = {}
         self.llm_turns = 0
+        self.decided_by: dict[str, int] = {}  # which decider chose the experts of routed requests
+        self.filtered = 0  # pieces the answer filter took out of answers
         self.traces: deque[dict[str, Any]] = deque(maxlen=max(0, recent))
 
     def count(self, kind: str) -> None:
@@ -36,6 +38,10 @@ class Metrics:
     def final(self, route: str, final: Final) -> None:
         t = final.trace
         self.llm_turns += len(t.llm_calls)
+        self.filtered += len(t.filtered)
+        if t.images:
+            who = _decider(t)
+            self.decided_by[who] = self.decided_by.get(who, 0) + 1
         for e in t.experts:
             s = self.experts.setdefault(e.expert, {"runs": 0, "errors": 0, "cached": 0, "total_ms": 0.0, "max_ms": 0.0})
             s["runs"] += 1
@@ -68,10 +74,25 @@ class Metrics:
             "upstream_retries": self.upstream_retries,
             "stream_errors": self.stream_errors,
             "llm_turns": self.llm_turns,
+            "decided_by": dict(self.decided_by),
+            "answer_filter_removals": self.filtered,
             "experts": experts,
             "cache": cache,
             "recent_traces": list(self.traces),
         }
+
+
+def _decider(t: Any) -> str:
+    """preset, keywords, semantic (experts or none needed), fallback (nobody decided) or model (its tags alone)."""
+    if any(e.source == "preset" for e in t.experts):
+        return "preset"
+    if t.keywords:
+        return "keywords"
+    if t.semantic and t.semantic.get("decided"):
+        return "semantic"
+    if t.fallback:
+        return "fallback"
+    return "model"
 
 
 __all__ = ["Metrics"]
