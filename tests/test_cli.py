@@ -94,7 +94,27 @@ def test_missing_file_and_missing_question(registry, tmp_path):
 
 def test_ollama_unreachable_names_host_and_fix(registry, image):
     r = run("ask", image, "-q", "what is written", "--ollama-host", "127.0.0.1:9")
-    one_line_error(r, "cannot reach Ollama at http://127.0.0.1:9", "ollama serve")
+    # The same set-up steps `demo` prints: Ollama may be new on this machine, the model not made yet.
+    one_line_error(
+        r,
+        "cannot reach Ollama at http://127.0.0.1:9",
+        "ollama serve",
+        "`ollama pull qwen3:4b-instruct-2507-q4_K_M && ollama create qwen3-vision -f Modelfile`",
+    )
+    demo = run("demo", "--ollama-host", "127.0.0.1:9")
+    assert "  ollama pull qwen3:4b-instruct-2507-q4_K_M\n  ollama create qwen3-vision -f Modelfile\n" in demo.stdout
+
+
+def test_ask_annotates_what_the_experts_found_without_ollama(registry, image, tmp_path):
+    out = tmp_path / "out" / "nested"
+    r = run("ask", image, "-q", "what is written", "--ollama-host", "127.0.0.1:9", "--annotate", out)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "GRAND OPENING" in r.stdout  # the findings, as before
+    (written,) = sorted(out.iterdir())
+    assert written.read_bytes()[:4] == b"\x89PNG"
+    lines = r.stderr.splitlines()
+    assert lines[0] == f"annotated: {written}", r.stderr  # where, before the error line
+    assert lines[-1].startswith("Error: cannot reach Ollama")
 
 
 def test_model_missing_says_how_to_create_it(fake_ollama, registry, image):
