@@ -250,6 +250,44 @@ def test_expert_serve_on_port_0_prints_the_bound_port(tmp_path):
         proc.wait(timeout=10)
 
 
+def test_serve_on_port_0_binds_a_free_port_and_prints_it(tmp_path, fake_ollama):
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-c", "from router.commands import main; main()", "serve", "--port", "0"]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [*cmd, "--upstream", fake_ollama.url], cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (m := re.search(r"use it: OLLAMA_HOST=(127\.0\.0\.1:(\d+)) ollama run", log.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        port = int(m.group(2))
+        assert port not in (0, 11435), log.read_text()
+        assert f" on http://127.0.0.1:{port} -> Ollama at {fake_ollama.url}" in log.read_text()
+        assert httpx.get(f"http://{m.group(1)}/api/version", timeout=10).status_code == 200  # the proxy, there
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-c", "from router.commands import main; main()", "serve", "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use", r.stderr
+
+
 def test_expert_serve_on_a_busy_port_says_so_in_one_line():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -111,7 +111,7 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # 1e400 is inf in TOML: not "no limit"
 
-    port: int = Field(11435, ge=1, le=65535)
+    port: int = Field(11435, ge=0, le=65535, description="0 picks a free port (the one bound is printed)")
     route: list[str] = Field(default_factory=list, description="model globs to route; [] = every model without vision")
     skip: list[str] = Field(default_factory=list, description="model globs never routed")
     token: str | None = Field(None, description="require `Authorization: Bearer <token>`")
