@@ -34,6 +34,7 @@ from typing import Any
 
 from experts.access import LIVENESS, UNAUTHORIZED, check_bind_host, is_authorized, is_loopback_host
 from experts.base import Expert
+from experts.cancel import Cancelled, StopSignal, run_cancellable
 from experts.errors import ExpertError, ImageError, VisionRouterError
 from experts.images import base64_bytes, decoded
 from experts.install import install_hint
@@ -76,7 +77,6 @@ def create_app(
     ``Authorization: Bearer <token>``. Bodies over ``max_body_bytes`` get 413 without being read."""
     require_serve_extra()
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -96,16 +96,17 @@ def create_app(
             return error_response(413, exc)
         except (ImageError, ExpertError) as exc:
             return error_response(400, exc)
-        async with gate:
-            try:
-                result = await run_in_threadpool(_analyze_bytes, expert, raw, args)
-            except ImageError as exc:
-                return error_response(400, exc)
-            except VisionRouterError as exc:
-                return error_response(500, exc)
-            except Exception as exc:  # an expert bug: one line to the caller, the traceback to our log
-                log.exception("%s failed", expert.name)
-                return error_response(500, f"{type(exc).__name__}: {_one_line(exc)}")
+        try:
+            result = await _analyze_unless_client_leaves(request, gate, expert, raw, args)
+        except Cancelled as exc:  # the client left (a router gave up): nobody reads this answer
+            return error_response(499, exc)
+        except ImageError as exc:
+            return error_response(400, exc)
+        except VisionRouterError as exc:
+            return error_response(500, exc)
+        except Exception as exc:  # an expert bug: one line to the caller, the traceback to our log
+            log.exception("%s failed", expert.name)
+            return error_response(500, f"{type(exc).__name__}: {_one_line(exc)}")
         return JSONResponse(result.model_dump(mode="json"))
 
     async def info(request: Request) -> JSONResponse:
@@ -139,6 +140,45 @@ def error_response(status: int, exc: BaseException | str, kind: str | None = Non
     name = kind or (type(exc).__name__ if isinstance(exc, BaseException) else "ExpertError")
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse({"error": message, "type": name}, status_code=status, headers=headers)
+
+
+async def _analyze_unless_client_leaves(
+    request: Any, gate: asyncio.Semaphore, expert: Expert, raw: bytes, args: dict[str, Any]
+) -> Any:
+    """Wait for a turn at the gate, then analyse in a worker thread; should the client leave first (a router
+    that gave up closes its connection), a run still waiting is dropped and a running one is told to stop
+    (:mod:`experts.cancel`: it raises :class:`Cancelled` at its next step), so no work outlives its asker."""
+    from starlette.concurrency import run_in_threadpool
+
+    stop = StopSignal()
+    gone = asyncio.ensure_future(_client_left(request))
+    try:
+        turn = asyncio.ensure_future(gate.acquire())
+        await asyncio.wait({turn, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not turn.done():
+            turn.cancel()
+            raise Cancelled("cancelled: the client left before the analysis started")
+        try:
+            work = asyncio.ensure_future(run_in_threadpool(run_cancellable, stop, _analyze_bytes, expert, raw, args))
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                stop.set()
+                log.info("%s: the client left; the analysis stops at its next step", expert.name)
+            return await work
+        finally:
+            gate.release()
+    except asyncio.CancelledError:  # Ray Serve cancels a request whose client left
+        stop.set()
+        raise
+    finally:
+        gone.cancel()
+
+
+async def _client_left(request: Any) -> None:
+    """Return once the client has closed its connection (the body is read by now, so the next ASGI message
+    is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _analyze_bytes(expert: Expert, raw: bytes, args: dict[str, Any]) -> Any:
