@@ -412,6 +412,23 @@ def read_regular_file(path: str | Path, max_bytes: int, fail: Callable[[str], Ex
     return data
 
 
+def read_text_file(path: str | Path, max_bytes: int, fail: Callable[[str], Exception], kind: str = "TOML") -> str:
+    """The UTF-8 text of a regular file (config files, keyword tables, presets, eval suites, style libraries):
+    :func:`read_regular_file`'s checks, then UTF-16 and other non-UTF-8 bytes refused with a reason a person
+    can act on (``kind`` names the format: "TOML files are UTF-8"). A UTF-8 BOM (Notepad) is harmless."""
+    raw = read_regular_file(path, max_bytes, fail, noun="file")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or (
+        len(raw) >= 4 and (raw[1] == raw[3] == 0 or raw[0] == raw[2] == 0) and raw[:4].count(0) == 2
+    ):
+        raise fail(f"is UTF-16 text: {kind} files are UTF-8 (save it again as UTF-8)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise fail(
+            f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): {kind} files are UTF-8"
+        ) from None
+
+
 def read_capped(stream: Any, max_bytes: int) -> bytes:
     """At most ``max_bytes + 1`` bytes of a binary stream (a pipe, stdin, a file): one byte past the
     limit is enough to refuse it, and an endless stream (``< /dev/zero``) is never read further."""

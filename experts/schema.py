@@ -66,6 +66,10 @@ class ExpertResult(Findings):
     timing_ms: float = 0.0
     cached: bool = False
     error: str | None = None
+    hint: str | None = Field(
+        default=None,
+        description="for the user, not the model: how to get a better answer here (e.g. a detector to install)",
+    )
 
     @classmethod
     def failure(cls, image_id: str, expert: str, args: dict[str, Any], error: str, timing_ms: float = 0.0):

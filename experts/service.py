@@ -34,10 +34,12 @@ from typing import Any
 
 from experts.access import LIVENESS, UNAUTHORIZED, check_bind_host, is_authorized, is_loopback_host
 from experts.base import Expert
+from experts.cancel import Cancelled, StopSignal, run_cancellable
 from experts.errors import ExpertError, ImageError, VisionRouterError
 from experts.images import base64_bytes, decoded
 from experts.install import install_hint
 from experts.registry import Registry, default_registry
+from experts.schema import ExpertResult
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +66,45 @@ def require_serve_extra() -> None:
         raise VisionRouterError(f"expert serve needs {' and '.join(missing)} (the [serve] extra): {SERVE_EXTRA_HINT}")
 
 
+class LocalWorker:
+    """Where a service's analyses run: here, the expert loaded in this process, in a worker thread. (A Ray
+    Serve deployment puts its replicas behind the same app: :class:`experts.ray_service.ReplicaWorker`.)"""
+
+    def __init__(self, expert: Expert) -> None:
+        self.expert = expert
+
+    @property
+    def ready(self) -> bool:
+        """Whether analyses can run (``/healthz``): the model is loaded."""
+        return self.expert.loaded
+
+    async def info(self) -> dict[str, Any]:
+        """What ``GET /v1/info`` answers."""
+        return service_info(self.expert)
+
+    async def analyze(self, raw: bytes, args: dict[str, Any], stop: StopSignal) -> ExpertResult:
+        """One analysis; once ``stop`` is set it stops at its next step (:class:`Cancelled`)."""
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(run_cancellable, stop, analyze_bytes, self.expert, raw, args)
+
+
 def create_app(
     expert: Expert,
     *,
     max_concurrency: int = 1,
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_MIB * 1024 * 1024,
+    worker: Any = None,
 ) -> Any:
     """A Starlette app serving ``expert``. ``max_concurrency`` bounds simultaneous analyses (one
     model on one device rarely gains from more; requests queue instead). With ``token``, /v1/* need
-    ``Authorization: Bearer <token>``. Bodies over ``max_body_bytes`` get 413 without being read."""
+    ``Authorization: Bearer <token>``. Bodies over ``max_body_bytes`` get 413 without being read.
+    ``worker`` runs the analyses (default :class:`LocalWorker`: ``expert`` itself); arguments are checked
+    against ``expert`` here, before any work."""
     require_serve_extra()
+    worker = worker or LocalWorker(expert)
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -96,25 +124,26 @@ def create_app(
             return error_response(413, exc)
         except (ImageError, ExpertError) as exc:
             return error_response(400, exc)
-        async with gate:
-            try:
-                result = await run_in_threadpool(_analyze_bytes, expert, raw, args)
-            except ImageError as exc:
-                return error_response(400, exc)
-            except VisionRouterError as exc:
-                return error_response(500, exc)
-            except Exception as exc:  # an expert bug: one line to the caller, the traceback to our log
-                log.exception("%s failed", expert.name)
-                return error_response(500, f"{type(exc).__name__}: {_one_line(exc)}")
+        try:
+            result = await _analyze_unless_client_leaves(request, gate, worker, raw, args)
+        except Cancelled as exc:  # the client left (a router gave up): nobody reads this answer
+            return error_response(499, exc)
+        except ImageError as exc:
+            return error_response(400, exc)
+        except VisionRouterError as exc:
+            return error_response(500, exc)
+        except Exception as exc:  # an expert bug: one line to the caller, the traceback to our log
+            log.exception("%s failed", expert.name)
+            return error_response(500, f"{type(exc).__name__}: {one_line(exc)}")
         return JSONResponse(result.model_dump(mode="json"))
 
     async def info(request: Request) -> JSONResponse:
         if not authorized(request):
             return error_response(401, UNAUTHORIZED, "Unauthorized")
-        return JSONResponse(service_info(expert))
+        return JSONResponse(await worker.info())
 
     async def healthz(request: Request) -> JSONResponse:
-        ok = expert.loaded
+        ok = worker.ready
         status = 200 if ok else 503
         if not authorized(request):  # a liveness probe without the token learns only that it is up
             return JSONResponse(LIVENESS if ok else {"status": "loading"}, status_code=status)
@@ -133,7 +162,7 @@ def error_response(status: int, exc: BaseException | str, kind: str | None = Non
     """The JSON error answer: ``{"error": "<one line, bounded>", "type": ...}``."""
     from starlette.responses import JSONResponse
 
-    message = _one_line(exc)
+    message = one_line(exc)
     if len(message) > MAX_ERROR_CHARS:
         message = message[: MAX_ERROR_CHARS - 3] + "..."
     name = kind or (type(exc).__name__ if isinstance(exc, BaseException) else "ExpertError")
@@ -141,7 +170,45 @@ def error_response(status: int, exc: BaseException | str, kind: str | None = Non
     return JSONResponse({"error": message, "type": name}, status_code=status, headers=headers)
 
 
-def _analyze_bytes(expert: Expert, raw: bytes, args: dict[str, Any]) -> Any:
+async def _analyze_unless_client_leaves(
+    request: Any, gate: asyncio.Semaphore, worker: Any, raw: bytes, args: dict[str, Any]
+) -> Any:
+    """Wait for a turn at the gate, then analyse; should the client leave first (a router that gave up
+    closes its connection), a run still waiting is dropped and a running one is told to stop
+    (:mod:`experts.cancel`: it raises :class:`Cancelled` at its next step), so no work outlives its asker."""
+    stop = StopSignal()
+    gone = asyncio.ensure_future(_client_left(request))
+    try:
+        turn = asyncio.ensure_future(gate.acquire())
+        await asyncio.wait({turn, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not turn.done():
+            turn.cancel()
+            raise Cancelled("cancelled: the client left before the analysis started")
+        try:
+            work = asyncio.ensure_future(worker.analyze(raw, args, stop))
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                stop.set()
+                log.info("the client left: its analysis stops at its next step")
+            return await work
+        finally:
+            gate.release()
+    except asyncio.CancelledError:  # Ray Serve cancels a request whose client left
+        stop.set()
+        raise
+    finally:
+        gone.cancel()
+
+
+async def _client_left(request: Any) -> None:
+    """Return once the client has closed its connection (the body is read by now, so the next ASGI message
+    is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def analyze_bytes(expert: Expert, raw: bytes, args: dict[str, Any]) -> Any:
+    """Decode ``raw`` and analyse it (the work of one request, in a worker thread)."""
     # Decode and analysis both hold the image's pixels in the process budget, and free them after.
     with decoded(raw, source="image") as image:
         return expert.analyze(image, args)
@@ -253,7 +320,8 @@ def _json_object(text: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _one_line(exc: BaseException | str) -> str:
+def one_line(exc: BaseException | str) -> str:
+    """An error as one line (for ``{"error": ...}`` bodies)."""
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -308,7 +376,7 @@ def serve_expert(
     require_serve_extra()
     check_bind_host(host, allow_remote)
     if not token and not is_loopback_host(host):
-        _say("warning: listening beyond loopback without --token: anyone who can reach it can use it")
+        say("warning: listening beyond loopback without --token: anyone who can reach it can use it")
     import uvicorn
 
     reg = registry or default_registry()
@@ -319,13 +387,13 @@ def serve_expert(
     sock, url = listen(host, port)
     status = expert.status()
     what = ", ".join(f"{k} {status[k]}" for k in ("engine", "model", "device") if status.get(k))
-    _say(f"loading expert {expert.name}" + (f" ({what})" if what else "") + " ...")
+    say(f"loading expert {expert.name}" + (f" ({what})" if what else "") + " ...")
     t0 = time.perf_counter()
     expert.load()
     device = expert.status().get("device")
-    _say(f"loaded {expert.name} in {time.perf_counter() - t0:.1f} s" + (f" on {device}" if device else ""))
+    say(f"loaded {expert.name} in {time.perf_counter() - t0:.1f} s" + (f" on {device}" if device else ""))
     sock.listen(2048)  # listening before the address is printed: a client that reads it can connect at once
-    _say(
+    say(
         f"serving {expert.name} on {url} (POST /v1/analyze, GET /v1/info, GET /healthz)"
         + (", token required" if token else "")
     )
@@ -354,5 +422,6 @@ def listen(host: str, port: int) -> tuple[socket.socket, str]:
     return sock, f"http://{shown}:{sock.getsockname()[1]}"
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
+    """A progress or address line on stderr, as ``vision-router: ...``."""
     print(f"vision-router: {msg}", file=sys.stderr, flush=True)

@@ -11,17 +11,21 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from experts.errors import ExpertError
+from experts.images import read_text_file
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+MAX_LIBRARY_BYTES = 4 * 1024 * 1024  # thousands of styles are a few hundred KiB
 
 
 class StyleEntry(BaseModel):
@@ -83,8 +87,10 @@ def load_style_library(path: str | Path | None = None) -> StyleLibrary:
         else:
             p = Path(path).expanduser()
             where = str(p)
-            text = p.read_text("utf-8")
-            raw = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
+            is_json = p.suffix.lower() == ".json"
+            # A config file's checks: a folder, a FIFO, a device or a huge file is one line, never a hang.
+            text = read_text_file(p, MAX_LIBRARY_BYTES, _reading_error(where), "JSON" if is_json else "TOML")
+            raw = json.loads(text) if is_json else tomllib.loads(text)
         lib = StyleLibrary.model_validate(raw)
     except FileNotFoundError:
         raise ExpertError(f"clip: style library {where}: no such file") from None
@@ -101,6 +107,10 @@ def load_style_library(path: str | Path | None = None) -> StyleLibrary:
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ExpertError(f"clip: style library {where}: duplicate style id(s) {', '.join(dup)}")
     return lib
+
+
+def _reading_error(where: str) -> Callable[[str], ExpertError]:
+    return lambda reason: ExpertError(f"clip: style library {where}: {reason}")
 
 
 # Separators users type between candidates: ASCII and full-width commas, the ideographic comma,

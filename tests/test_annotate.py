@@ -110,21 +110,30 @@ def test_a_font_given_by_vision_router_font_is_used_and_its_cjk_is_recognised(mo
         ann.find_font.cache_clear()
 
 
-@pytest.mark.skipif(
-    not ann._fontconfig_cjk() and not any(Path(p).is_file() for p in ann.CJK_FONT_PATHS),
-    reason="needs a system CJK font (Debian: fonts-wqy-zenhei); .ci/run installs it",
-)
-def test_chinese_text_uses_a_cjk_font():
+@pytest.mark.parametrize("found_by", ["fontconfig", "a well-known path"])
+def test_chinese_text_uses_a_cjk_font(monkeypatch, found_by):
+    """A CJK font where the search looks for one (the shipped Noto Sans CJK subset standing in for the
+    system's fonts, so the test needs no font package) is chosen over a Latin one and draws the Chinese label."""
+    by_fontconfig = found_by == "fontconfig"
+    monkeypatch.delenv("VISION_ROUTER_FONT", raising=False)
+    monkeypatch.setattr(ann, "_fontconfig_cjk", lambda: [FONTS["cjk"]] if by_fontconfig else [])
+    monkeypatch.setattr(
+        ann, "CJK_FONT_PATHS", ("/nonexistent/wqy-zenhei.ttc",) + (() if by_fontconfig else (FONTS["cjk"],))
+    )
+    monkeypatch.setattr(ann, "LATIN_FONT_PATHS", (FONTS["sans"],))
     ann.find_font.cache_clear()
-    font_file = ann.find_font()
-    assert ann.font_has_cjk(font_file), font_file
-    font = ann._load_font(font_file, 24)
-    # Real glyphs differ; a font without them draws the same empty box for every character.
-    assert bytes(font.getmask("中")) != bytes(font.getmask("文"))
-    img = scene()
-    out = render(img, analysis(img, ocr(img, TextLine(text="有机绿茶", score=0.99, bbox=[300, 300, 500, 350]))))
-    assert out.font == font_file
-    assert out.labels[0][0] == "有机绿茶 0.99"
+    try:
+        font_file = ann.find_font()
+        assert font_file == FONTS["cjk"] and ann.font_has_cjk(font_file), font_file
+        font = ann._load_font(font_file, 24)
+        # Real glyphs differ; a font without them draws the same empty box for every character.
+        assert bytes(font.getmask("中")) != bytes(font.getmask("文"))
+        img = scene()
+        out = render(img, analysis(img, ocr(img, TextLine(text="有机绿茶", score=0.99, bbox=[300, 300, 500, 350]))))
+        assert out.font == font_file
+        assert out.labels[0][0] == "有机绿茶 0.99"
+    finally:
+        ann.find_font.cache_clear()
 
 
 def test_font_override_and_fallbacks(monkeypatch, tmp_path):

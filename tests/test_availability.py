@@ -205,11 +205,11 @@ def test_health_names_what_cannot_run_and_refresh_rechecks(monkeypatch):
 
 def test_serve_start_up_line_lists_what_can_run(monkeypatch, fake_ollama):
     pytest.importorskip("uvicorn", reason="needs the [serve] extra")
-    import uvicorn
+    from tests.test_proxy_support import capture_serve
 
     monkeypatch.setattr(common_mod, "configured_registry", lambda settings: registry())
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
-    r = CliRunner().invoke(cli, ["serve", "--upstream", fake_ollama.url, "--port", "18999"])
+    capture_serve(monkeypatch)
+    r = CliRunner().invoke(cli, ["serve", "--upstream", fake_ollama.url, "--port", "0"])
     assert r.exit_code == 0, r.output
     head = r.stderr.splitlines()
     assert "experts: detect, ocr)" in head[0]

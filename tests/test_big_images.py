@@ -190,3 +190,39 @@ def test_detect_stops_between_its_steps(monkeypatch):
 def test_check_outside_a_cancellable_run_never_raises():
     check_cancelled()
     assert DetectExpert().analyze(decode_image(_scene(1)), {}).measurements["count"] == 3
+
+
+@pytest.mark.parametrize("signal", ["StopSignal", "Event"])
+def test_work_that_waits_is_called_back_when_given_up_on(signal):
+    """A run blocked on something else (a remote expert waiting for its service) cannot reach a check: its
+    `on_cancel` callback runs when the run is given up on (at once with the dispatcher's StopSignal; a plain
+    Event is polled), never after the block, and not at all outside a cancellable run."""
+    import threading
+
+    from experts.cancel import StopSignal, on_cancel
+
+    stop = StopSignal() if signal == "StopSignal" else threading.Event()
+    called = threading.Event()
+
+    def wait_on_something() -> str:
+        with on_cancel(called.set):
+            assert called.wait(5), "the callback never came"
+        return "woken"
+
+    timer = threading.Timer(0.2, stop.set)
+    timer.start()
+    assert run_cancellable(stop, wait_on_something) == "woken"
+
+    late = threading.Event()
+    with on_cancel(late.set):  # outside a cancellable run: nothing to call back
+        pass
+
+    def done_in_time() -> str:
+        with on_cancel(late.set):
+            return "done"
+
+    stop = StopSignal() if signal == "StopSignal" else threading.Event()
+    assert run_cancellable(stop, done_in_time) == "done"
+    stop.set()  # given up on after the block: too late to matter, nothing is called
+    time.sleep(0.2)
+    assert not late.is_set()

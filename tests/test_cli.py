@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import router.commands.common as cli_mod
 from router.commands import cli
 from tests.conftest import png_bytes
-from tests.router_experts import FakeOcr, make_registry
+from tests.router_experts import FakeOcr, SlowExpert, make_registry
 from tests.test_images import _png_bomb
 
 
@@ -94,7 +94,27 @@ def test_missing_file_and_missing_question(registry, tmp_path):
 
 def test_ollama_unreachable_names_host_and_fix(registry, image):
     r = run("ask", image, "-q", "what is written", "--ollama-host", "127.0.0.1:9")
-    one_line_error(r, "cannot reach Ollama at http://127.0.0.1:9", "ollama serve")
+    # The same set-up steps `demo` prints: Ollama may be new on this machine, the model not made yet.
+    one_line_error(
+        r,
+        "cannot reach Ollama at http://127.0.0.1:9",
+        "ollama serve",
+        "`ollama pull qwen3:4b-instruct-2507-q4_K_M && ollama create qwen3-vision -f Modelfile`",
+    )
+    demo = run("demo", "--ollama-host", "127.0.0.1:9")
+    assert "  ollama pull qwen3:4b-instruct-2507-q4_K_M\n  ollama create qwen3-vision -f Modelfile\n" in demo.stdout
+
+
+def test_ask_annotates_what_the_experts_found_without_ollama(registry, image, tmp_path):
+    out = tmp_path / "out" / "nested"
+    r = run("ask", image, "-q", "what is written", "--ollama-host", "127.0.0.1:9", "--annotate", out)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "GRAND OPENING" in r.stdout  # the findings, as before
+    (written,) = sorted(out.iterdir())
+    assert written.read_bytes()[:4] == b"\x89PNG"
+    lines = r.stderr.splitlines()
+    assert lines[0] == f"annotated: {written}", r.stderr  # where, before the error line
+    assert lines[-1].startswith("Error: cannot reach Ollama")
 
 
 def test_model_missing_says_how_to_create_it(fake_ollama, registry, image):
@@ -162,6 +182,33 @@ def test_doctor(fake_ollama, registry):
     assert r.exit_code == 1 and not checks["model"]["ok"] and "ollama create absent" in checks["model"]["detail"]
     r = run("doctor", "--ollama-host", "127.0.0.1:9")
     assert r.exit_code == 1 and "[!!] ollama" in r.stdout
+
+
+def test_doctor_reads_the_models_system_as_the_run_loop_does(fake_ollama, registry):
+    """Only the tag protocol for exactly the experts here stands in for the router's system message; an older
+    protocol text (it has `[VISION:` too) is not it, and doctor says how to update the model."""
+    from router.core.protocol import PROTOCOL_PROMPT
+    from tests.fake_ollama import FakeModel
+
+    fake_ollama.add_model(FakeModel("current", system=PROTOCOL_PROMPT))
+    fake_ollama.add_model(FakeModel("older", system="You cannot see. Write [VISION: ocr] to read text."))
+
+    def model_line(model):
+        r = run("doctor", "--ollama-host", fake_ollama.url, "-m", model)
+        (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("[ok] model")]
+        return line
+
+    assert model_line("current").endswith("its SYSTEM teaches the tag protocol for the experts here (detect, ocr)")
+    assert model_line("older").endswith(
+        "its SYSTEM holds an older tag protocol, so the router sends the current one as a system message; "
+        "to update the model: `ollama pull qwen3:4b-instruct-2507-q4_K_M && ollama create older -f Modelfile`"
+    )
+    assert model_line("qwen3-vision").endswith("no tag protocol in its SYSTEM: the router sends it as a system message")
+    registry.register(SlowExpert)  # one more expert can run here than the Modelfile teaches
+    assert model_line("current").endswith(
+        "its SYSTEM teaches the Modelfile's experts; the experts here differ (detect, ocr, slow), so the router "
+        "sends their tag protocol as a system message"
+    )
 
 
 def test_config_file_errors_are_one_line(registry, tmp_path, image):

@@ -310,3 +310,72 @@ def test_deeply_nested_toml_is_one_line(cfg, registry, image, nest):
     cfg.write_text(nest + "\n", "utf-8")
     line = one_line_error(run("--config", cfg, "expert", "list"), str(cfg), "nested too deeply")
     assert len(line) < 300
+
+
+# --- presets, eval suites and style libraries get the same checks ------------------------------------------
+def _read_user_file(kind: str, path, image) -> tuple[int, str]:
+    """Hand ``path`` to the reader of ``kind`` as a user does; (exit status, its error line)."""
+    if kind == "style library":  # read when clip loads, from its `style_library` setting
+        from experts.styles import load_style_library
+
+        try:
+            load_style_library(path)
+        except VisionRouterError as exc:
+            return 1, f"Error: {exc}"
+        return 0, ""
+    args = {
+        "preset": ["ask", image, "--preset", path, "-q", "x", "--ollama-host", "127.0.0.1:9"],
+        "eval suite": ["eval", "--suite", path, "--keywords-only"],
+    }[kind]
+    r = run(*args)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in r.output and len(lines) == 1, r.output
+    return r.exit_code, lines[0]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs POSIX FIFOs")
+@pytest.mark.parametrize("kind", ["preset", "eval suite", "style library"])
+def test_a_fifo_as_preset_suite_or_style_library_is_one_line_not_a_hang(registry, image, tmp_path, kind):
+    import os
+
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)
+    try:
+        status, line = _in_thread(lambda: _read_user_file(kind, fifo, image))
+    finally:
+        _release(fifo)
+    assert status == 1 and line.startswith("Error: ") and "FIFO" in line and str(fifo) in line, line
+
+
+@pytest.mark.parametrize("kind", ["preset", "eval suite", "style library"])
+def test_an_oversized_or_utf16_preset_suite_or_style_library_is_refused_in_one_line(registry, image, tmp_path, kind):
+    huge = tmp_path / "huge.toml"
+    with open(huge, "wb") as fh:  # sparse: 256 MiB on paper, nothing on disk; refused from its size
+        fh.truncate(256 * 1024 * 1024)
+    status, line = _in_thread(lambda: _read_user_file(kind, huge, image))
+    assert status == 1 and "over the" in line and "limit" in line and str(huge) in line, line
+    utf16 = tmp_path / "utf16.toml"
+    utf16.write_text('name = "x"\n', "utf-16")
+    status, line = _read_user_file(kind, utf16, image)
+    assert status == 1 and "UTF-16" in line and "UTF-8" in line, line
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_dev_zero_as_preset_suite_or_style_library_is_refused_without_reading():
+    """Run where memory is capped: the code before the fix read /dev/zero until the cap stopped it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+        "from experts.errors import VisionRouterError\n"
+        "from router.apps.presets import read_preset\n"
+        "from router.apps.evaluate import load_suite\n"
+        "from experts.styles import load_style_library\n"
+        "for read in (read_preset, load_suite, load_style_library):\n"
+        "    try:\n        read('/dev/zero')\n    except VisionRouterError as e:\n        print(e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-500:]
+    lines = r.stdout.splitlines()
+    assert len(lines) == 3 and all("/dev/zero" in x and "character device" in x for x in lines), r.stdout

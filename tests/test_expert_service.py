@@ -212,6 +212,46 @@ def test_unreachable_service_retries_then_fails_fast():
         reg.get("spook").analyze(decode_image(_png()), {})
 
 
+def _events(log: Path) -> list[tuple[str, float]]:
+    lines = log.read_text("utf-8").split() if log.exists() else []
+    return [(lines[i], float(lines[i + 1])) for i in range(0, len(lines) - 1, 2)]
+
+
+def _wait_for(log: Path, event: str, within_s: float) -> float:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        found = [t for e, t in _events(log) if e == event]
+        if found:
+            return found[0]
+        time.sleep(0.02)
+    pytest.fail(f"no {event!r} in the expert's log within {within_s} s: {_events(log)}")
+
+
+def test_a_remote_expert_the_router_gives_up_on_stops_its_work(tmp_path):
+    """The router's per-expert timeout is the end of that run everywhere: the router closes the connection,
+    the service sees its client leave and the expert stops at its next step, within 3 s of the router
+    giving up (it would otherwise work on for its whole minute); the service serves the next request."""
+    from router.core.config import Settings
+    from router.core.dispatch import ExpertCall
+    from router.core.orchestrator import Orchestrator
+
+    log = tmp_path / "steps.log"
+    with service("steps", "--import", "tests.service_experts", "-c", f"log={log}", tmp_path=tmp_path) as svc:
+        registry = Registry()
+        registry.add_remote("steps", svc.url)
+        orch = Orchestrator(Settings(cache_dir="", experts={"steps": {"timeout": 1.5}}), registry=registry)
+        image = decode_image(_png())
+        (result,) = orch.dispatcher.run_sync([ExpertCall(image, 1, "steps", {"seconds": 60}, source="cli")])
+        gave_up = time.time()
+        assert result.error == "timed out after 1.5 s while running", result
+        stopped = _wait_for(log, "stopped", within_s=10)
+        assert stopped - gave_up < 3.0, f"stopped {stopped - gave_up:.2f} s after the router gave up"
+        assert [e for e, _ in _events(log)] == ["start", "stopped"]  # never "finished"
+        # The service is free for the next request at once.
+        (ok,) = orch.dispatcher.run_sync([ExpertCall(image, 1, "steps", {"seconds": 0.1}, source="cli")])
+        assert ok.error is None and ok.caption == "worked 0.1 s"
+
+
 def test_killed_service_mid_request_is_an_error_not_a_hang(tmp_path):
     with service("echo", "--import", "tests.service_experts", tmp_path=tmp_path) as svc:
         remote = RemoteExpert("echo", svc.url, local_class=EchoExpert, timeout=60)

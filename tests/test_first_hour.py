@@ -19,6 +19,7 @@ import pytest
 from experts import install
 from experts.install import hint_for, install_hint, origin_from_direct_url
 from tests.fake_ollama import FakeOllama
+from tests.test_fresh_install import BLOCKER
 from tests.test_proxy_support import MODEL, models, start_stack, stop_stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +93,62 @@ def test_no_hint_names_the_package_as_if_it_were_on_an_index():
     assert not found, found
 
 
+@pytest.fixture(scope="module")
+def wheel_install(tmp_path_factory):
+    """This tree built as a wheel and installed on its own (no checkout around it): ``run(*args, block=...)``
+    runs its CLI there, ``site`` is where it went and ``wheel`` the file it came from."""
+    import shutil
+
+    work = tmp_path_factory.mktemp("wheel")
+    src = work / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("router", "experts"):
+        shutil.copytree(ROOT / name, src / name, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    built = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", str(src), "-w", str(work / "dist")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (work / "dist").glob("*.whl")
+    site = work / "site"
+    done = subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], capture_output=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (work / "blocker").mkdir()
+    (work / "blocker" / "sitecustomize.py").write_text(BLOCKER)
+
+    def run(*args: str, block: str = "", code: str = "from router.commands import main; main()"):
+        env = {**os.environ, "PYTHONPATH": f"{work / 'blocker'}{os.pathsep}{site}", "VR_BLOCK": block}
+        return subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=work, timeout=120
+        )
+
+    run.site, run.wheel = site, wheel  # type: ignore[attr-defined]
+    return run
+
+
+def test_a_wheel_install_is_told_what_fits_a_wheel_install(wheel_install):
+    site, wheel = wheel_install.site, wheel_install.wheel
+    # No checkout here: `-f Modelfile` would name a file this user does not have; the package ships one.
+    r = wheel_install("ask", str(ROOT / "router" / "data" / "demo.png"), "-q", "hi", "--ollama-host", "127.0.0.1:9")
+    assert r.returncode == 1, r.stderr
+    modelfile = site / "router" / "data" / "Modelfile"
+    assert r.stderr.strip().endswith(f"ollama create qwen3-vision -f {modelfile}`"), r.stderr
+    assert modelfile.read_text("utf-8") == (ROOT / "Modelfile").read_text("utf-8")
+    # A missing extra is installed from the wheel it came from, never from a checkout or an index.
+    r = wheel_install("mcp", block="mcp")
+    assert r.stderr.strip() == f"Error: `mcp` needs a package that is not installed: mcp (pip install '{wheel}[mcp]')"
+    r = wheel_install("expert", "serve", "detect", "--ray", block="ray")
+    assert r.returncode == 1 and r.stderr.strip().endswith(f"pip install '{wheel}[ray]'"), r.stderr
+    # A package no extra is known for: docs/install.md is not there to read, the [all] extra is.
+    r = wheel_install(code="from router.commands.common import extra_hint; print(extra_hint('nowhere'))")
+    assert r.stdout.strip() == f"every extra: pip install '{wheel}[all]'", r.stderr
+
+
 def test_the_blip2_hint_uses_the_hf_command():
     from experts.caption import CaptionExpert
 
@@ -101,6 +158,48 @@ def test_the_blip2_hint_uses_the_hf_command():
     # huggingface_hub 1.0 dropped `huggingface-cli`; `hf download REPO_ID` is its command.
     assert hint.startswith("fetch once: hf download Salesforce/blip2-opt-2.7b"), hint
     assert "huggingface-cli" not in hint
+
+
+# --- the first questions -----------------------------------------------------------------------------
+def test_the_readme_names_an_image_to_try_and_it_is_there():
+    readme = (ROOT / "README.md").read_text("utf-8")
+    assert "vision-router ask router/data/demo.png -q" in readme
+    assert (ROOT / "router" / "data" / "demo.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_person_question_on_the_fallback_detector_says_so_and_names_the_extra(monkeypatch, fake_ollama):
+    """Without the [people] extra, people and faces come from OpenCV's HOG and Haar detectors, which miss most
+    of them: the model reads that in the findings, the user gets one line with the install command."""
+    from click.testing import CliRunner
+
+    from experts.detect.backends import blaze
+    from router.commands import cli
+
+    # What the learned backend says where LiteRT (the [people] extra) is not installed.
+    gone = (False, f"LiteRT is not installed: {blaze.EXTRA_HINT}")
+    monkeypatch.setattr(blaze.BlazeBackend, "available", classmethod(lambda cls: gone))
+    photo = str(ROOT / "tests" / "data" / "real" / "people" / "messi5.jpg")
+    fake_ollama.script("I cannot tell how many people there are.")
+    runner = CliRunner()
+    r = runner.invoke(cli, ["ask", photo, "-q", "how many people?", "--ollama-host", fake_ollama.url])
+    assert r.exit_code == 0, r.output
+    (chat,) = fake_ollama.calls("/api/chat")
+    context = chat["messages"][-1]["content"]
+    assert 'detector="OpenCV HOG people detector, a fallback that misses many people"' in context
+    hints = [line for line in r.stderr.splitlines() if line.startswith("hint: ")]
+    assert hints == [
+        "hint: detect 'person' ran on the fallback OpenCV HOG people detector, which misses many people; "
+        f"MediaPipe BlazeFace / BlazePose (LiteRT) would find more, but LiteRT is not installed: "
+        f"{install_hint('people')} (LiteRT runs the MediaPipe models that ship with it)"
+    ]
+    assert "install" not in context  # the command is for the user, not the model
+    # Without Ollama the findings say it too, and the hint still comes.
+    r = runner.invoke(cli, ["ask", photo, "-q", "how many faces?", "--ollama-host", "127.0.0.1:9"])
+    assert r.exit_code == 1 and 'detector="OpenCV Haar cascades, a fallback that misses many faces"' in r.stdout
+    assert sum(line.startswith("hint: detect 'face' ran on the fallback") for line in r.stderr.splitlines()) == 1
+    # Eyes have no learned detector to miss: no note, no hint.
+    r = runner.invoke(cli, ["expert", "run", "detect", photo, "eye"])
+    assert r.exit_code == 0 and "detector=" not in r.stdout and "hint:" not in r.stderr
 
 
 # --- error lines name the command's own flags -------------------------------------------------------
@@ -149,6 +248,44 @@ def test_expert_serve_on_port_0_prints_the_bound_port(tmp_path):
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_serve_on_port_0_binds_a_free_port_and_prints_it(tmp_path, fake_ollama):
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-c", "from router.commands import main; main()", "serve", "--port", "0"]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [*cmd, "--upstream", fake_ollama.url], cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (m := re.search(r"use it: OLLAMA_HOST=(127\.0\.0\.1:(\d+)) ollama run", log.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        port = int(m.group(2))
+        assert port not in (0, 11435), log.read_text()
+        assert f" on http://127.0.0.1:{port} -> Ollama at {fake_ollama.url}" in log.read_text()
+        assert httpx.get(f"http://{m.group(1)}/api/version", timeout=10).status_code == 200  # the proxy, there
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-c", "from router.commands import main; main()", "serve", "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use", r.stderr
 
 
 def test_expert_serve_on_a_busy_port_says_so_in_one_line():

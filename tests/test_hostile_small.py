@@ -27,7 +27,7 @@ def test_serve_refuses_a_host_with_spaces_in_one_line(monkeypatch, host):
     from router.commands.serve import serve_command
 
     served = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(kw))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.append(sockets))
     r = CliRunner().invoke(serve_command, ["--host", host, "--upstream", "127.0.0.1:9"], obj={"config": None})
     assert r.exit_code != 0 and served == [], r.output
     assert "Traceback" not in r.output and "spaces" in r.output
@@ -48,7 +48,7 @@ def test_expert_serve_refuses_a_host_with_spaces(monkeypatch):
     from router.commands.expert_serve import serve_command
 
     served = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(kw))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.append(sockets))
     r = CliRunner().invoke(serve_command, ["detect", "--host", "127.0.0.1 ", "--port", "9"])
     assert r.exit_code != 0 and served == [] and "spaces" in r.output and "Traceback" not in r.output
 

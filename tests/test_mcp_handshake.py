@@ -9,7 +9,9 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,7 +117,15 @@ def test_a_client_leaving_logs_no_traceback(server, caplog):
     assert not noisy, [f"{r.name}: {r.getMessage()} {r.exc_info and r.exc_info[0]}" for r in noisy]
 
 
-MCP2 = os.environ.get("VISION_ROUTER_MCP2_PYTHON", "")
+# mcp 1 and 2 cannot share one environment: the 2.x client gets a venv of its own, made once from the package
+# registry and kept in the user's cache, keyed by the mcp major version and this Python's; the path is read
+# now, before each test's own cache folder replaces XDG_CACHE_HOME. VISION_ROUTER_MCP2_PYTHON names another.
+MCP2_SPEC = "mcp>=2,<3"
+MCP2_ENV = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "vision-router-tests"
+    / f"mcp2-py{sys.version_info[0]}{sys.version_info[1]}"
+)
 CLIENT2 = """
 import asyncio, sys
 from mcp import Client
@@ -130,15 +140,48 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.skipif(
-    not (MCP2 and Path(MCP2).exists()),
-    reason="set VISION_ROUTER_MCP2_PYTHON to a Python with mcp>=2 (pip install 'mcp>=2' in its own venv)",
-)
+def mcp2_python(folder: Path = MCP2_ENV) -> str:
+    """A Python with the mcp 2.x client: ``folder``'s venv, made (and mcp installed into it) on first use.
+    Concurrent test runs wait for the one that makes it; a half-made venv is made again."""
+    given = os.environ.get("VISION_ROUTER_MCP2_PYTHON")
+    if given:
+        return given
+    python = folder / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    ready = folder / "mcp-version"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "w") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - Windows: one run at a time is the user's affair
+            pass
+        if not ready.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            for cmd in (
+                [sys.executable, "-m", "venv", str(folder)],
+                [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", MCP2_SPEC],
+            ):
+                made = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+                if made.returncode != 0:
+                    pytest.fail(f"cannot make the mcp 2.x client's venv ({' '.join(cmd)}): {made.stderr[-1500:]}")
+            version = subprocess.run(
+                [str(python), "-c", "import importlib.metadata as m; print(m.version('mcp'))"],
+                capture_output=True,
+                text=True,
+            )
+            ready.write_text(version.stdout.strip())
+    return str(python)
+
+
 def test_an_mcp2_client_connects_without_a_failed_request(server):
     """The real mcp 2.x client (auto mode: discover, then initialize): it connects, and the server saw no
     4xx on the way."""
+    python = mcp2_python()
     server.statuses.seen.clear()
-    r = subprocess.run([MCP2, "-c", CLIENT2, server.url + "/mcp"], capture_output=True, text=True, timeout=120, cwd="/")
+    r = subprocess.run(
+        [python, "-c", CLIENT2, server.url + "/mcp"], capture_output=True, text=True, timeout=120, cwd="/"
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "era handshake" in r.stdout and "'ocr'" in r.stdout, r.stdout
     seen = server.statuses.seen

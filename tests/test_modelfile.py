@@ -115,3 +115,10 @@ def test_protocol_teaches_only_the_experts_given():
     for absent in ("[VISION: detect", "[VISION: clip", "[VISION: caption", "风格"):
         assert absent not in prompt  # no tag line and no example for an expert that is not there
     assert "User:" not in prompt and "Assistant:" not in prompt  # no role-prefixed turns to carry on
+
+
+def test_the_package_ships_the_same_modelfile():
+    """An install without a checkout (a wheel) creates the model from the copy inside the package, which
+    the create hints name there: it is this Modelfile, byte for byte."""
+    shipped = MODELFILE.parent / "router" / "data" / "Modelfile"
+    assert shipped.read_bytes() == MODELFILE.read_bytes()

@@ -31,6 +31,9 @@ def test_ci_runs_exactly_the_readme_test_command():
     cmd = readme_commands()["test-command"]
     assert cmd in ci.splitlines(), f"{cmd!r} is not a line of .ci/run"
     assert "set -euo pipefail" in ci  # pytest's exit 5 (no tests) fails CI
+    # And nothing else: no apt package, font or side environment that a reader of the README would not have.
+    steps = [line for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert steps == ["set -euo pipefail", 'cd "$(dirname "$0")/.."', cmd], steps
 
 
 def test_main_command_installs_and_runs_the_demo():

@@ -20,6 +20,8 @@ from tests.test_proxy_support import (
     OCR_TEXT,
     TextExpert,
     b64,
+    capture_serve,
+    free_port,
     fresh,  # noqa: F401  (fixture)
     ndjson,
     no_image_bytes,
@@ -444,34 +446,30 @@ def test_routed_answer_streams_token_by_token(fresh):
 
 
 def test_serve_reads_its_defaults_from_config_and_flags_win(tmp_path, monkeypatch):
-    import uvicorn
-
-    seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    seen = capture_serve(monkeypatch)
+    port, other = free_port(), free_port()
     cfg = tmp_path / "config.toml"
-    cfg.write_text('[serve]\nport = 12345\nroute = ["qwen3*"]\nmax_body_mib = 2\nupstream_timeout = 30\n', "utf-8")
+    cfg.write_text(f'[serve]\nport = {port}\nroute = ["qwen3*"]\nmax_body_mib = 2\nupstream_timeout = 30\n', "utf-8")
     r = CliRunner().invoke(serve_command, ["--upstream", "127.0.0.1:9"], obj={"config": str(cfg)})
     assert r.exit_code == 0, r.output
     proxy = seen["app"].state.proxy
-    assert seen["port"] == 12345 and seen["host"] == "127.0.0.1"
+    assert seen["port"] == port and seen["host"] == "127.0.0.1"
     assert proxy.cfg.route == ["qwen3*"] and proxy.cfg.max_body_bytes == 2 * 1024 * 1024
     assert proxy.cfg.upstream_timeout_s == 30
     r = CliRunner().invoke(
-        serve_command, ["--port", "12346", "--route", "llama*", "--max-body-mib", "8"], obj={"config": str(cfg)}
+        serve_command, ["--port", str(other), "--route", "llama*", "--max-body-mib", "8"], obj={"config": str(cfg)}
     )
     assert r.exit_code == 0, r.output
     proxy = seen["app"].state.proxy
-    assert seen["port"] == 12346 and proxy.cfg.route == ["llama*"] and proxy.cfg.max_body_bytes == 8 * 1024 * 1024
+    assert seen["port"] == other and proxy.cfg.route == ["llama*"] and proxy.cfg.max_body_bytes == 8 * 1024 * 1024
 
 
 def test_serve_limits_for_slow_clients_come_from_config_and_reach_uvicorn(tmp_path, monkeypatch):
-    import uvicorn
-
-    seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    seen = capture_serve(monkeypatch)
     cfg = tmp_path / "config.toml"
     cfg.write_text(
-        "[serve]\nmax_concurrent = 7\nmax_connections = 9\nheader_timeout = 2.5\nbody_timeout = 30\n", "utf-8"
+        "[serve]\nmax_concurrent = 7\nmax_connections = 9\nheader_timeout = 2.5\nbody_timeout = 30\nport = 0\n",
+        "utf-8",
     )
     r = CliRunner().invoke(serve_command, ["--upstream", "127.0.0.1:9"], obj={"config": str(cfg)})
     assert r.exit_code == 0, r.output

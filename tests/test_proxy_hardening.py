@@ -19,6 +19,7 @@ from tests.test_proxy_support import (
     IMAGE_B64,
     MODEL,
     OCR_TEXT,
+    capture_serve,
     fresh,  # noqa: F401  (fixture)
     no_image_bytes,
     registry,
@@ -315,28 +316,23 @@ def test_two_keys_for_images_are_refused(fresh):
 # --- bind host -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("host", ["", "0.0.0.0", "::"])
 def test_serve_refuses_every_non_loopback_host(monkeypatch, host):
-    import uvicorn
-
     from router.commands.serve import serve_command
 
-    served = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(kw))
+    served = capture_serve(monkeypatch)
     r = CliRunner().invoke(serve_command, ["--host", host, "--upstream", "127.0.0.1:9"], obj={"config": None})
     assert r.exit_code != 0 and "--allow-remote" in r.output
-    assert "Traceback" not in r.output and served == []
+    assert "Traceback" not in r.output and served == {}
 
 
 def test_serve_passes_its_connection_limits_to_uvicorn(monkeypatch):
-    import uvicorn
-
     from router.commands.serve import serve_command
 
-    served = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(kw))
-    r = CliRunner().invoke(serve_command, ["--host", "localhost", "--upstream", "127.0.0.1:9"], obj={"config": None})
+    served = capture_serve(monkeypatch)
+    args = ["--host", "localhost", "--port", "0", "--upstream", "127.0.0.1:9"]
+    r = CliRunner().invoke(serve_command, args, obj={"config": None})
     assert r.exit_code == 0, r.output
-    kw = served[0]
-    assert kw["http"].header_timeout_s > 0 and kw["timeout_keep_alive"] > 0
+    config = served["config"]
+    assert config.http.header_timeout_s > 0 and config.timeout_keep_alive > 0
 
 
 # --- token -------------------------------------------------------------------------------------------------

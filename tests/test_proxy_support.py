@@ -170,3 +170,29 @@ def ndjson(raw: bytes) -> list[dict[str, Any]]:
 
 def sse_events(raw: bytes) -> list[str]:
     return [line[len(b"data: ") :].decode() for line in raw.split(b"\n") if line.startswith(b"data: ")]
+
+
+def capture_serve(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """`vision-router serve` up to the point it would serve: what it hands uvicorn (``app``, ``config``) and the
+    socket it bound (``host``, ``port``; closed at once). Filled on each run of the command."""
+    import uvicorn
+
+    seen: dict[str, Any] = {}
+
+    def run(self: Any, sockets: Any = None) -> None:
+        (sock,) = sockets
+        host, port = sock.getsockname()[:2]
+        seen.update(app=self.config.app, config=self.config, host=host, port=port)
+        sock.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    return seen
+
+
+def free_port() -> int:
+    """A port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -296,15 +296,12 @@ def test_an_expert_on_ray_serve_answers_the_routers_url_config(cluster, photos):
     from experts.ray_service import serve_expert_on_ray
     from experts.registry import Registry, default_registry
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    svc = serve_expert_on_ray("detect", host="127.0.0.1", port=0, num_cpus=0.25, blocking=False)
     try:
-        serve_expert_on_ray("detect", host="127.0.0.1", port=port, num_cpus=0.25, blocking=False)
         img = load_image_file(photos / "coins.png")
         remote = Registry()  # its own registry: the process-wide one must stay local for other tests
         remote.load_entry_points()
-        remote.configure("detect", url=f"http://127.0.0.1:{port}")
+        remote.configure("detect", url=svc.url)
         got = remote.get("detect").analyze(img, {})
         want = default_registry().get("detect").analyze(img, {})
         assert type(default_registry().get("detect")).__name__ == "DetectExpert"
@@ -312,4 +309,62 @@ def test_an_expert_on_ray_serve_answers_the_routers_url_config(cluster, photos):
         assert got.error is None
         assert got.model_dump(exclude={"timing_ms", "cached"}) == want.model_dump(exclude={"timing_ms", "cached"})
     finally:
+        svc.stop()
+        serve.shutdown()
+
+
+def test_an_expert_on_ray_serve_has_expert_serves_guards_and_stops_work_whose_client_left(cluster, tmp_path):
+    """`expert serve --ray` is reached through expert serve's own listener: slow or oversized request heads,
+    bodies over the limit and missing tokens get the same answers, and a run its client gave up on stops
+    on its replica within 3 s instead of working on."""
+    pytest.importorskip("starlette", reason="the expert service needs the [serve] extra")
+    import httpx
+    from ray import serve
+
+    from experts.images import decode_image
+    from experts.ray_service import serve_expert_on_ray
+    from router.core.dispatch import ExpertCall
+    from tests.conftest import png_bytes
+    from tests.test_slow_clients import HEADER_DEADLINE_S, SLOW, _all_cut_off, _slowloris
+
+    log = tmp_path / "steps.log"
+    svc = serve_expert_on_ray(
+        "steps",
+        port=0,
+        num_cpus=0.25,
+        imports=["tests.service_experts"],
+        config={"log": str(log)},
+        token="s3cret",
+        max_body_mib=1,
+        blocking=False,
+    )
+    try:
+        host, port = svc.url.removeprefix("http://").split(":")
+        auth = {"Authorization": "Bearer s3cret"}
+        assert httpx.get(svc.url + "/healthz", headers=auth, timeout=10).json() == {"status": "ok", "expert": "steps"}
+        assert httpx.get(svc.url + "/v1/info", timeout=10).status_code == 401
+        with socket.create_connection((host, int(port)), timeout=10) as big:  # a head that never ends
+            big.sendall(b"GET /v1/info HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100_000)
+            assert big.recv(65536).startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
+        r = httpx.post(svc.url + "/v1/analyze", headers=auth, content=b"x" * (2 << 20), timeout=30)
+        assert r.status_code == 413 and "1 MiB limit" in r.json()["error"]
+        assert _all_cut_off(_slowloris(host, int(port)), HEADER_DEADLINE_S + 5) == SLOW
+
+        registry = Registry()
+        registry.add_remote("steps", svc.url, token="s3cret")
+        orch = Orchestrator(Settings(cache_dir="", experts={"steps": {"timeout": 3}}), registry=registry)
+        image = decode_image(png_bytes(64, 48))
+        (result,) = orch.dispatcher.run_sync([ExpertCall(image, 1, "steps", {"seconds": 60}, source="cli")])
+        gave_up = time.time()
+        assert result.error == "timed out after 3 s while running", result
+        deadline = time.monotonic() + 15
+        while "stopped" not in (text := log.read_text("utf-8") if log.exists() else ""):
+            assert time.monotonic() < deadline, text
+            time.sleep(0.05)
+        stopped = float(text.split("stopped ", 1)[1].split()[0])
+        assert stopped - gave_up < 3.0, f"the replica stopped {stopped - gave_up:.2f} s after the router gave up"
+        (ok,) = orch.dispatcher.run_sync([ExpertCall(image, 1, "steps", {"seconds": 0.1}, source="cli")])
+        assert ok.error is None and ok.caption == "worked 0.1 s"
+    finally:
+        svc.stop()
         serve.shutdown()

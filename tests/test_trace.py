@@ -44,6 +44,7 @@ def full_trace() -> Trace:
         ],
         rounds=2,
         protocol_injected=True,
+        system_prompts=["tag protocol"],
         cache={"hits": 3, "misses": 5},
         total_ms=1600.0,
     )
@@ -134,3 +135,32 @@ def test_trace_of_a_real_request(fake_ollama):
     assert text.startswith("trace: qwen3-vision | 1 image (80x60 PNG) | 1 expert round | 2 LLM calls")
     assert "  tag        [VISION: ocr]" in text
     assert any(ln.split()[:3] == ["ocr", "1", "tag"] for ln in text.splitlines())
+
+
+def test_ask_trace_names_the_system_prompt_it_sent(fake_ollama, monkeypatch, tmp_path):
+    """Keywords decided: the model got the answer prompt (no tags), and the trace says that one; the model
+    decides: the tag protocol; both turned around in one run: both, in order."""
+    from click.testing import CliRunner
+
+    import router.commands.common as cli_mod
+    from router.commands import cli
+
+    reg = make_registry()
+    monkeypatch.setattr(cli_mod, "default_registry", lambda: reg)
+    image = tmp_path / "poster.png"
+    image.write_bytes(png_bytes(120, 80))
+
+    def protocol_row(question):
+        r = CliRunner().invoke(cli, ["ask", str(image), "-q", question, "--ollama-host", fake_ollama.url, "--trace"])
+        assert r.exit_code == 0, r.output
+        (row,) = [line for line in r.stderr.splitlines() if line.startswith("  protocol ")]
+        return row.split(None, 1)[1]
+
+    fake_ollama.script("It says GRAND OPENING.")
+    assert protocol_row("What is written here?") == "answer prompt (the findings, no tags) sent as a system message"
+    fake_ollama.script("[VISION: ocr]", "It says GRAND OPENING.")
+    assert protocol_row("Tell me about it") == "tag protocol sent as a system message"
+    fake_ollama.script("", "It is a poster.")  # an empty first turn: the fallback experts, then the answer prompt
+    assert protocol_row("Tell me about it") == (
+        "tag protocol, then answer prompt (the findings, no tags) sent as a system message"
+    )

@@ -186,7 +186,8 @@ class DetectExpert(Expert):
         bgr = image.bgr()
         h, w = bgr.shape[:2]
         texts: list[TextLine] = []
-        boxes = self._backend(label).detect(bgr, label, texts)
+        backend = self._backend(label)
+        boxes = backend.detect(bgr, label, texts)
         boxes = nms(boxes, 0.3)
         n = len(boxes)
         objects = [f"{n} {plural(label, n)}"] if n else []
@@ -211,4 +212,18 @@ class DetectExpert(Expert):
                 ],
             },
         )
+        self._note_fallback(result, label, backend)
         return result
+
+    def _note_fallback(self, result: ExpertResult, label: str, backend: Backend) -> None:
+        """A label answered by OpenCV's fallback while a learned detector for it is not installed: said in the
+        findings (the model can hedge a count) and, for the user, a hint naming what to install."""
+        idle = [b for b in candidates(label) if b.learned and not b.available()[0]]
+        if backend.learned or not self.learned or not idle:
+            return
+        many = plural(label, 2)
+        result.attributes["detector"] = f"{backend.engine}, a fallback that misses many {many}"
+        result.hint = (
+            f"detect {label!r} ran on the fallback {backend.engine}, which misses many {many}; "
+            f"{idle[0].engine} would find more, but {idle[0].available()[1]}"
+        )

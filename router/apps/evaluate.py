@@ -37,6 +37,7 @@ from typing import Any
 
 from experts.errors import VisionRouterError
 from router.core import protocol, toolspec
+from router.core.config import read_text
 from router.core.dispatch import run_coroutine
 from router.core.errors import ModelNotFound, OllamaUnreachable, UpstreamError
 from router.core.keywords import KeywordRouter
@@ -55,6 +56,7 @@ else:  # pragma: no cover
 BUILTIN_EXPERTS = ("ocr", "detect", "clip", "caption")
 TOOL_PREFIX = toolspec.TOOL_PREFIX
 DEFAULT_MAX_TOKENS = 256
+MAX_SUITE_BYTES = 16 * 1024 * 1024  # tens of thousands of questions; a suite is text, never megabytes of it
 SYSTEMS = ("keywords", "semantic", "model", "router")
 SYSTEM_TITLES = {
     "keywords": "keywords",
@@ -95,18 +97,14 @@ class Suite:
 def load_suite(path: str | Path | None = None, experts: Iterable[str] = BUILTIN_EXPERTS) -> Suite:
     """Read a suite (TOML with ``cases = [...]`` or JSONL, one case per line); ``None`` is the
     shipped one. Expected experts must be among ``experts``."""
-    try:
-        if path is None:
-            text = resources.files("router").joinpath("data/eval_suite.toml").read_text("utf-8")
-            source, is_jsonl = "eval_suite.toml", False
-        else:
-            p = Path(path).expanduser()
-            text = p.read_text("utf-8")
-            source, is_jsonl = str(path), p.suffix.lower() in (".jsonl", ".ndjson")
-    except FileNotFoundError:
-        raise VisionRouterError(f"suite not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise VisionRouterError(f"suite {path}: cannot read: {exc}") from None
+    if path is None:
+        text = resources.files("router").joinpath("data/eval_suite.toml").read_text("utf-8")
+        source, is_jsonl = "eval_suite.toml", False
+    else:
+        p = Path(path).expanduser()
+        source, is_jsonl = str(path), p.suffix.lower() in (".jsonl", ".ndjson")
+        # The checks config files get: a FIFO, a device or a huge file is one line, never a hang or a read.
+        text = read_text(p, "suite", MAX_SUITE_BYTES, "JSONL" if is_jsonl else "TOML")
 
     header: dict[str, Any] = {}
     if is_jsonl:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,11 +28,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from experts.errors import VisionRouterError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from router.core.config import ConfigError, read_toml
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +137,10 @@ def read_preset(path: str | Path) -> Preset:
     """Read and validate one preset file."""
     p = Path(path).expanduser()
     try:
-        text = p.read_text("utf-8")
-    except FileNotFoundError:
-        raise PresetError(f"preset file not found: {p}") from None
-    except OSError as exc:
-        raise PresetError(f"preset {p}: {exc.strerror or exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PresetError(f"preset {p}: invalid TOML: {exc}") from None
+        # The checks config files get: a FIFO, a device or a huge file is one line, never a hang or a read.
+        data = read_toml(p, "preset file")
+    except ConfigError as exc:
+        raise PresetError(str(exc)) from None
     data.setdefault("name", p.stem)
     try:
         preset = Preset.model_validate(data)

@@ -98,11 +98,14 @@ def ask(
             messages, on_text=on_text if stream_out else None, experts=forced, extra_context=extra_context
         )
     except UpstreamError as exc:
-        # No answer from the model, but the experts can still say what they see: that first, then the one line.
+        # No answer from the model, but the experts can still say what they see (and draw it): that first,
+        # then the one line.
         if printed:
             click.echo("")
-        click.echo(findings_without_model(orch, question, decoded, forced))
-        raise click.ClickException(str(exc)) from None
+        text, analyses = findings_without_model(orch, question, decoded, forced)
+        click.echo(text)
+        _after_findings(analyses, decoded, annotate_dir, quiet)
+        raise click.ClickException(_without_model(exc, settings.model)) from None
     findings = final.findings
     if as_json:
         click.echo(json.dumps(_final_json(final, findings), ensure_ascii=False, indent=2))
@@ -113,15 +116,7 @@ def ask(
         if findings and final.answered and not quiet:
             # On stderr, dimmed on a terminal: the user sees it after the answer, stdout stays the answer.
             click.echo(click.style(findings, dim=True), err=True)
-    if annotate_dir:
-        from router.apps.annotate import annotate
-
-        out_dir = Path(annotate_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for a in final.analyses:
-            img = decoded[a.index - 1]
-            written = annotate(img, a, out_dir / f"{a.index:02d}-{a.image_id[:12]}.png")
-            click.echo(f"annotated: {written}", err=True)
+    _after_findings(final.analyses, decoded, annotate_dir, quiet)
     if trace:
         click.echo(render_trace(final.trace), err=True)
     if not final.answered:
@@ -129,11 +124,39 @@ def ask(
         raise click.ClickException("the model gave no answer; the experts' findings are above")
 
 
+def _after_findings(analyses: list[Any], images: list[Any], annotate_dir: str | None, quiet: bool) -> None:
+    """What follows the experts' findings, with or without a model: their hints (stderr) and, with
+    ``--annotate``, each image with the findings drawn on it, written into that folder (where, on stderr)."""
+    if not quiet:
+        common.echo_hints(r for a in analyses for r in a.results)
+    if not annotate_dir:
+        return
+    from router.apps.annotate import annotate
+
+    out_dir = Path(annotate_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for a in analyses:
+        written = annotate(images[a.index - 1], a, out_dir / f"{a.index:02d}-{a.image_id[:12]}.png")
+        click.echo(f"annotated: {written}", err=True)
+
+
+def _without_model(exc: Exception, model: str) -> str:
+    """The error line when the model could not be asked; Ollama not there also gets the set-up steps, as
+    ``demo`` prints them (the model may not exist yet either)."""
+    from router.core.errors import OllamaUnreachable
+    from router.core.upstream import setup_steps
+
+    if not isinstance(exc, OllamaUnreachable):
+        return str(exc)
+    return f"{exc}; the first time, also `{' && '.join(setup_steps(model, protocol_model=model))}`"
+
+
 def findings_without_model(
     orch: Any, question: str, images: list[Any], forced: list[tuple[str, dict[str, Any]]]
-) -> str:
-    """What the experts find when the model cannot answer: those the question's keywords (or the preset)
-    pick, else the fallback experts, on every image; results the failed run already got come from the cache."""
+) -> tuple[str, list[Any]]:
+    """What the experts find when the model cannot answer, as text and per image: those the question's
+    keywords (or the preset) pick, else the fallback experts, on every image; results the failed run
+    already got come from the cache."""
     from experts.schema import ImageAnalysis
     from router.core.context import render_image
     from router.core.dispatch import ExpertCall
@@ -143,16 +166,18 @@ def findings_without_model(
     if not wanted:
         wanted = [(n, {}) for n in orch.settings.fallback if orch.registry.resolve(n)]
     if not images or not wanted:
-        return "No expert ran."
+        return "No expert ran.", []
     calls = [
         ExpertCall(img, i, name, dict(args), source="cli") for i, img in enumerate(images, 1) for name, args in wanted
     ]
     results = orch.dispatcher.run_sync(calls)
     lines = ["What the experts found (the model could not be asked):"]
+    analyses = []
     for i, img in enumerate(images, 1):
         mine = [r for c, r in zip(calls, results, strict=True) if c.image_index == i]
-        lines += render_image(ImageAnalysis.merge(img.image_id, i, mine, img.width, img.height))
-    return "\n".join(lines)
+        analyses.append(ImageAnalysis.merge(img.image_id, i, mine, img.width, img.height))
+        lines += render_image(analyses[-1])
+    return "\n".join(lines), analyses
 
 
 def _final_json(final: Any, findings: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -10,6 +11,7 @@ import click
 from experts.errors import VisionRouterError
 from experts.images import DecodedImage, decode_image, load_image_file, read_image_stream
 from experts.registry import Registry, default_registry
+from experts.schema import ExpertResult
 from router.core.config import Settings
 
 
@@ -119,6 +121,13 @@ def parse_kv(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def echo_hints(results: Iterable[ExpertResult]) -> None:
+    """Each distinct hint the experts left with their results (a better detector to install, say), one line
+    each on stderr: for the user, never in the model's context."""
+    for hint in dict.fromkeys(r.hint for r in results if r.hint):
+        click.echo(f"hint: {hint}", err=True)
+
+
 def extra_hint(module: str | None) -> str:
     """The pip command that brings in MODULE's extra, worded for how this copy was installed."""
     from experts.install import install_hint
@@ -135,11 +144,17 @@ def extra_hint(module: str | None) -> str:
         "rapidocr": "onnx",
         "onnxruntime": "onnx",
         "paddleocr": "ocr",
+        "paddle": "ocr",
+        "ai_edge_litert": "people",
+        "pyarrow": "ray",
     }
     top = (module or "").split(".")[0]
     extra = extras.get(top)
     if not extra:
-        return "see docs/install.md"
+        from experts.install import origin
+
+        # docs/ exists only in a checkout; anywhere else the [all] extra brings whatever a command needs.
+        return "see docs/install.md" if origin().kind == "checkout" else f"every extra: {install_hint('all')}"
     return install_hint(extra) + (" (or [caption])" if top == "torch" else "")
 
 

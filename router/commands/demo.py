@@ -10,7 +10,6 @@ from experts.images import decode_image
 from experts.schema import ImageAnalysis
 from router.commands import common
 from router.commands.common import settings_from
-from router.core.config import BASE_MODEL
 from router.core.context import render_context
 from router.core.trace import render_trace
 
@@ -70,13 +69,11 @@ def demo(ctx, model, ollama_host, save):
 
 
 def _print_setup(model: str, with_serve: bool) -> None:
+    from router.core.upstream import setup_steps
+
     steps = []
     if with_serve:
         steps.append("ollama serve &                      # or start the Ollama app")
-    steps += [
-        f"ollama pull {BASE_MODEL}",
-        f"ollama create {model} -f Modelfile",
-        "vision-router demo",
-    ]
+    steps += [*setup_steps(model, protocol_model=model), "vision-router demo"]
     for s in steps:
         click.echo(f"  {s}")

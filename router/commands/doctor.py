@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -24,8 +25,8 @@ def doctor(ctx, model, ollama_host, as_json):
 
     settings = settings_from(ctx, model=model, ollama_host=ollama_host)
     upstream = Upstream(settings.ollama_host, timeout=5, protocol_model=settings.model)
-    checks = run_coroutine(_ollama_checks(upstream, settings.model))
     reg = common.configured_registry(settings)
+    checks = run_coroutine(_ollama_checks(upstream, settings.model, _system_check(reg, settings.inject_protocol)))
     for name in reg.names():
         try:
             st = reg.get(name).status()
@@ -46,10 +47,8 @@ def doctor(ctx, model, ollama_host, as_json):
         ctx.exit(1)
 
 
-async def _ollama_checks(upstream: Any, model: str) -> list[dict[str, Any]]:
+async def _ollama_checks(upstream: Any, model: str, about_system: Callable[[str, str], str]) -> list[dict[str, Any]]:
     """Is Ollama there, and is the model? (through the run loop's gateway: the same messages as `ask`)"""
-    from router.core.protocol import PROTOCOL_MARKER
-
     try:
         version = await upstream.version()
     except UpstreamError as exc:
@@ -60,12 +59,39 @@ async def _ollama_checks(upstream: Any, model: str) -> list[dict[str, Any]]:
     except UpstreamError as exc:
         checks.append({"check": "model", "ok": False, "detail": str(exc)})
         return checks
-    has = PROTOCOL_MARKER in (shown.modelfile or "")
     caps = ", ".join(shown.capabilities or []) or "unknown"
-    detail = f"'{model}' present (capabilities: {caps}); " + (
-        "its SYSTEM teaches the tag protocol"
-        if has
-        else "no tag protocol in its SYSTEM: the router will send it as a system message"
-    )
+    detail = f"'{model}' present (capabilities: {caps}); {about_system(shown.modelfile or '', model)}"
     checks.append({"check": "model", "ok": True, "detail": detail})
     return checks
+
+
+def _system_check(registry: Any, mode: str) -> Callable[[str, str], str]:
+    """What the model's SYSTEM (in its Modelfile) means for a run here, decided as the run loop decides it:
+    only the tag protocol for exactly the experts that can run here stands in for the router's system message."""
+    from router.core.protocol import PROTOCOL_MARKER, PROTOCOL_PROMPT, tag_prompt
+    from router.core.protocols import protocol_needed, taught
+    from router.core.upstream import setup_steps
+
+    experts = taught(registry)
+    prompt = tag_prompt(experts)
+    names = ", ".join(sorted(experts)) or "none"
+
+    def about(modelfile: str, model: str) -> str:
+        if mode != "auto":
+            sends = "always sends" if mode == "always" else "never sends"
+            return f"inject_protocol = {mode!r}: the router {sends} the tag protocol for the experts here ({names})"
+        if not protocol_needed(mode, modelfile, False, prompt):
+            return f"its SYSTEM teaches the tag protocol for the experts here ({names})"
+        if PROTOCOL_PROMPT.strip() in modelfile:
+            return (
+                "its SYSTEM teaches the Modelfile's experts; the experts here differ "
+                f"({names}), so the router sends their tag protocol as a system message"
+            )
+        if PROTOCOL_MARKER in modelfile:
+            return (
+                "its SYSTEM holds an older tag protocol, so the router sends the current one as a system message; "
+                f"to update the model: `{' && '.join(setup_steps(model, protocol_model=model))}`"
+            )
+        return "no tag protocol in its SYSTEM: the router sends it as a system message"
+
+    return about

@@ -98,3 +98,4 @@ def expert_run(ctx, name, image, query, args, as_json, annotate_path):
         return
     click.echo("\n".join(render_image(analysis)))
     click.echo(f"({exp.name}: {result.timing_ms:.0f} ms)", err=True)
+    common.echo_hints([result])

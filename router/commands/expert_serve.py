@@ -153,7 +153,7 @@ def _serve_on_ray(name: str, host: str, port: int, address: str, config: dict[st
         raise VisionRouterError(
             f"expert serve --ray needs Ray Serve ({exc.name} is not installed): {install_hint('ray')}"
         ) from None
-    click.echo(f"expert {name} on Ray Serve at http://{host}:{port} (Ray: {address})", err=True)
+    click.echo(f"vision-router: starting expert {name} on Ray Serve (Ray: {address}) ...", err=True)
     serve_expert_on_ray(
         name, host=host, port=port, address=None if address == "auto" else address, config=config, **options
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from router.apps.presets import LANGS, list_presets, load_preset
+from router.core.config import read_text
 
 
 @click.group("preset")
@@ -55,4 +56,4 @@ def preset_show(name: str, show_prompt: str | None) -> None:
     if show_prompt:
         click.echo(preset.system(show_prompt) or "(no system prompt)")
         return
-    click.echo(Path(preset.source).read_text("utf-8"), nl=False)
+    click.echo(read_text(Path(preset.source), "preset file"), nl=False)

@@ -13,7 +13,11 @@ from router.commands.common import settings_from
 
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
-@click.option("--port", type=int, help="port to listen on (default 11435, or [serve] port)")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="port to listen on (default 11435, or [serve] port; 0 picks a free one)",
+)
 @click.option("--upstream", help="Ollama address (default OLLAMA_HOST, else 127.0.0.1:11434)")
 @click.option("--allow-remote", is_flag=True, help="allow listening on a non-loopback address")
 @click.option(
@@ -67,6 +71,7 @@ def serve_command(
     """
     import uvicorn
 
+    from experts.service import listen
     from router import __version__
     from router.serve.proxy import ProxyConfig, VisionProxy, create_app, server_options
 
@@ -74,7 +79,7 @@ def serve_command(
         ctx, ollama_host=upstream, protocol=protocol, max_rounds=max_rounds, cache_dir="" if no_cache else None
     )
     conf = settings.serve  # config.toml's [serve] table; flags win
-    port = port or conf.port
+    port = conf.port if port is None else port  # --port 0 is a port choice, not "unset"
     token = token or conf.token
     try:
         check_bind_host(host, allow_remote)  # resolved as the socket will be: "" and 0.0.0.0 are not loopback
@@ -97,23 +102,28 @@ def serve_command(
     )
     app = create_app(settings, common.configured_registry(settings), config=cfg)
     proxy: VisionProxy = app.state.proxy
+    # Bound now: the address printed is the one bound (port 0 picks a free one), a busy port is one line.
+    sock, url = listen(host, port)
+    address = url.removeprefix("http://")
     # Checked once, here: the same set the prompt, the tools and /_vision/health offer, until a refresh.
     availability = proxy.orch.registry.availability()
     runnable = [n for n, why in availability.items() if why is None]
+    sock.listen(2048)  # listening before the address is printed: a client that reads it can connect at once
     click.echo(
-        f"vision-router {__version__} on http://{host}:{port} -> Ollama at {proxy.cfg.upstream} "
+        f"vision-router {__version__} on {url} -> Ollama at {proxy.cfg.upstream} "
         f"(protocol {settings.protocol}; experts: {', '.join(runnable) or 'none'})",
         err=True,
     )
     for name, why in availability.items():
         if why is not None:
             click.echo(f"  {name}: not offered, {why}", err=True)
-    click.echo(f"use it: OLLAMA_HOST={host}:{port} ollama run {settings.model}", err=True)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=os.environ.get("VISION_ROUTER_LOG", "warning"),
-        timeout_graceful_shutdown=5,
-        **server_options(cfg),
+    click.echo(f"use it: OLLAMA_HOST={address} ollama run {settings.model}", err=True)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level=os.environ.get("VISION_ROUTER_LOG", "warning"),
+            timeout_graceful_shutdown=5,
+            **server_options(cfg),
+        )
     )
+    server.run(sockets=[sock])

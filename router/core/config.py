@@ -30,7 +30,6 @@ unknown ``[experts.NAME]`` sections are errors, not silently ignored.
 
 from __future__ import annotations
 
-import codecs
 import difflib
 import json
 import os
@@ -44,7 +43,7 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # pydantic needs this one for TypedDicts before Python 3.12
 
 from experts.errors import VisionRouterError
-from experts.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, read_regular_file
+from experts.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, read_text_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,7 +111,7 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # 1e400 is inf in TOML: not "no limit"
 
-    port: int = Field(11435, ge=1, le=65535)
+    port: int = Field(11435, ge=0, le=65535, description="0 picks a free port (the one bound is printed)")
     route: list[str] = Field(default_factory=list, description="model globs to route; [] = every model without vision")
     skip: list[str] = Field(default_factory=list, description="model globs never routed")
     token: str | None = Field(None, description="require `Authorization: Bearer <token>`")
@@ -255,27 +254,23 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
     :data:`MAX_TOML_BYTES`, not UTF-8, UTF-16, invalid or absurdly nested TOML) is one :class:`ConfigError`
     line starting with ``what`` and the path. Checked before reading, like images: a FIFO cannot hang
     it and ``/dev/zero`` is not read."""
-    if path.is_dir():
-        raise ConfigError(f"{what} {path} is a folder, not a file")
-    if not path.exists() and not path.is_symlink():
-        raise ConfigError(f"{what} not found: {path}")
-    raw = read_regular_file(path, MAX_TOML_BYTES, lambda reason: ConfigError(f"{what} {path}: {reason}"), noun="file")
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (
-        len(raw) >= 4 and (raw[1] == raw[3] == 0 or raw[0] == raw[2] == 0) and raw[:4].count(0) == 2
-    ):
-        raise ConfigError(f"{what} {path} is UTF-16 text: TOML files are UTF-8 (save it again as UTF-8)")
-    try:
-        text = raw.decode("utf-8-sig")  # a UTF-8 BOM (Notepad) is harmless
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): TOML files are UTF-8"
-        ) from None
+    text = read_text(path, what)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what} {path}: invalid TOML: {exc}") from None
     except RecursionError:  # tomllib parses nested arrays and tables recursively
         raise ConfigError(f"{what} {path}: invalid TOML: arrays or tables nested too deeply") from None
+
+
+def read_text(path: Path, what: str, max_bytes: int = MAX_TOML_BYTES, kind: str = "TOML") -> str:
+    """The UTF-8 text of a file the user named (a config file, keyword table, preset, eval suite), with
+    :func:`read_toml`'s checks: any problem is one :class:`ConfigError` line naming ``what`` and the path."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder, not a file")
+    if not path.exists() and not path.is_symlink():
+        raise ConfigError(f"{what} not found: {path}")
+    return read_text_file(path, max_bytes, lambda reason: ConfigError(f"{what} {path}: {reason}"), kind)
 
 
 _EXPECTED = {

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from experts.cancel import run_cancellable
+from experts.cancel import StopSignal, run_cancellable
 from experts.errors import EngineMissing, VisionRouterError
 from experts.images import DecodedImage
 from experts.registry import Registry
@@ -125,7 +125,7 @@ class Dispatcher:
     async def _run(self, expert: Any, image: DecodedImage, args: dict[str, Any], key: str) -> ExpertResult:
         name = expert.name
         sem = self._semaphore()
-        stop = threading.Event()  # set when this run is given up on (see experts.cancel)
+        stop = StopSignal()  # set when this run is given up on (see experts.cancel)
         async with sem:
             t0 = time.perf_counter()
             try:

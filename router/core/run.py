@@ -222,12 +222,13 @@ class Run:
         if self.taught is not None:
             self.conv.replace_in_system(self.taught, prompt)
             self.taught = prompt
+            self.trace.sent_system(prompt)
             return
         mode = self.o.settings.inject_protocol
         # The Python client keeps `modelfile` (which holds SYSTEM), not the `system` field.
         modelfile = (await self.o.show(self.req.model)).modelfile if mode == "auto" else None
         if protocol_needed(mode, modelfile, self.conv.has_system(), prompt):
-            self.trace.protocol_injected = True
+            self.trace.sent_system(prompt)
             self.conv.add_system(prompt)
             self.taught = prompt
 
@@ -420,6 +421,7 @@ class Run:
             prompt = TAGS.prompt_for(taught(self.o.registry))
             self.conv.replace_in_system(self.taught, prompt)
             self.taught = prompt
+            self.trace.sent_system(prompt)
         self.protocol = TAGS
 
     async def _recover(self, r: Reply) -> None:

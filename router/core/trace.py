@@ -50,8 +50,33 @@ class Trace(BaseModel):
         default_factory=list, description="what the answer filter took out of the model's text, and why"
     )
     protocol_injected: bool = False
+    system_prompts: list[str] = Field(
+        default_factory=list,
+        description="the system messages the router sent, in order, by name: the answer prompt, the tag or tools "
+        "protocol, the no-experts prompt (a later one took the earlier one's place)",
+    )
     cache: dict[str, Any] = Field(default_factory=dict)
     total_ms: float = 0.0
+
+    def sent_system(self, prompt: str) -> None:
+        """Record a system message the router sent (or put in place of the one it sent before)."""
+        self.protocol_injected = True
+        self.system_prompts.append(prompt_name(prompt))
+
+
+def prompt_name(prompt: str) -> str:
+    """Which of the router's system prompts ``prompt`` is, in a few words."""
+    from router.core import protocol
+
+    if prompt == protocol.ANSWER_PROMPT:
+        return "answer prompt (the findings, no tags)"
+    if prompt == protocol.NO_EXPERTS_PROMPT:
+        return "no-experts prompt"
+    if protocol.PROTOCOL_MARKER in prompt:
+        return "tag protocol"
+    if "vision_" in prompt:
+        return "tools protocol"
+    return "system prompt"
 
 
 def render_trace(trace: Trace) -> str:
@@ -120,7 +145,8 @@ def _decision_rows(trace: Trace) -> list[tuple[str, str]]:
     """What matched, who asked for which expert, what was ignored or skipped."""
     rows: list[tuple[str, str]] = []
     if trace.protocol_injected:
-        rows.append(("protocol", "tag protocol sent as a system message"))
+        sent = ", then ".join(trace.system_prompts) or "a system prompt"
+        rows.append(("protocol", f"{sent} sent as a system message"))
     for k in trace.keywords:
         args = f" {_args(k.get('args') or {})}" if k.get("args") else ""
         rows.append(("keyword", f"{k.get('keyword', '')!r} -> {k.get('expert', '')}{args}"))

@@ -10,8 +10,11 @@ wherever it shows up.
 from __future__ import annotations
 
 import asyncio
+import shlex
 import time
 from collections.abc import AsyncIterator, Sequence
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,12 +38,41 @@ UPSTREAM_ERRORS = (ollama.ResponseError, httpx.HTTPError, ConnectionError)
 START_HINT = "start it with `ollama serve`, or set OLLAMA_HOST / --ollama-host"
 
 
-def create_hint(model: str, protocol_model: str = DEFAULT_MODEL) -> str:
-    """How to get a missing model: the router's own model is made from the Modelfile; any other name is
-    a library model to pull (``ollama create llava:7b -f Modelfile`` would be wrong advice)."""
+def setup_steps(model: str, protocol_model: str = DEFAULT_MODEL) -> list[str]:
+    """The commands that bring ``model`` into Ollama: the router's own model is made from the Modelfile; any
+    other name is a library model to pull (``ollama create llava:7b -f Modelfile`` would be wrong advice)."""
     if _base(model) == _base(protocol_model):
-        return f"create it with `ollama pull {BASE_MODEL} && ollama create {model} -f Modelfile`"
-    return f"pull it with `ollama pull {model}`"
+        return [f"ollama pull {BASE_MODEL}", f"ollama create {model} -f {modelfile_path()}"]
+    return [f"ollama pull {model}"]
+
+
+def create_hint(model: str, protocol_model: str = DEFAULT_MODEL) -> str:
+    """How to get a missing model, in one clause: :func:`setup_steps` joined."""
+    verb = "create" if _base(model) == _base(protocol_model) else "pull"
+    return f"{verb} it with `{' && '.join(setup_steps(model, protocol_model))}`"
+
+
+def modelfile_path() -> str:
+    """The Modelfile as a user can pass it to ``ollama create -f``: in a checkout its own (``Modelfile`` when
+    the command runs from the checkout's root, else its full path); in any other install (a wheel, an index)
+    there is no checkout, so the copy that ships inside the package (``router/data/Modelfile``)."""
+    from experts.install import origin
+
+    where = origin()
+    if where.kind == "checkout" and (Path(where.where) / "Modelfile").is_file():
+        path = Path(where.where) / "Modelfile"
+        if path.parent == _cwd():
+            return "Modelfile"
+    else:
+        path = Path(str(resources.files("router").joinpath("data/Modelfile")))
+    return shlex.quote(str(path))
+
+
+def _cwd() -> Path | None:
+    try:
+        return Path.cwd().resolve()
+    except OSError:  # the folder it ran from was removed
+        return None
 
 
 def _base(model: str) -> str:
