@@ -126,14 +126,16 @@ def test_scripted_model_scores_exactly(fake_ollama, suite_file, evaluator):
     assert data["prompts"] == 7 and data["languages"] == {"en": 6, "zh": 1}
 
 
-def test_llm_calls_count_the_fallback_round(fake_ollama, suite_file):
-    fake_ollama.responder = responder
-    ev = evaluator_from_registry(make_registry(), KeywordRouter(RULES), fallback=["ocr", "clip"])
-    report = ev.run(load_suite(suite_file), model="qwen3-vision", host=fake_ollama.url)
-    # c3 and c5 ask for nothing that runs, and c6's keyword picks caption, which cannot run: the fallback
-    # (ocr; clip cannot run) looks, and one more turn answers
-    assert [r.llm_calls for r in report.cases] == [1, 1, 2, 1, 2, 2, 1]
-    assert report.model_stats()["router_llm_calls"] == {"mean": round(10 / 7, 3), "1": 4, "2": 3}
+def test_llm_calls_one_unless_the_model_asks_for_an_expert_that_has_not_looked(fake_ollama, suite_file):
+    """Nobody decided: the fallback experts look before the model's one turn; a second call only when the
+    model asks for an expert that can run and has not looked (c5 asks for detect)."""
+    answers = dict(ANSWERS, **{"Thanks!": "[VISION: detect]"})
+    fake_ollama.responder = lambda path, body: answers[body["messages"][-1]["content"].split("\n")[-1]]
+    for fallback, expected in ((["ocr", "clip"], [1, 1, 1, 1, 2, 1, 1]), (["ocr", "detect"], [1] * 7)):
+        ev = evaluator_from_registry(make_registry(), KeywordRouter(RULES), fallback=fallback)
+        report = ev.run(load_suite(suite_file), model="qwen3-vision", host=fake_ollama.url)
+        assert [r.llm_calls for r in report.cases] == expected, fallback
+    assert report.model_stats()["router_llm_calls"] == {"mean": 1.0, "1": 7}
 
 
 def test_turn_one_is_sent_as_the_orchestrator_sends_it(fake_ollama, suite_file, evaluator):
@@ -307,11 +309,11 @@ def test_cli_eval_table(fake_ollama, cli_env, suite_file):
     )
     assert r.exit_code == 0, r.output
     out = r.stdout
-    assert "model qwen3-vision" in out and "model turn 1" in out and "router" in out
+    assert "model qwen3-vision" in out and "model turn 1" in out and "router" in out and "semantic" in out
     rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.split()}
-    assert rows["ocr"][:5] == ["ocr", "2", "1.00", "1.00", "1.00"]  # keywords column first
-    assert rows["ocr"][5:8] == ["0.67", "1.00", "0.80"]  # then the model
-    assert rows["detect"][5:8] == ["-", "0.00", "-"]
+    assert rows["ocr"][:5] == ["ocr", "2", "1.00", "1.00", "1.00"]  # keywords column first, then meaning
+    assert rows["ocr"][8:11] == ["0.67", "1.00", "0.80"]  # then the model
+    assert rows["detect"][8:11] == ["-", "0.00", "-"]
     assert "malformed tags 1" in out and "unclosed 1" in out
     assert "options" not in fake_ollama.calls("/api/chat")[0]  # --max-tokens 0: no cap
 

@@ -139,7 +139,7 @@ def test_trace_of_a_real_request(fake_ollama):
 
 def test_ask_trace_names_the_system_prompt_it_sent(fake_ollama, monkeypatch, tmp_path):
     """Keywords decided: the model got the answer prompt (no tags), and the trace says that one; the model
-    decides: the tag protocol; both turned around in one run: both, in order."""
+    decides (after the fallback experts looked): the tag protocol."""
     from click.testing import CliRunner
 
     import router.commands.common as cli_mod
@@ -150,17 +150,17 @@ def test_ask_trace_names_the_system_prompt_it_sent(fake_ollama, monkeypatch, tmp
     image = tmp_path / "poster.png"
     image.write_bytes(png_bytes(120, 80))
 
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("semantic = false\n", "utf-8")
+
     def protocol_row(question):
-        r = CliRunner().invoke(cli, ["ask", str(image), "-q", question, "--ollama-host", fake_ollama.url, "--trace"])
+        args = ["--config", str(cfg), "ask", str(image), "-q", question, "--ollama-host", fake_ollama.url, "--trace"]
+        r = CliRunner().invoke(cli, args)
         assert r.exit_code == 0, r.output
         (row,) = [line for line in r.stderr.splitlines() if line.startswith("  protocol ")]
         return row.split(None, 1)[1]
 
     fake_ollama.script("It says GRAND OPENING.")
     assert protocol_row("What is written here?") == "answer prompt (the findings, no tags) sent as a system message"
-    fake_ollama.script("[VISION: ocr]", "It says GRAND OPENING.")
+    fake_ollama.script('[VISION: detect "face"]', "One face; it says GRAND OPENING.")
     assert protocol_row("Tell me about it") == "tag protocol sent as a system message"
-    fake_ollama.script("", "It is a poster.")  # an empty first turn: the fallback experts, then the answer prompt
-    assert protocol_row("Tell me about it") == (
-        "tag protocol, then answer prompt (the findings, no tags) sent as a system message"
-    )

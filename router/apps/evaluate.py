@@ -583,9 +583,9 @@ class Evaluator:
         if any(e in self.available for e in result.keywords) or result.semantic_experts:
             result.llm_calls = 1  # decided by keywords or by meaning: one answer turn, tags in it ignored
             return
-        if not result.keywords:  # (keywords that picked only experts that cannot run are still scored as picked)
-            looked = self.fallback if result.semantic_experts is None else []
-            result.dropped = [e for e in turn.asked if not case.images or e not in self.available or e in looked]
+        # (keywords that picked only experts that cannot run are still scored as picked; the fallback looks)
+        looked = self.fallback if result.semantic_experts is None else []
+        result.dropped = [e for e in turn.asked if not case.images or e not in self.available or e in looked]
         if case.images == 0:
             result.llm_calls = 1  # no image: one turn, its tags dropped
             return

@@ -155,8 +155,8 @@ def _route(raw: Any, i: int, src: str) -> Route:
     if not isinstance(examples, list) or not all(isinstance(e, str) for e in examples):
         raise VisionRouterError(f"{where}: `examples` must be a list of sentences")
     kept = tuple(dict.fromkeys(" ".join(e.split()) for e in examples if e.strip()))
-    if len(kept) < TOP_K:
-        raise VisionRouterError(f"{where}: needs at least {TOP_K} examples")
+    if len(kept) < 2:  # one to match, one to check it against (the calibration leaves each out in turn)
+        raise VisionRouterError(f"{where}: needs at least 2 examples")
     return Route(name.strip(), tuple(calls), kept)
 
 
