@@ -22,9 +22,11 @@ from benchmarks.real_detect import (  # noqa: E402
     RealImage,
     build_people,
     build_set,
+    build_touching,
     mean_best_iou,
     measure,
     measure_people,
+    measure_touching,
     people_totals,
     recall,
 )
@@ -214,6 +216,38 @@ def test_cli_counts_the_coins(real_set, tmp_path):
     r = CliRunner().invoke(cli, ["expert", "run", "detect", str(bad)], catch_exceptions=False)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in r.output
+
+
+# --- touching objects (issue 25) ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def touching_rows():
+    return {r.name: r for r in measure_touching(build_touching(), repeats=1)}
+
+
+def test_the_touching_set_has_a_split_kept_apart():
+    images = build_touching()
+    assert {im.kind for im in images} == {"tune", "held-out"}
+    assert sum(im.kind == "held-out" for im in images) >= 3
+
+
+@pytest.mark.parametrize("name", ["checkerboard", "water-coins"])
+def test_touching_objects_are_counted_one_by_one(touching_rows, name):
+    """A checkerboard's squares meet at their corners, the coins of OpenCV's watershed photo touch two or three
+    others: each is its own object (the checkerboard was 0 objects, the coins 1)."""
+    r = touching_rows[name]
+    assert abs(r.expert_n - r.truth) <= 0.1 * r.truth, (r.expert_n, r.truth)
+    assert r.expert_n == r.truth  # measured: 32/32, 24/24
+
+
+def test_touching_objects_held_out(touching_rows):
+    """Images the split was not tuned on: sweets on white (a red and a brown one touch), a row of real coins
+    touching, skimage's coins apart (a split must cut none)."""
+    held = [r for r in touching_rows.values() if r.split == "held-out"]
+    assert all(abs(r.expert_n - r.truth) <= 0.1 * r.truth for r in held), [(r.name, r.expert_n) for r in held]
+    assert touching_rows["coins-touching-row"].expert_n == 6
+    assert touching_rows["coins"].expert_n == 24
+    # OpenCV's watershed recipe at its tutorial's numbers gets none of them within 10%.
+    assert sum(abs(r.expert_n - r.truth) for r in held) < sum(abs(r.raw_n - r.truth) for r in held)
 
 
 # --- people and faces (issue 18) -----------------------------------------------------------------------
