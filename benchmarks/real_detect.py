@@ -478,6 +478,109 @@ def touching_table(rows: list[CountRow]) -> list[str]:
     return lines
 
 
+# --- cats --------------------------------------------------------------------------------------------
+ANIMALS = Path(__file__).resolve().parents[1] / "tests" / "data" / "real" / "animals"
+
+
+@dataclass
+class AnimalPhoto:
+    """A real photo with its cats (whole-cat boxes and face boxes); ``split``: tune or held-out."""
+
+    name: str
+    split: str
+    data: bytes
+    cats: list[list[float]]
+    faces: list[list[float]]
+    ignore_others: bool = False
+
+
+def build_animals() -> list[AnimalPhoto]:
+    """The cat set of tests/data/real/animals/truth.json (skimage entries need scikit-image)."""
+    truth = json.loads((ANIMALS / "truth.json").read_text(encoding="utf-8"))
+    out = []
+    for p in truth["images"]:
+        if "skimage" in p:
+            from skimage import data as sk
+
+            rgb = getattr(sk, p["skimage"])()
+            data = _png(np.stack([rgb] * 3, axis=-1) if rgb.ndim == 2 else rgb)
+        else:
+            data = (ANIMALS / p["file"]).read_bytes()
+        out.append(AnimalPhoto(p["name"], p["split"], data, p["cats"], p["faces"], p.get("ignore_others", False)))
+    return out
+
+
+def raw_cat_faces(bgr: np.ndarray) -> list[list[float]]:
+    """OpenCV at its defaults: the extended frontal cat-face Haar cascade's ``detectMultiScale`` on grey."""
+    cc = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalcatface_extended.xml"))
+    rects = cc.detectMultiScale(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    return [[float(x), float(y), float(x + w), float(y + h)] for x, y, w, h in np.asarray(rects).reshape(-1, 4)]
+
+
+def cats_found(photo: AnimalPhoto, found: list[list[float]]) -> tuple[int, int]:
+    """(cats found, false boxes): a cat counts as found when a box matches its whole-cat box or its face box
+    at IoU >= MATCH_IOU (a cascade answers faces, a detector whole animals); each box is used once."""
+    used: set[int] = set()
+    hits = 0
+    for k, cat in enumerate(photo.cats):
+        targets = [cat] + ([photo.faces[k]] if k < len(photo.faces) else [])
+        best = max(
+            ((iou(t, f), j) for j, f in enumerate(found) if j not in used for t in targets), default=(0.0, -1)
+        )
+        if best[0] >= MATCH_IOU:
+            used.add(best[1])
+            hits += 1
+    false = 0 if photo.ignore_others else len(found) - len(used)
+    return hits, false
+
+
+def measure_animals(photos: list[AnimalPhoto] | None = None, repeats: int = 3) -> list[dict[str, Any]]:
+    """``detect cat`` on every photo: the expert (learned where installed) / its OpenCV fallback (the Haar
+    cat-face cascade, the previous detector) / the raw cascade at defaults; best of ``repeats`` ms."""
+    photos = build_animals() if photos is None else photos
+    learned, opencv = DetectExpert(), DetectExpert(learned=False)
+    rows = []
+    for ph in photos:
+        image = decode_image(ph.data)
+        bgr = image.bgr()
+        row: dict[str, Any] = {"name": ph.name, "split": ph.split, "cats": len(ph.cats)}
+        for side in SIDES:
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                if side == "raw":
+                    found = raw_cat_faces(bgr)
+                else:
+                    r = (learned if side == "learned" else opencv).analyze(image, {"query": "cat"})
+                    found = [[b.x1, b.y1, b.x2, b.y2] for b in r.bbox]
+                best = min(best, (time.perf_counter() - t0) * 1000)
+            row[side] = (*cats_found(ph, found), best)
+        rows.append(row)
+    return rows
+
+
+def animals_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The markdown table of the cat set, with totals per split."""
+    lines = [
+        "",
+        "detect cat: learned (SSD MobileNet v2 COCO) / OpenCV fallback = previous detector (Haar cat-face cascade) "
+        f"/ raw cascade at defaults. Found = cats matched at IoU >= {MATCH_IOU} (whole cat or its face).",
+        "",
+        "| photo | split | cats | found | false boxes | ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        trio = [" / ".join(f"{r[s][i]:.0f}" for s in SIDES) for i in range(3)]
+        lines.append(f"| {r['name']} | {r['split']} | {r['cats']} | {trio[0]} | {trio[1]} | {trio[2]} |")
+    for split in ("tune", "held-out"):
+        sel = [r for r in rows if r["split"] == split]
+        cats = sum(r["cats"] for r in sel)
+        found = " / ".join(f"{sum(r[s][0] for r in sel)}" for s in SIDES)
+        false = " / ".join(f"{sum(r[s][1] for r in sel)}" for s in SIDES)
+        lines.append(f"| **{split}** | {len(sel)} photos | {cats} | {found} | {false} | |")
+    return lines
+
+
 # --- people and faces -------------------------------------------------------------------------------
 PEOPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "real" / "people"
 SIDES = ("learned", "opencv", "raw")  # the expert now, its OpenCV fallback (= the previous detector), raw OpenCV
@@ -643,7 +746,8 @@ def people_table(rows: list[PeopleRow], speed: dict[str, float] | None = None) -
 
     lines = [
         "",
-        "People and faces: learned (MediaPipe) / OpenCV fallback = previous detector (Haar, HOG) / raw OpenCV "
+        "People and faces: learned (people: SSD MobileNet v2 COCO where the [objects] extra is installed, else "
+        "BlazePose; faces: BlazeFace) / OpenCV fallback (Haar, HOG) / raw OpenCV "
         f"defaults. Found = true boxes matched at IoU >= {MATCH_IOU} of the truth; IoU = mean best IoU per true box.",
         "",
         "| photo | kind | label | truth | found | matched | IoU | ms |",
@@ -685,7 +789,7 @@ def run(argv: list[str] | argparse.Namespace | None = None) -> list[str]:
     else:
         ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
         ap.add_argument("--repeats", type=int, default=3, help="timing repeats per image (best is kept)")
-        ap.add_argument("--part", choices=["objects", "touching", "people"], help="one part only")
+        ap.add_argument("--part", choices=["objects", "touching", "animals", "people"], help="one part only")
         args = ap.parse_args(argv)
         repeats, part = args.repeats, args.part
     repeats = max(1, repeats)
@@ -694,6 +798,8 @@ def run(argv: list[str] | argparse.Namespace | None = None) -> list[str]:
         lines += table(measure(repeats=repeats))
     if part in (None, "touching"):
         lines += touching_table(measure_touching(repeats=repeats))
+    if part in (None, "animals"):
+        lines += animals_table(measure_animals(repeats=repeats))
     if part in (None, "people"):
         photos = build_people()
         lines += people_table(measure_people(photos, repeats), person_ms_at(photos, repeats=repeats))
