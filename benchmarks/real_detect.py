@@ -524,9 +524,7 @@ def cats_found(photo: AnimalPhoto, found: list[list[float]]) -> tuple[int, int]:
     hits = 0
     for k, cat in enumerate(photo.cats):
         targets = [cat] + ([photo.faces[k]] if k < len(photo.faces) else [])
-        best = max(
-            ((iou(t, f), j) for j, f in enumerate(found) if j not in used for t in targets), default=(0.0, -1)
-        )
+        best = max(((iou(t, f), j) for j, f in enumerate(found) if j not in used for t in targets), default=(0.0, -1))
         if best[0] >= MATCH_IOU:
             used.add(best[1])
             hits += 1

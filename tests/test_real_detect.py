@@ -358,10 +358,16 @@ def test_pedestrians_far_away_are_found(people_rows):
 @needs_people
 def test_expert_list_says_which_detector_runs(monkeypatch):
     from experts.detect.backends.blaze import BlazeBackend
+    from experts.detect.backends.ssd import SsdBackend
 
     r = CliRunner().invoke(cli, ["expert", "list"])
-    assert "runs: face, person: MediaPipe BlazeFace / BlazePose (LiteRT)" in r.output
-    # Without the extra the OpenCV detectors answer, and the list says so.
+    if HAVE_SSD:
+        assert "runs: face: MediaPipe BlazeFace / BlazePose (LiteRT);" in r.output
+        assert "cat, person: SSD MobileNet v2 COCO (OpenCV DNN)" in r.output
+    else:
+        assert "runs: face, person: MediaPipe BlazeFace / BlazePose (LiteRT)" in r.output
+    # Without the extras the OpenCV detectors answer, and the list says so.
+    monkeypatch.setattr(SsdBackend, "available", classmethod(lambda cls: (False, "not installed")))
     monkeypatch.setattr(BlazeBackend, "available", classmethod(lambda cls: (False, "LiteRT is not installed")))
     r = CliRunner().invoke(cli, ["expert", "list"])
     line = next(ln for ln in r.output.splitlines() if "runs:" in ln and "Haar" in ln)
@@ -372,9 +378,12 @@ def test_expert_list_says_which_detector_runs(monkeypatch):
 
 
 def test_people_fall_back_to_haar_and_hog_without_the_extra(people, monkeypatch):
-    """No LiteRT: faces by the Haar cascades, people by HOG, as before; the result says nothing false."""
+    """No LiteRT and no SSD: faces by the Haar cascades, people by HOG, as before; the result says nothing
+    false."""
     from experts.detect.backends.blaze import BlazeBackend
+    from experts.detect.backends.ssd import SsdBackend
 
+    monkeypatch.setattr(SsdBackend, "available", classmethod(lambda cls: (False, "not installed")))
     monkeypatch.setattr(BlazeBackend, "available", classmethod(lambda cls: (False, "LiteRT is not installed")))
     exp = DetectExpert()
     ph = people["portrait-1"]

@@ -112,6 +112,13 @@ class SsdBackend(Backend):
 
     def detect(self, bgr: np.ndarray, label: str, texts: list[TextLine]) -> list[BBox]:
         return [
-            BBox(label=label, x1=round(b[0], 1), y1=round(b[1], 1), x2=round(b[2], 1), y2=round(b[3], 1), score=round(s, 4))
+            BBox(
+                label=label,
+                x1=round(b[0], 1),
+                y1=round(b[1], 1),
+                x2=round(b[2], 1),
+                y2=round(b[3], 1),
+                score=round(s, 4),
+            )
             for b, s in self.boxes(bgr, COCO_IDS[label])
         ]
