@@ -325,6 +325,260 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
+# --- touching objects ------------------------------------------------------------------------------
+TOUCHING = Path(__file__).resolve().parents[1] / "tests" / "data" / "real" / "touching"
+# Coins of skimage.data.coins() to cut out for the touching layouts: indexes into the coin boxes of
+# tests/data/real/detect/truth.json (the larger coins, 47-65 px across).
+LAYOUT_COINS = (5, 17, 18, 20, 2, 10, 22)
+
+
+def build_touching() -> list[RealImage]:
+    """The touching set of tests/data/real/touching/truth.json (``kind`` is its split: tune or held-out)."""
+    from skimage import data as sk
+
+    truth = json.loads((TOUCHING / "truth.json").read_text(encoding="utf-8"))
+    out = []
+    for p in truth["images"]:
+        if "skimage" in p:
+            rgb = getattr(sk, p["skimage"])()
+            data = _png(np.stack([rgb] * 3, axis=-1) if rgb.ndim == 2 else rgb)
+        elif "coins_on" in p:
+            data = _png(_touching_coins(sk, p["layout"]))
+        else:
+            data = (TOUCHING / p["file"]).read_bytes()
+        out.append(RealImage(p["name"], p["split"], data, p["count"], [], None, p["source"]))
+    return out
+
+
+def _touching_coins(sk: Any, layout: str) -> np.ndarray:
+    """Real coins cut out of skimage's coins photo, scaled 2x and laid touching (3 px overlap) in a row or a
+    hexagonal cluster on white, with the short soft shadow of a flat coin for the cluster."""
+    grey = sk.coins()
+    boxes = json.loads(TRUTH.read_text(encoding="utf-8"))["photos"][0]["boxes"]
+    coins = []
+    for i in LAYOUT_COINS:
+        x1, y1, x2, y2 = boxes[i]
+        cx, cy, r = (x1 + x2) / 2, (y1 + y2) / 2, min(x2 - x1, y2 - y1) / 2 - 1
+        patch = cv2.resize(grey[int(cy - r) : int(cy + r), int(cx - r) : int(cx + r)], None, fx=2, fy=2)
+        mask = np.zeros(patch.shape, np.uint8)
+        cv2.circle(mask, (patch.shape[1] // 2, patch.shape[0] // 2), int(r * 2) - 1, 255, -1)
+        coins.append((patch, mask, r * 2 - 1))
+    if layout == "row":
+        w, h, coins = 1000, 400, coins[:6]
+        centres, x = [], 60.0
+        for k, (_p, _m, r) in enumerate(coins):
+            x += r if k == 0 else r + coins[k - 1][2] - 3
+            centres.append((x, h / 2))
+    else:
+        w = h = 800
+        r0 = coins[0][2]
+        centres = [(w / 2, h / 2)] + [
+            (w / 2 + (r0 + r - 3) * np.cos(a), h / 2 + (r0 + r - 3) * np.sin(a))
+            for (_p, _m, r), a in zip(coins[1:], np.arange(6) * np.pi / 3, strict=True)
+        ]
+    canvas = np.full((h, w), 255.0, np.float32)
+    if layout != "row":
+        shade = np.zeros((h, w), np.float32)
+        for (cx, cy), (_p, _m, r) in zip(centres, coins, strict=True):
+            cv2.circle(shade, (int(cx + 3), int(cy + 3)), int(r), 1.0, -1)
+        canvas *= 1.0 - 0.25 * cv2.GaussianBlur(shade, (9, 9), 0)
+    for (cx, cy), (patch, mask, _r) in zip(centres, coins, strict=True):
+        ph, pw = patch.shape
+        x0, y0 = int(round(cx - pw / 2)), int(round(cy - ph / 2))
+        region = canvas[y0 : y0 + ph, x0 : x0 + pw]
+        region[mask > 0] = patch[mask > 0]
+    return np.stack([np.clip(canvas, 0, 255).astype(np.uint8)] * 3, axis=-1)
+
+
+def raw_watershed(bgr: np.ndarray) -> int:
+    """OpenCV's own recipe for touching objects (its watershed tutorial, at the tutorial's numbers): Otsu
+    (objects darker than the border inverted), opening 3x3 twice, sure foreground where the distance to the
+    edge is above 0.7 of its maximum, markers from its parts, ``cv2.watershed``. Returns the count, less
+    parts smaller than the expert's minimum area so both count the same things."""
+    h, w = bgr.shape[:2]
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    _, mask = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    if np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]]).mean() > 127:
+        mask = 255 - mask
+    kernel = np.ones((3, 3), np.uint8)
+    opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel, iterations=2)
+    sure_bg = cv2.dilate(opened, kernel, iterations=3)
+    dist = cv2.distanceTransform(opened, cv2.DIST_L2, 5)
+    _, sure_fg = cv2.threshold(dist, 0.7 * dist.max(), 255, 0)
+    sure_fg = sure_fg.astype(np.uint8)
+    n, markers = cv2.connectedComponents(sure_fg)
+    markers = markers + 1
+    markers[cv2.subtract(sure_bg, sure_fg) == 255] = 0
+    markers = cv2.watershed(bgr, markers)
+    areas = np.bincount(markers[markers > 1].ravel(), minlength=n + 1)[2:]
+    return int((areas >= MIN_AREA_SHARE * h * w).sum())
+
+
+@dataclass
+class CountRow:
+    """One image of the touching set: truth, the expert's count, OpenCV's watershed recipe's, ms each."""
+
+    name: str
+    split: str
+    truth: int
+    expert_n: int
+    raw_n: int
+    expert_ms: float
+    raw_ms: float
+
+
+def measure_touching(images: list[RealImage] | None = None, repeats: int = 3) -> list[CountRow]:
+    """Count every image of the touching set with the expert (contours) and the raw recipe, interleaved."""
+    images = build_touching() if images is None else images
+    expert = DetectExpert()
+    rows = []
+    for im in images:
+        decoded = decode_image(im.data)
+        bgr = decoded.bgr()
+        e_ms, r_ms = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            n_e = int(expert.analyze(decoded, {}).measurements["count"])
+            t1 = time.perf_counter()
+            n_r = raw_watershed(bgr)
+            t2 = time.perf_counter()
+            e_ms.append((t1 - t0) * 1000)
+            r_ms.append((t2 - t1) * 1000)
+        rows.append(CountRow(im.name, im.kind, im.count, n_e, n_r, min(e_ms), min(r_ms)))
+    return rows
+
+
+def touching_table(rows: list[CountRow]) -> list[str]:
+    """The markdown table of the touching set, with totals per split."""
+    lines = [
+        "",
+        "Touching objects (contours count): expert / OpenCV's watershed recipe at the tutorial's numbers.",
+        "",
+        "| image | split | truth | expert n | raw n | expert ms | raw ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.name} | {r.split} | {r.truth} | {r.expert_n} | {r.raw_n} | {r.expert_ms:.0f} | {r.raw_ms:.1f} |"
+        )
+    for split in ("tune", "held-out"):
+        sel = [r for r in rows if r.split == split]
+        if not sel:
+            continue
+
+        def within(n: int, t: int) -> bool:
+            return abs(n - t) <= 0.1 * t
+
+        lines.append(
+            f"| **{split}** ({len(sel)} images) | | | within 10%: {sum(within(r.expert_n, r.truth) for r in sel)}"
+            f"/{len(sel)}, mean error {np.mean([abs(r.expert_n - r.truth) for r in sel]):.2f} "
+            f"| within 10%: {sum(within(r.raw_n, r.truth) for r in sel)}/{len(sel)}, mean error "
+            f"{np.mean([abs(r.raw_n - r.truth) for r in sel]):.2f} | | |"
+        )
+    return lines
+
+
+# --- cats --------------------------------------------------------------------------------------------
+ANIMALS = Path(__file__).resolve().parents[1] / "tests" / "data" / "real" / "animals"
+
+
+@dataclass
+class AnimalPhoto:
+    """A real photo with its cats (whole-cat boxes and face boxes); ``split``: tune or held-out."""
+
+    name: str
+    split: str
+    data: bytes
+    cats: list[list[float]]
+    faces: list[list[float]]
+    ignore_others: bool = False
+
+
+def build_animals() -> list[AnimalPhoto]:
+    """The cat set of tests/data/real/animals/truth.json (skimage entries need scikit-image)."""
+    truth = json.loads((ANIMALS / "truth.json").read_text(encoding="utf-8"))
+    out = []
+    for p in truth["images"]:
+        if "skimage" in p:
+            from skimage import data as sk
+
+            rgb = getattr(sk, p["skimage"])()
+            data = _png(np.stack([rgb] * 3, axis=-1) if rgb.ndim == 2 else rgb)
+        else:
+            data = (ANIMALS / p["file"]).read_bytes()
+        out.append(AnimalPhoto(p["name"], p["split"], data, p["cats"], p["faces"], p.get("ignore_others", False)))
+    return out
+
+
+def raw_cat_faces(bgr: np.ndarray) -> list[list[float]]:
+    """OpenCV at its defaults: the extended frontal cat-face Haar cascade's ``detectMultiScale`` on grey."""
+    cc = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalcatface_extended.xml"))
+    rects = cc.detectMultiScale(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    return [[float(x), float(y), float(x + w), float(y + h)] for x, y, w, h in np.asarray(rects).reshape(-1, 4)]
+
+
+def cats_found(photo: AnimalPhoto, found: list[list[float]]) -> tuple[int, int]:
+    """(cats found, false boxes): a cat counts as found when a box matches its whole-cat box or its face box
+    at IoU >= MATCH_IOU (a cascade answers faces, a detector whole animals); each box is used once."""
+    used: set[int] = set()
+    hits = 0
+    for k, cat in enumerate(photo.cats):
+        targets = [cat] + ([photo.faces[k]] if k < len(photo.faces) else [])
+        best = max(((iou(t, f), j) for j, f in enumerate(found) if j not in used for t in targets), default=(0.0, -1))
+        if best[0] >= MATCH_IOU:
+            used.add(best[1])
+            hits += 1
+    false = 0 if photo.ignore_others else len(found) - len(used)
+    return hits, false
+
+
+def measure_animals(photos: list[AnimalPhoto] | None = None, repeats: int = 3) -> list[dict[str, Any]]:
+    """``detect cat`` on every photo: the expert (learned where installed) / its OpenCV fallback (the Haar
+    cat-face cascade, the previous detector) / the raw cascade at defaults; best of ``repeats`` ms."""
+    photos = build_animals() if photos is None else photos
+    learned, opencv = DetectExpert(), DetectExpert(learned=False)
+    rows = []
+    for ph in photos:
+        image = decode_image(ph.data)
+        bgr = image.bgr()
+        row: dict[str, Any] = {"name": ph.name, "split": ph.split, "cats": len(ph.cats)}
+        for side in SIDES:
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                if side == "raw":
+                    found = raw_cat_faces(bgr)
+                else:
+                    r = (learned if side == "learned" else opencv).analyze(image, {"query": "cat"})
+                    found = [[b.x1, b.y1, b.x2, b.y2] for b in r.bbox]
+                best = min(best, (time.perf_counter() - t0) * 1000)
+            row[side] = (*cats_found(ph, found), best)
+        rows.append(row)
+    return rows
+
+
+def animals_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The markdown table of the cat set, with totals per split."""
+    lines = [
+        "",
+        "detect cat: learned (SSD MobileNet v2 COCO) / OpenCV fallback = previous detector (Haar cat-face cascade) "
+        f"/ raw cascade at defaults. Found = cats matched at IoU >= {MATCH_IOU} (whole cat or its face).",
+        "",
+        "| photo | split | cats | found | false boxes | ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        trio = [" / ".join(f"{r[s][i]:.0f}" for s in SIDES) for i in range(3)]
+        lines.append(f"| {r['name']} | {r['split']} | {r['cats']} | {trio[0]} | {trio[1]} | {trio[2]} |")
+    for split in ("tune", "held-out"):
+        sel = [r for r in rows if r["split"] == split]
+        cats = sum(r["cats"] for r in sel)
+        found = " / ".join(f"{sum(r[s][0] for r in sel)}" for s in SIDES)
+        false = " / ".join(f"{sum(r[s][1] for r in sel)}" for s in SIDES)
+        lines.append(f"| **{split}** | {len(sel)} photos | {cats} | {found} | {false} | |")
+    return lines
+
+
 # --- people and faces -------------------------------------------------------------------------------
 PEOPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "real" / "people"
 SIDES = ("learned", "opencv", "raw")  # the expert now, its OpenCV fallback (= the previous detector), raw OpenCV
@@ -490,7 +744,8 @@ def people_table(rows: list[PeopleRow], speed: dict[str, float] | None = None) -
 
     lines = [
         "",
-        "People and faces: learned (MediaPipe) / OpenCV fallback = previous detector (Haar, HOG) / raw OpenCV "
+        "People and faces: learned (people: SSD MobileNet v2 COCO where the [objects] extra is installed, else "
+        "BlazePose; faces: BlazeFace) / OpenCV fallback (Haar, HOG) / raw OpenCV "
         f"defaults. Found = true boxes matched at IoU >= {MATCH_IOU} of the truth; IoU = mean best IoU per true box.",
         "",
         "| photo | kind | label | truth | found | matched | IoU | ms |",
@@ -532,13 +787,17 @@ def run(argv: list[str] | argparse.Namespace | None = None) -> list[str]:
     else:
         ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
         ap.add_argument("--repeats", type=int, default=3, help="timing repeats per image (best is kept)")
-        ap.add_argument("--part", choices=["objects", "people"], help="one half only")
+        ap.add_argument("--part", choices=["objects", "touching", "animals", "people"], help="one part only")
         args = ap.parse_args(argv)
         repeats, part = args.repeats, args.part
     repeats = max(1, repeats)
     lines: list[str] = []
     if part in (None, "objects"):
         lines += table(measure(repeats=repeats))
+    if part in (None, "touching"):
+        lines += touching_table(measure_touching(repeats=repeats))
+    if part in (None, "animals"):
+        lines += animals_table(measure_animals(repeats=repeats))
     if part in (None, "people"):
         photos = build_people()
         lines += people_table(measure_people(photos, repeats), person_ms_at(photos, repeats=repeats))

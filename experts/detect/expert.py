@@ -45,12 +45,14 @@ class DetectExpert(Expert):
         "Find and measure things with OpenCV: with no query, every object's box, size (pixels and share of "
         "the image), aspect ratio, shape and colour, and the count; 'measure' for sizes, ratios, placement "
         "and DPI; or a label (face, person, cat, eye, smile, plate, qr, barcode) for labelled boxes and their "
-        "count, with QR/barcode contents decoded. Faces and people come from learned detectors (MediaPipe) "
-        "where installed, else from OpenCV's Haar and HOG detectors."
+        "count, with QR/barcode contents decoded. Faces, people and cats come from learned detectors "
+        "(MediaPipe, SSD MobileNet COCO) where installed, else from OpenCV's Haar and HOG detectors."
     )
     Args = DetectArgs
     positional = "query"
-    version = "2"  # 2: faces and people from learned detectors where installed
+    # 2: faces and people from learned detectors where installed; 3: touching objects split, people and
+    # cats from SSD MobileNet COCO where installed.
+    version = "3"
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)

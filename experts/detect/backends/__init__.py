@@ -14,6 +14,7 @@ from experts.detect.backends.blaze import BlazeBackend
 from experts.detect.backends.codes import BarcodeBackend, QrBackend
 from experts.detect.backends.haar import HaarBackend
 from experts.detect.backends.hog import HogBackend
+from experts.detect.backends.ssd import SsdBackend
 
 #: Registered backends, in order of preference for each label.
 BACKENDS: list[type[Backend]] = []
@@ -45,7 +46,7 @@ def choose(label: str, learned: bool = True) -> type[Backend] | None:
 
 
 # Learned detectors first: where their extra is installed they serve their labels; OpenCV's are the fallback.
-for _cls in (BlazeBackend, HaarBackend, HogBackend, QrBackend, BarcodeBackend):
+for _cls in (SsdBackend, BlazeBackend, HaarBackend, HogBackend, QrBackend, BarcodeBackend):
     register(_cls)
 
 __all__ = ["BACKENDS", "Backend", "candidates", "choose", "register"]
