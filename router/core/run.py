@@ -277,13 +277,19 @@ class Run:
         return pending
 
     async def _semantic_decision(self) -> Decision | None:
-        """The semantic router's decision on the user's words (``None``: off, not loaded here, or no words).
-        Encoding is CPU work: off the event loop the proxy serves from."""
-        router = self.o.semantic_router()
-        if router is None or not self.user_text.strip():
+        """The semantic router's decision on the user's words (``None``: off, cannot load here, or no words).
+        Waiting for a load still in progress and encoding are off the event loop the proxy serves from."""
+        if not self.o.settings.semantic or not self.user_text.strip():
             return None
-        decision = await asyncio.to_thread(router.route, self.user_text, self.o.registry.can_run)
-        self.trace.semantic = decision.as_trace()
+        text, runnable = self.user_text, self.o.registry.can_run
+
+        def decide() -> Decision | None:
+            router = self.o.semantic_router()
+            return None if router is None else router.route(text, runnable)
+
+        decision = await asyncio.to_thread(decide)
+        if decision is not None:
+            self.trace.semantic = decision.as_trace()
         return decision
 
     def _keyword_calls(self) -> list[Pending]:
