@@ -217,3 +217,21 @@ def test_eval_no_model_scores_the_router_never_below_the_keywords():
         assert rt.experts[e].recall >= kw.experts[e].recall, e
     r = CliRunner().invoke(cli, ["eval", "--no-model"])
     assert r.exit_code == 0 and "semantic" in r.output and "router" in r.output
+
+
+def test_the_proxy_metrics_say_which_decider_decided():
+    import httpx
+
+    from tests.test_proxy_support import IMAGE_B64, MODEL, settings, start_stack, stop_stack
+
+    s = start_stack(settings(fallback=["ocr"]))
+    try:
+        s.fake.script("It says SALE.", "It says SALE.")
+        for question in ("帮我看看这张截图里的报错", "What is written here?"):
+            body = {"model": MODEL, "stream": False, "messages": [{"role": "user", "content": question}]}
+            body["messages"][0]["images"] = [IMAGE_B64]
+            assert httpx.post(s.url + "/api/chat", json=body, timeout=60).status_code == 200
+        m = httpx.get(s.url + "/_vision/metrics", timeout=10).json()
+        assert m["decided_by"] == {"semantic": 1, "keywords": 1} and m["answer_filter_removals"] == 0
+    finally:
+        stop_stack(s)
