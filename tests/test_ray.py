@@ -368,3 +368,40 @@ def test_an_expert_on_ray_serve_has_expert_serves_guards_and_stops_work_whose_cl
     finally:
         svc.stop()
         serve.shutdown()
+
+
+def test_serve_run_through_rays_proxy_answers_and_stops_work_whose_client_left(cluster, tmp_path):
+    """`serve run experts.ray_service:app_builder ...` (Ray's own CLI and HTTP proxy, the app inside each
+    replica): analyses are answered, and one whose client hung up stops on its replica."""
+    pytest.importorskip("starlette", reason="the expert service needs the [serve] extra")
+    import base64
+
+    import httpx
+    from ray import serve
+
+    from experts.ray_service import app_builder
+    from tests.conftest import png_bytes
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "steps.log"
+    config = json.dumps({"log": str(log)})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args = {"name": "steps", "num_cpus": "0.25", "imports": "tests.service_experts", "config": config}
+        serve.run(app_builder(args), name="expert-steps", route_prefix="/")
+        url = f"http://127.0.0.1:{port}/v1/analyze"
+        image = base64.b64encode(png_bytes(32, 24)).decode()
+        r = httpx.post(url, json={"image": image, "args": {"seconds": 0.2}}, timeout=60)
+        assert r.status_code == 200 and r.json()["caption"] == "worked 0.2 s", r.text
+        with pytest.raises(httpx.TimeoutException):  # the client gives up and closes its connection
+            httpx.post(url, json={"image": image, "args": {"seconds": 60}}, timeout=2)
+        gave_up = time.time()
+        deadline = time.monotonic() + 15
+        while "stopped" not in (text := log.read_text("utf-8")):
+            assert time.monotonic() < deadline, text
+            time.sleep(0.05)
+        assert float(text.split("stopped ", 1)[1].split()[0]) - gave_up < 3.0
+    finally:
+        serve.shutdown()
