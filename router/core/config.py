@@ -249,6 +249,17 @@ class Settings(BaseModel):
 
 
 # --- reading files and describing problems ------------------------------------------------------
+def data_table(path: str | Path | None, shipped: str, what: str) -> tuple[dict[str, Any], str]:
+    """A data table the user may replace (keywords, exemplars): ``path`` read with :func:`read_toml`'s checks,
+    or for ``None`` the shipped ``router/data/<shipped>``; and a name for error lines."""
+    if path is None:
+        from importlib import resources
+
+        text = resources.files("router").joinpath(f"data/{shipped}").read_text("utf-8")
+        return tomllib.loads(text), f"built-in {shipped}"
+    return read_toml(Path(path).expanduser(), what), str(path)
+
+
 def read_toml(path: Path, what: str) -> dict[str, Any]:
     """A TOML file as data. Every problem (missing, a folder, a FIFO or device, over
     :data:`MAX_TOML_BYTES`, not UTF-8, UTF-16, invalid or absurdly nested TOML) is one :class:`ConfigError`

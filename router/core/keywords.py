@@ -9,17 +9,16 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from experts.errors import VisionRouterError
-from router.core.config import read_toml
+from router.core.config import data_table
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 
 @dataclass(frozen=True)
@@ -80,13 +79,8 @@ class KeywordRouter:
     @classmethod
     def from_toml(cls, path: str | Path | None = None) -> KeywordRouter:
         """Load a table; ``None`` loads the shipped default."""
-        if path is None:
-            data = tomllib.loads(resources.files("router").joinpath("data/keywords.toml").read_text("utf-8"))
-            src = "built-in keywords.toml"
-        else:
-            # Missing, a folder, binary or UTF-16, invalid TOML: one line each.
-            data = read_toml(Path(path).expanduser(), "keyword table")
-            src = str(path)
+        # Missing, a folder, binary or UTF-16, invalid TOML: one line each.
+        data, src = data_table(path, "keywords.toml", "keyword table")
         rules = data.get("rule")
         if not isinstance(rules, list):
             raise VisionRouterError(f"{src}: no [[rule]] entries")

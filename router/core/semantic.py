@@ -26,19 +26,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from experts.errors import VisionRouterError
-from router.core.config import read_toml
+from router.core.config import data_table
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +113,7 @@ def use_m3_encoder() -> Encoder:
 
 def load_routes(path: str | Path | None = None) -> tuple[list[Route], str]:
     """The routes of an exemplar file (``None``: the shipped one) and where they came from."""
-    if path is None:
-        data = tomllib.loads(resources.files("router").joinpath("data/exemplars.toml").read_text("utf-8"))
-        src = "built-in exemplars.toml"
-    else:
-        data = read_toml(Path(path).expanduser(), "exemplar file")
-        src = str(path)
+    data, src = data_table(path, "exemplars.toml", "exemplar file")
     raw = data.get("route")
     if not isinstance(raw, list) or not raw:
         raise VisionRouterError(f"{src}: no [[route]] entries")
