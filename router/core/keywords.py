@@ -7,18 +7,12 @@ records which keyword matched, so the trace can explain it.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from experts.errors import VisionRouterError
 from router.core.config import data_table
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,11 +32,6 @@ import numpy as np
 
 from experts.errors import VisionRouterError
 from router.core.config import data_table
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
 
 log = logging.getLogger(__name__)
 
