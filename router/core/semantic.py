@@ -48,6 +48,7 @@ class Route:
     name: str
     calls: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]  # (expert, sorted args)
     examples: tuple[str, ...]
+    min_confidence: float | None = None  # this route's own bar (a wrong "no expert" answers blind)
 
     @property
     def experts(self) -> frozenset[str]:
@@ -145,7 +146,10 @@ def _route(raw: Any, i: int, src: str) -> Route:
     kept = tuple(dict.fromkeys(" ".join(e.split()) for e in examples if e.strip()))
     if len(kept) < 2:  # one to match, one to check it against (the calibration leaves each out in turn)
         raise VisionRouterError(f"{where}: needs at least 2 examples")
-    return Route(name.strip(), tuple(calls), kept)
+    bar = raw.get("min_confidence")
+    if bar is not None and (isinstance(bar, bool) or not isinstance(bar, (int, float)) or not 0 <= bar <= 1):
+        raise VisionRouterError(f"{where}: `min_confidence` must be a number from 0 to 1")
+    return Route(name.strip(), tuple(calls), kept, None if bar is None else float(bar))
 
 
 @dataclass
@@ -221,7 +225,8 @@ class SemanticRouter:
         calls = route.call_list()
         if runnable is not None:
             calls = [(e, a) for e, a in calls if runnable(e)]
-        decided = bool(text) and confidence >= self.min_confidence and (bool(calls) or not route.calls)
+        bar = self.min_confidence if route.min_confidence is None else max(self.min_confidence, route.min_confidence)
+        decided = bool(text) and confidence >= bar and (bool(calls) or not route.calls)
         return Decision(
             route=route.name,
             calls=calls,
