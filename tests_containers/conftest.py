@@ -34,7 +34,7 @@ REAL_OLLAMA = "docker.io/ollama/ollama:standin-real"
 OPEN_WEBUI = "ghcr.io/open-webui/open-webui:standin"
 # Chroot isolation and the host's network for RUN steps work on any Podman host, and on sandboxes that have no
 # nested namespaces; the docker format keeps the Dockerfile's HEALTHCHECK (OCI images have no such field).
-BUILD_OPTS = ["--format", "docker", "--isolation", "chroot", "--network", "host"]
+BUILD_OPTS = ["--format", "docker", "--layers", "--isolation", "chroot", "--network", "host"]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -227,3 +227,10 @@ def pod() -> Iterator[Pod]:
     p = Pod()
     yield p
     p.close()
+
+
+def pytest_collection_modifyitems(items):
+    # Image builds (fixtures) count toward the first test that needs them: pyproject's 300 s is for unit tests.
+    for item in items:
+        if item.path.is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.timeout(3600))

@@ -25,7 +25,8 @@ def test_the_image_is_small_runs_as_a_user_and_has_no_compilers(router_image):
     out = run(
         "podman", "run", "--rm", "--entrypoint", "sh", router_image["tag"], "-c",
         "id -u; for c in gcc cc c++ g++ clang make ld as; do command -v $c; done;"
-        " ls -A /root/.cache ~/.cache /opt/vision-router/.cache 2>/dev/null; python -c 'import pip' 2>/dev/null && echo pip; true",
+        " ls -A /root/.cache ~/.cache /opt/vision-router/.cache 2>/dev/null;"
+        " python -c 'import pip' 2>/dev/null && echo pip; true",
     ).split()  # fmt: skip
     assert out[0] != "0", "runs as root"
     assert out[1:] == [], f"compilers, caches or pip in the image: {out[1:]}"

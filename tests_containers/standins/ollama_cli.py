@@ -51,9 +51,8 @@ def answer_from_context(path: str, body: dict[str, Any]) -> str:
 
 def serve() -> None:
     sys.path.insert(0, "/opt/standin")
-    from tests.fake_ollama import FakeModel, FakeOllama
-
     from router.serve.local_server import LocalServer
+    from tests.fake_ollama import FakeModel, FakeOllama
 
     if os.environ.get("OLLAMA_STANDIN") == "real":
         from tests.real_ollama import RealOllama
