@@ -47,7 +47,7 @@ def logs(name: str) -> str:
 
 
 @pytest.fixture
-def stack(router_image, fake_ollama_image, open_webui_image):
+def stack(router_image, fake_ollama_image, open_webui_image, monkeypatch):
     project = f"vrt{uuid.uuid4().hex[:8]}"
     env = {
         # Knobs compose.yaml offers users: the images' tags (here: the image under test and the stand-ins) and the
@@ -58,9 +58,8 @@ def stack(router_image, fake_ollama_image, open_webui_image):
         "VISION_ROUTER_PORT": str(free_port()),
         "OPEN_WEBUI_PORT": str(free_port()),
     }
-    for key in ("VISION_ROUTER_TOKEN", "WEBUI_SECRET_KEY", "VISION_ROUTER_BIND", "OPEN_WEBUI_BIND"):
-        env[key] = ""  # the defaults, whatever this shell has
-    os.environ.pop("COMPOSE_PROFILES", None)
+    for key in ("VISION_ROUTER_TOKEN", "WEBUI_SECRET_KEY", "VISION_ROUTER_BIND", "OPEN_WEBUI_BIND", "COMPOSE_PROFILES"):
+        monkeypatch.delenv(key, raising=False)  # the defaults, whatever this shell has
     try:
         yield project, env
     finally:
