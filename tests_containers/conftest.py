@@ -74,13 +74,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float, ok=lambda r: r.status_code == 200, what: str = "") -> httpx.Response:
+def wait_http(
+    url: str, timeout: float, ok=lambda r: r.status_code == 200, what: str = "", headers: dict | None = None
+) -> httpx.Response:
     """Poll ``url`` until ``ok(response)``; the last answer or error is in the failure message."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            r = httpx.get(url, timeout=5)
+            r = httpx.get(url, timeout=5, headers=headers)
             if ok(r):
                 return r
             last = f"HTTP {r.status_code}: {r.text[:300]}"

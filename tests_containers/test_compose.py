@@ -19,6 +19,8 @@ import yaml
 from tests_containers.conftest import ROOT, free_port, run, wait_http
 
 DEMO = (ROOT / "router" / "data" / "demo.png").read_bytes()
+TOKEN = "compose-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def compose(project: str, *args: str, env: dict[str, str], files=("compose.yaml",), check=True) -> str:
@@ -57,8 +59,10 @@ def stack(router_image, fake_ollama_image, open_webui_image, monkeypatch):
         "OPEN_WEBUI_VERSION": "standin",
         "VISION_ROUTER_PORT": str(free_port()),
         "OPEN_WEBUI_PORT": str(free_port()),
+        # A token from the environment: the router requires it, Open WebUI is given it as its connection key.
+        "VISION_ROUTER_TOKEN": TOKEN,
     }
-    for key in ("VISION_ROUTER_TOKEN", "WEBUI_SECRET_KEY", "VISION_ROUTER_BIND", "OPEN_WEBUI_BIND", "COMPOSE_PROFILES"):
+    for key in ("WEBUI_SECRET_KEY", "VISION_ROUTER_BIND", "OPEN_WEBUI_BIND", "COMPOSE_PROFILES"):
         monkeypatch.delenv(key, raising=False)  # the defaults, whatever this shell has
     try:
         yield project, env
@@ -77,7 +81,7 @@ def test_up_chat_with_an_image_through_open_webui_and_down_keeps_the_volumes(sta
 
     setup = wait_exited(f"{project}_ollama-setup_1", 180)
     assert setup["ExitCode"] == 0, logs(f"{project}_ollama-setup_1")
-    health = wait_http(f"{router}/_vision/health", 60, what="the router").json()
+    health = wait_http(f"{router}/_vision/health", 60, what="the router", headers=AUTH).json()
     assert health["upstream"]["ok"] and "ocr" in health["experts"], health
     # Without the experts profile the router says so and offers the others.
     assert "unreachable" in health["unavailable"].get("caption", ""), health
@@ -122,7 +126,8 @@ def test_up_chat_with_an_image_through_open_webui_and_down_keeps_the_volumes(sta
     assert chat.status_code == 200, chat.text
     answer = chat.json()["choices"][0]["message"]["content"]
     assert "AURORA" in answer and "GREEN TEA" in answer, answer  # the stand-in answers from the OCR'd text
-    metrics = httpx.get(f"{router}/_vision/metrics", timeout=10).json()
+    assert httpx.get(f"{router}/api/tags", timeout=10).status_code == 401  # the token is required
+    metrics = httpx.get(f"{router}/_vision/metrics", headers=AUTH, timeout=10).json()
     assert metrics["experts"]["ocr"]["runs"] >= 1, metrics["experts"]
 
     compose(project, "down", env=env)
