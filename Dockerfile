@@ -11,12 +11,13 @@ ARG EXTRAS=onnx,people,serve
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 RUN python -m venv /opt/vision-router
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone (empty packages stand in for the code), so a code change rebuilds
-# only the last layer below instead of downloading every wheel again.
-COPY pyproject.toml README.md ./
-RUN mkdir router experts && touch router/__init__.py experts/__init__.py \
+# Dependencies first, from pyproject.toml alone (empty packages and readme stand in for the rest), so a change to
+# the code or the README rebuilds only the last layer below instead of downloading every wheel again.
+COPY pyproject.toml ./
+RUN mkdir router experts && touch router/__init__.py experts/__init__.py README.md \
     && /opt/vision-router/bin/pip install "./[${EXTRAS}]" \
-    && rm -rf router experts build *.egg-info
+    && rm -rf router experts build *.egg-info README.md
+COPY README.md ./
 COPY router ./router
 COPY experts ./experts
 # Not editable: the venv holds a plain copy of the package, so /src stays behind in this stage. Bytecode is
