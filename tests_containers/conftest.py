@@ -37,13 +37,10 @@ OPEN_WEBUI = "ghcr.io/open-webui/open-webui:standin"
 BUILD_OPTS = ["--format", "docker", "--layers", "--isolation", "chroot", "--network", "host"]
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _container_tools():
-    if MISSING:
-        pytest.skip(
-            f"the container tier needs {', '.join(MISSING)} (not installable with pip: Debian `apt-get install "
-            "podman buildah`, then `pip install podman-compose`)"
-        )
+SKIP_REASON = (
+    f"the container tier needs {', '.join(MISSING)} (not installable with pip: Debian `apt-get install podman "
+    "buildah`, then `pip install podman-compose`)"
+)
 
 
 def run(*args: str, check: bool = True, timeout: float = 900, env: dict[str, str] | None = None) -> str:
@@ -231,8 +228,14 @@ def pod() -> Iterator[Pod]:
     p.close()
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
+    here = [item for item in items if item.path.is_relative_to(Path(__file__).parent)]
+    if MISSING and here:
+        # One line for the whole tier: the first test says why it skips, the others are deselected.
+        here[0].add_marker(pytest.mark.skip(reason=SKIP_REASON))
+        config.hook.pytest_deselected(items=here[1:])
+        items[:] = [item for item in items if item not in here[1:]]
+        return
     # Image builds (fixtures) count toward the first test that needs them: pyproject's 300 s is for unit tests.
-    for item in items:
-        if item.path.is_relative_to(Path(__file__).parent):
-            item.add_marker(pytest.mark.timeout(3600))
+    for item in here:
+        item.add_marker(pytest.mark.timeout(3600))
