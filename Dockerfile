@@ -41,7 +41,9 @@ ENV VISION_ROUTER_IMAGE=ollama-vision-router \
     HF_HOME=/data/huggingface
 COPY --from=build /opt/vision-router /opt/vision-router
 # A fixed uid so a volume's files keep one owner across rebuilds; the volume folders exist and belong to it,
-# so a fresh named volume mounted there is writable by it (Docker and Podman copy the folder's owner).
+# so a fresh named volume mounted there is writable by it (Docker and Podman copy the folder's owner). No VOLUME
+# line: it would leave an anonymous volume behind every container run without one; mount a named volume at
+# /data/cache (compose.yaml does) to keep the result cache.
 RUN groupadd --system --gid 10001 vision \
     && useradd --system --uid 10001 --gid vision --home-dir /home/vision --create-home --shell /usr/sbin/nologin vision \
     && mkdir -p /data/cache /data/huggingface /etc/vision-router \
@@ -50,7 +52,6 @@ RUN groupadd --system --gid 10001 vision \
        > /etc/vision-router/config.toml
 USER vision
 WORKDIR /home/vision
-VOLUME ["/data/cache"]
 EXPOSE 11435
 # Listen on every interface of the container: the container's own network is the boundary, and compose.yaml
 # publishes the port on the host's loopback only. Set VISION_ROUTER_TOKEN to require a bearer token.

@@ -81,7 +81,7 @@ def start_to_healthy(engine: str, tag: str, timeout: float = 60) -> tuple[float,
         started_at = _parse_time(started) or wall0
         return t_healthy - t0, wall_healthy - started_at
     finally:
-        subprocess.run([engine, "rm", "-f", "-t", "1", cid], capture_output=True)
+        subprocess.run([engine, "rm", "-f", "-v", "-t", "1", cid], capture_output=True)
 
 
 def _parse_time(text: str) -> float | None:

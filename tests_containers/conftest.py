@@ -215,7 +215,7 @@ class Pod:
 
     def close(self) -> None:
         for cname in reversed(self.containers):
-            subprocess.run(["podman", "rm", "-f", "-t", "2", cname], capture_output=True)
+            subprocess.run(["podman", "rm", "-f", "-v", "-t", "2", cname], capture_output=True)
         for vname in self.volumes:
             subprocess.run(["podman", "volume", "rm", "-f", vname], capture_output=True)
         subprocess.run(["podman", "network", "rm", "-f", self.network], capture_output=True)
