@@ -1,4 +1,4 @@
-"""The README's two set-up commands and CI stay in step; the package metadata is what users install."""
+"""The README's set-up commands and CI stay in step; the package metadata is what users install."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ else:  # pragma: no cover
 
 
 def readme_commands() -> dict[str, str]:
-    """The fenced commands after the README's `<!-- main-command -->` and `<!-- test-command -->` marks."""
+    """The fenced commands after the README's `<!-- main-command -->`, `<!-- test-command -->` and
+    `<!-- container-test-command -->` marks."""
     text = (ROOT / "README.md").read_text("utf-8")
     out = {}
-    for key in ("main-command", "test-command"):
+    for key in ("main-command", "test-command", "container-test-command"):
         m = re.search(rf"<!-- {key} -->\s*```(?:bash|sh)?\n(.+?)\n```", text, re.S)
         assert m, f"README lacks the {key} block"
         out[key] = m.group(1).strip()
@@ -34,6 +35,20 @@ def test_ci_runs_exactly_the_readme_test_command():
     # And nothing else: no apt package, font or side environment that a reader of the README would not have.
     steps = [line for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     assert steps == ["set -euo pipefail", 'cd "$(dirname "$0")/.."', cmd], steps
+
+
+def test_ci_runs_the_container_tier_after_the_main_tests():
+    """The container tier (it needs podman, not pip) has its own README command, a line of .ci/run after the
+    main one; the main command collects nothing of it, so neither skips the other's tests."""
+    lines = (ROOT / ".ci" / "run").read_text("utf-8").splitlines()
+    commands = readme_commands()
+    tier = commands["container-test-command"]
+    assert tier in lines, f"{tier!r} is not a line of .ci/run"
+    assert lines.index(tier) > lines.index(commands["test-command"])
+    assert tier.endswith("-m pytest -q tests_containers") and "/work/" not in tier
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
+    assert meta["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
+    assert (ROOT / "tests_containers" / "conftest.py").is_file()
 
 
 def test_main_command_installs_and_runs_the_demo():
