@@ -32,9 +32,13 @@ def test_ci_runs_exactly_the_readme_test_command():
     cmd = readme_commands()["test-command"]
     assert cmd in ci.splitlines(), f"{cmd!r} is not a line of .ci/run"
     assert "set -euo pipefail" in ci  # pytest's exit 5 (no tests) fails CI
-    # And nothing else: no apt package, font or side environment that a reader of the README would not have.
+    # And nothing else before it: no apt package, font or side environment that a reader of the README would not
+    # have. After it comes only the container tier: podman's set-up (not pip's) and the README's container command.
     steps = [line for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    assert steps == ["set -euo pipefail", 'cd "$(dirname "$0")/.."', cmd], steps
+    assert steps[:3] == ["set -euo pipefail", 'cd "$(dirname "$0")/.."', cmd], steps
+    tier = readme_commands()["container-test-command"]
+    assert steps[-1] == tier
+    assert all("setup" in line or line.strip() == "done" for line in steps[3:-1]), steps
 
 
 def test_ci_runs_the_container_tier_after_the_main_tests():
