@@ -102,10 +102,24 @@ def test_exemplar_vectors_are_cached_and_only_new_sentences_encoded(tmp_path):
     assert calls == [9] and (tmp_path / "exemplars-use-m3.npz").is_file()
     extended = [*ROUTES[:2], Route("none", (), (*ROUTES[2].examples, "good morning friend"))]
     calls.clear()
-    SemanticRouter(extended, fake_encoder(calls), cache_dir=tmp_path / "elsewhere")
-    assert calls == [1]  # the nine known sentences came from this process's memory, the new one was encoded
+    SemanticRouter(extended, fake_encoder(calls), cache_dir=tmp_path)
+    assert calls == [1]  # the nine known sentences came from the cache file, the new one was encoded
     (tmp_path / "exemplars-use-m3.npz").write_bytes(b"not an npz")  # a broken cache is only slower
     SemanticRouter(ROUTES, fake_encoder([]), cache_dir=tmp_path)
+
+
+def test_the_built_in_exemplars_vectors_ship_with_them_and_are_the_encoders():
+    """A first start (no cache) encodes nothing for the built-in exemplars. After editing exemplars.toml, run
+    `python -m router.core.semantic` to write router/data/exemplars-use-m3.npz again."""
+    from router.core.semantic import _shipped_vectors, text_key, use_m3_encoder
+
+    routes, _ = load_routes()
+    texts = [e for r in routes for e in r.examples]
+    shipped = _shipped_vectors()
+    missing = [t for t in texts if text_key(t) not in shipped]
+    assert not missing, f"run: python -m router.core.semantic ({len(missing)} sentences without a shipped vector)"
+    fresh = use_m3_encoder()(texts[:5])
+    assert np.allclose(fresh, np.stack([shipped[text_key(t)] for t in texts[:5]]), atol=1e-5)
 
 
 def test_a_users_exemplar_file_extends_the_routes(tmp_path):

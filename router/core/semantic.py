@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from router.core.config import data_table
 log = logging.getLogger(__name__)
 
 ENCODER_NAME = "use-m3"  # in the cache file's name: vectors of another encoder are not these
+SHIPPED_VECTORS = f"data/exemplars-{ENCODER_NAME}.npz"  # the built-in exemplars' vectors, inside the package
 TOP_K = 3  # a route's score: the mean similarity of its k nearest exemplars (k = 2, 3 measured on the tuning splits)
 DEFAULT_MIN_CONFIDENCE = 0.5
 MAX_TEXT_CHARS = 2000  # a question is a sentence or two; a pasted essay is cut, not encoded whole
@@ -173,6 +175,7 @@ class SemanticRouter:
         min_confidence: float = DEFAULT_MIN_CONFIDENCE,
         cache_dir: str | Path | None = None,
         source: str = "exemplars",
+        shipped_encoder: bool = False,
     ) -> None:
         self.routes = list(routes)
         self.encode = encoder
@@ -181,7 +184,7 @@ class SemanticRouter:
         t0 = time.perf_counter()
         texts = [e for r in self.routes for e in r.examples]
         route_of = np.array([i for i, r in enumerate(self.routes) for _ in r.examples])
-        vectors = _cached_vectors(texts, encoder, Path(cache_dir) if cache_dir else None)
+        vectors = _cached_vectors(texts, encoder, Path(cache_dir) if cache_dir else None, shipped_encoder)
         self._index = _Index(vectors, route_of, masks=[route_of == i for i in range(len(self.routes))])
         self._calibrate()
         self._lock = threading.Lock()  # the encoder's buffers are not meant for two threads at once
@@ -200,7 +203,12 @@ class SemanticRouter:
         t0 = time.perf_counter()
         routes, src = load_routes(path)
         router = cls(
-            routes, encoder or use_m3_encoder(), min_confidence=min_confidence, cache_dir=cache_dir, source=src
+            routes,
+            encoder or use_m3_encoder(),
+            min_confidence=min_confidence,
+            cache_dir=cache_dir,
+            source=src,
+            shipped_encoder=encoder is None,
         )
         router.load_ms = (time.perf_counter() - t0) * 1000
         log.debug("semantic router: %d routes from %s, loaded in %.0f ms", len(routes), src, router.load_ms)
@@ -291,19 +299,18 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float,
     return float(w[0]), float(w[1])
 
 
-def _cached_vectors(texts: list[str], encoder: Encoder, cache_dir: Path | None) -> np.ndarray:
-    """Vectors for ``texts``, from ``cache_dir/exemplars-<encoder>.npz`` where they are there; the rest are
-    encoded and the file rewritten. A cache that cannot be read or written is only slower, never an error."""
+def _cached_vectors(texts: list[str], encoder: Encoder, cache_dir: Path | None, shipped: bool = False) -> np.ndarray:
+    """Vectors for ``texts``: with the shipped encoder (``shipped``), first from the vectors shipped for the
+    built-in exemplars and from what this process already has; then from ``cache_dir/exemplars-<encoder>.npz``;
+    the rest are encoded and the file rewritten. A cache that cannot be read or written is only slower."""
     path = cache_dir / f"exemplars-{ENCODER_NAME}.npz" if cache_dir else None
-    keys = [hashlib.sha256(t.encode("utf-8")).hexdigest()[:32] for t in texts]
+    keys = [text_key(t) for t in texts]
     known: dict[str, np.ndarray] = {}
-    if path is not None and path.is_file() and not all(k in _SEEN for k in keys):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                known = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
-        except (OSError, ValueError, KeyError) as exc:
-            log.debug("exemplar cache %s unreadable (%s): encoding again", path, exc)
-    known.update((k, _SEEN[k]) for k in keys if k in _SEEN and k not in known)
+    if shipped:
+        known.update((k, v) for k, v in _shipped_vectors().items() if k in set(keys))
+        known.update((k, _SEEN[k]) for k in keys if k in _SEEN)
+    if path is not None and path.is_file() and not all(k in known for k in keys):
+        known.update(_read_vectors(path))
     missing = [i for i, k in enumerate(keys) if k not in known]
     if missing:
         fresh = encoder([texts[i] for i in missing])
@@ -311,13 +318,32 @@ def _cached_vectors(texts: list[str], encoder: Encoder, cache_dir: Path | None) 
             known[keys[i]] = v
         if path is not None:
             _write_cache(path, keys, np.stack([known[k] for k in keys]))
-    elif path is not None and not path.is_file():
-        _write_cache(path, keys, np.stack([known[k] for k in keys]))
-    _SEEN.update((k, known[k]) for k in keys)
+    if shipped:
+        _SEEN.update((k, known[k]) for k in keys)
     return np.stack([known[k] for k in keys]).astype(np.float32)
 
 
-_SEEN: dict[str, np.ndarray] = {}  # vectors this process encoded or read: a second router reuses them
+def text_key(text: str) -> str:
+    """The cache key of a sentence."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _read_vectors(path: Path | Any) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return dict(zip(data["keys"].tolist(), data["vectors"].astype(np.float32), strict=True))
+    except (OSError, ValueError, KeyError) as exc:
+        log.debug("exemplar vectors %s unreadable (%s): encoding again", path, exc)
+        return {}
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_vectors() -> dict[str, np.ndarray]:
+    """The built-in exemplars' vectors, shipped beside them (``python -m router.core.semantic`` writes them)."""
+    return _read_vectors(resources.files("router").joinpath(SHIPPED_VECTORS))
+
+
+_SEEN: dict[str, np.ndarray] = {}  # vectors of the shipped encoder this process has: a second router reuses them
 
 
 def _write_cache(path: Path, keys: list[str], vectors: np.ndarray) -> None:
@@ -330,4 +356,18 @@ def _write_cache(path: Path, keys: list[str], vectors: np.ndarray) -> None:
         log.debug("exemplar cache %s not written: %s", path, exc)
 
 
-__all__ = ["Decision", "Route", "SemanticRouter", "load_routes", "use_m3_encoder"]
+def write_shipped_vectors() -> Path:
+    """Encode the built-in exemplars and write their vectors beside them (run after editing exemplars.toml)."""
+    routes, _ = load_routes()
+    texts = [e for r in routes for e in r.examples]
+    out = Path(str(resources.files("router").joinpath(SHIPPED_VECTORS)))
+    vectors = use_m3_encoder()(texts)
+    np.savez_compressed(out, keys=np.array([text_key(t) for t in texts]), vectors=vectors.astype(np.float32))
+    return out
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_shipped_vectors()}")
+
+
+__all__ = ["Decision", "Route", "SemanticRouter", "load_routes", "use_m3_encoder", "write_shipped_vectors"]
