@@ -22,7 +22,7 @@ from experts.images import DecodedImage
 from experts.install import install_hint
 from experts.ocr_engines import OcrEngine, build_engine, choose_engine
 from experts.schema import BBox, ExpertResult, TextLine
-from experts.text_layout import SCRIPT_LANG, Line, detect_script, fix_word_spacing, group_lines
+from experts.text_layout import SCRIPT_LANG, Line, detect_script, fix_word_spacing, group_lines, turned_over
 
 
 class OcrArgs(ExpertArgs):
@@ -115,7 +115,12 @@ class OcrExpert(Expert):
             gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
             for seg in segments:
                 seg.text = fix_word_spacing(gray, seg)
+        upside_down = bool(segments) and all(seg.upside_down for seg in segments)
+        if upside_down:
+            turned_over(segments, bgr.shape[1], bgr.shape[0])  # read in the order of the page turned back
         lines = group_lines(segments)
+        if upside_down:
+            turned_over(segments, bgr.shape[1], bgr.shape[0])  # boxes in the image's own pixels again
         text_lines = [_text_line(line) for line in lines]
         full_text = "\n".join(t.text for t in text_lines)
         script, counts = detect_script(full_text)
@@ -133,6 +138,8 @@ class OcrExpert(Expert):
             # Columns, table cells, sidebars and separate labels: which block each line (in order) belongs to.
             attributes["blocks"] = blocks
             attributes["line_blocks"] = [line.block for line in lines]
+        if upside_down:
+            attributes["upside_down"] = True
         if script in SCRIPT_LANG:
             attributes["language"] = SCRIPT_LANG[script]
         elif script == "mixed":

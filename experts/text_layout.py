@@ -23,6 +23,8 @@ class Segment:
     text: str
     score: float
     char_x: list[float] | None = None
+    # The engine read the line turned over (a page photographed upside down): see :func:`turned_over`.
+    upside_down: bool = False
 
     @property
     def x1(self) -> float:
@@ -94,6 +96,14 @@ def order_quad(pts: np.ndarray) -> np.ndarray:
     pts = pts[np.argsort(angles)]  # clockwise in image coordinates (y down)
     start = int(np.argmin(pts.sum(axis=1)))
     return np.roll(pts, -start, axis=0)
+
+
+def turned_over(segments: list[Segment], width: float, height: float) -> None:
+    """Turn the segments' boxes by 180 degrees within a ``width`` x ``height`` image, in place: an upside-down
+    page is laid out as its reader sees it (turned back), and its boxes then turned again, into the image's own
+    pixels."""
+    for seg in segments:
+        seg.box = order_quad(np.column_stack([width - seg.box[:, 0], height - seg.box[:, 1]]))
 
 
 # Boxes on one row are one line when the blank between them is at most this many line heights and not a
