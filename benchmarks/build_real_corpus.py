@@ -174,6 +174,7 @@ LAYOUTS = [
 # Pages added for issue 25 (other chapters of the same books, zh-TW too; boxes inside columns, text wrapping around
 # a float, several floats, boxes in both columns, three columns, tables), each in a split: "tuning" pages were
 # looked at while the layout code was changed; "heldout" pages were scored only at the end and never tuned on.
+NO_PICTURES = "div.mediaobject img,div.figure img{visibility:hidden}"
 # The page's navigation links kept below the floats (a float hanging off a page's end would overlap them).
 NAV_BELOW = "ul.docnav{clear:both}"
 FLOAT_SOME = "div.sidebar:nth-of-type(2n){float:right;width:38%;margin:0 0 10px 20px}" + NAV_BELOW
@@ -918,7 +919,8 @@ def build_added(debs: Path, out: Path, names: set[str] | None = None) -> list[It
         for name, rel, lang, width, height, scroll, css, split in ADDED_HTML:
             if names and name not in names:
                 continue
-            img, lines, _, floats = render_html(debs / "root" / rel, width, height, scroll, tmp, css)
+            # Pictures hidden: the text inside a screenshot in the page is not among its text nodes (the truth).
+            img, lines, _, floats = render_html(debs / "root" / rel, width, height, scroll, tmp, css + NO_PICTURES)
             rgb = Image.fromarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
             rgb.quantize(256).save(out / f"{name}.png", optimize=True)
             package = "debian-handbook" if HANDBOOK in rel else "debian-reference" if REF in rel else "python3.11-doc"
@@ -928,7 +930,7 @@ def build_added(debs: Path, out: Path, names: set[str] | None = None) -> list[It
                     name.split("-ch")[0] if package == "debian-reference" else package,
                     f"{rel} in headless Chromium, window {width}x{height}"
                     + (f", scrolled to {scroll}" if scroll else "")
-                    + (f"; CSS added: {css}" if css else "")
+                    + f"; CSS added: {css + NO_PICTURES}"
                     + ("" if _lang_of(lines) == lang else f"; a {lang} page whose text here is mostly untranslated"),
                     _lang_of(lines),
                     _licence(package),
