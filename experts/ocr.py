@@ -22,7 +22,16 @@ from experts.images import DecodedImage
 from experts.install import install_hint
 from experts.ocr_engines import OcrEngine, build_engine, choose_engine
 from experts.schema import BBox, ExpertResult, TextLine
-from experts.text_layout import SCRIPT_LANG, Line, detect_script, fix_word_spacing, group_lines, turned_over
+from experts.text_layout import (
+    SCRIPT_LANG,
+    Line,
+    Segment,
+    detect_script,
+    find_frames,
+    fix_word_spacing,
+    group_lines,
+    turned_over,
+)
 
 
 class OcrArgs(ExpertArgs):
@@ -118,7 +127,7 @@ class OcrExpert(Expert):
         upside_down = bool(segments) and all(seg.upside_down for seg in segments)
         if upside_down:
             turned_over(segments, bgr.shape[1], bgr.shape[0])  # read in the order of the page turned back
-        lines = group_lines(segments)
+        lines = group_lines(segments, frames=_frames(bgr, segments, upside_down))
         if upside_down:
             turned_over(segments, bgr.shape[1], bgr.shape[0])  # boxes in the image's own pixels again
         text_lines = [_text_line(line) for line in lines]
@@ -153,6 +162,18 @@ class OcrExpert(Expert):
         if args.query:
             _apply_query(result, args.query, result.text)
         return result
+
+
+def _frames(bgr: np.ndarray, segments: list[Segment], upside_down: bool) -> list[tuple[float, float, float, float]]:
+    """The boxes drawn on the page (sidebars, notes, table cells), in the frame the segments are in."""
+    if not segments:
+        return []
+    h, w = bgr.shape[:2]
+    height = float(np.median([s.y2 - s.y1 for s in segments]))
+    frames = find_frames(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), height)
+    if upside_down:
+        frames = [(w - x2, h - y2, w - x1, h - y1) for x1, y1, x2, y2 in frames]
+    return frames
 
 
 def _text_line(line: Line) -> TextLine:
