@@ -130,16 +130,18 @@ PARA_GAP = 0.5
 
 def find_frames(gray: np.ndarray, line_height: float) -> list[tuple[float, float, float, float]]:
     """The insides of the closed boxes drawn on a page (a sidebar's border, a note's frame, a table's cells), as
-    (x1, y1, x2, y2): holes in the mask of the straight rules at least 1.5 line heights long. A box cut off by the
+    (x1, y1, x2, y2): holes in the mask of the straight rules (see below). A box cut off by the
     image's edge is no hole and is not found."""
     if gray.size == 0 or line_height <= 0:
         return []
     light = float(np.median(gray)) >= 128
     # Rules are darker than the paper (lighter on a dark page); a sidebar's tinted background is not.
     ink = ((gray < 215) if light else (gray > 40)).astype(np.uint8) * 255
-    k = max(int(1.5 * line_height), 12)
-    rules = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (k, 1)))
-    rules |= cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, k)))
+    # Across: 1.5 line heights (no glyph stroke is that long); down: one line height (a one-line table cell's
+    # side; a glyph's strokes stay within its ink, shorter than the detector's box).
+    across, down = max(int(1.5 * line_height), 12), max(int(line_height), 8)
+    rules = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (across, 1)))
+    rules |= cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, down)))
     # Closed across the pixel or two a corner or a double border leaves open.
     rules = cv2.dilate(rules, np.ones((5, 5), np.uint8))
     contours, hierarchy = cv2.findContours(rules, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
