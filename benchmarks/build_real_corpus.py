@@ -451,6 +451,20 @@ CHROMIUM_FLAGS = [
 TRUTH_JS = r"""
 <script>
 window.addEventListener('load', () => {
+  // An ordered list's numbers are drawn by CSS, not text nodes: written into the first text of each item (both
+  // the screenshot and the truth are made from the page as this script leaves it).
+  for (const ol of document.querySelectorAll('ol')) {
+    let n = ol.start || 1;
+    for (const li of ol.children) {
+      if (li.tagName !== 'LI') continue;
+      const tw = document.createTreeWalker(li, NodeFilter.SHOW_TEXT, {acceptNode: t => t.textContent.trim() ?
+        NodeFilter.FILTER_ACCEPT : NodeFilter.FILTER_SKIP});
+      const first = tw.nextNode();
+      if (first) first.parentNode.insertBefore(document.createTextNode(n + '. '), first);
+      n++;
+    }
+    ol.style.listStyle = 'none';
+  }
   const spec = %s; const [sel, nth] = spec.split('@');
   const el = sel ? document.querySelectorAll(sel)[Number(nth || 0)] || null : null;
   const box = el ? el.getBoundingClientRect() : null;
@@ -710,11 +724,11 @@ def reading_orders(lines: list[dict], floats: list[list[float]] | None = None) -
         beside = next((k for k, i in enumerate(rest) if lines[i]["bbox"][3] > f[1]), len(rest))
         where = next((k for k, i in enumerate(rest) if dom.index(i) > dom.index(group[0])), len(rest))
         places.append(sorted({beside, below, where}))
-    for choice in itertools.product(*places):
+    # Floats put at one place are read top to bottom, or left to right (floats side by side).
+    for choice, axis in itertools.product(itertools.product(*places), (1, 0)):
         order = []
         for k, i in enumerate(rest + [None]):
-            # Floats inserted at one place are read top to bottom.
-            for _, group in sorted((boxes[n][1], inside[n]) for n, at in enumerate(choice) if at == k):
+            for _, group in sorted((boxes[n][axis], inside[n]) for n, at in enumerate(choice) if at == k):
                 order += group
             if i is not None:
                 order.append(i)

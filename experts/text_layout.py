@@ -478,14 +478,16 @@ def _split_below_boxes(blocks: list[list[Line]]) -> list[list[Line]] | None:
     for k, a in enumerate(blocks):
         ea = _extent(a)
         for b in blocks:
-            eb, text = _extent(b), _extent(b, frame=False)  # the box, and the text inside it
+            eb = _extent(b)
             if b is a or eb[1] < ea[1] or eb[3] >= ea[3] or not (ea[0] <= eb[2] and eb[0] <= ea[2]):
                 continue
-            eb = text
             lines = sorted(a, key=lambda ln: ln.bbox()[1])
             for i in range(1, len(lines)):
                 top, prev = lines[i].bbox()[1], lines[i - 1].bbox()[3]
-                if prev >= eb[3] - 0.5 * lines[i].height and top - prev > PARA_GAP * lines[i].height:
+                # The first paragraph below the box: starting under its drawn frame, or, without one, after a line
+                # that reaches down to its text's last line.
+                below = top >= eb[3] if _framed(b) else prev >= eb[3] - 0.5 * lines[i].height
+                if below and top - prev > PARA_GAP * lines[i].height:
                     return blocks[:k] + [lines[:i], lines[i:]] + blocks[k + 1 :]
     return None
 
