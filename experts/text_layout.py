@@ -396,6 +396,8 @@ def _read_rows(lines: list[Line], in_table: bool = False) -> list[Line]:
     lines get a ``cell``, the column being the position in the row. In a table, a row close under the one
     above with nothing under its first cell continues it (cells wrapping onto more lines): its lines join the cell
     they sit under, and each cell is read whole before the next one."""
+    if in_table and 2 * sum(ln.frame_box is not None for ln in lines) >= len(lines):
+        return _read_framed_rows(lines)
     rows = [sorted(row, key=lambda ln: ln.bbox()[0]) for row in _rows(lines, 0.5)]
     if all(len(row) == 1 for row in rows):
         return [row[0] for row in rows]
@@ -426,6 +428,30 @@ def _read_rows(lines: list[Line], in_table: bool = False) -> list[Line]:
         for col, i, k in cells:
             rows[i][k].cell = (table, r, col)
             out.append(rows[i][k])
+    return out
+
+
+def _read_framed_rows(lines: list[Line]) -> list[Line]:
+    """A table whose cells have borders: the lines of one cell's box are one unit; units whose boxes share a
+    row (the middle of one inside the other's top and bottom) are read left to right, each cell top to bottom."""
+    units: dict[object, list[Line]] = {}
+    for ln in lines:
+        units.setdefault(ln.frame_box or id(ln), []).append(ln)
+    boxes = {k: list(k) if isinstance(k, tuple) else _extent(v, frame=False) for k, v in units.items()}
+    rows: list[list[object]] = []
+    for k in sorted(units, key=lambda k: boxes[k][1]):
+        mid = (boxes[k][1] + boxes[k][3]) / 2
+        if rows and boxes[rows[-1][0]][1] <= mid <= boxes[rows[-1][0]][3]:
+            rows[-1].append(k)
+        else:
+            rows.append([k])
+    table = id(lines[0])
+    out: list[Line] = []
+    for r, row in enumerate(rows):
+        for c, k in enumerate(sorted(row, key=lambda k: boxes[k][0])):
+            for ln in sorted(units[k], key=lambda ln: (ln.bbox()[1], ln.bbox()[0])):
+                ln.cell = (table, r, c) if len(row) > 1 else None
+                out.append(ln)
     return out
 
 
