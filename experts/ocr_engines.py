@@ -47,6 +47,12 @@ def onnx_installed() -> bool:
 ONNX_RUNTIMES = ("openvino", "onnxruntime")
 
 
+# Longest side the onnx engine works at on OpenVINO (rapidocr's own is 2000): OpenVINO's buffers for a 2000 px
+# detector input took a 49 MP photo's peak to 1.08 GB, at 1800 px 0.95 GB (benchmarks/big_image_memory.py). No
+# page of the real set is that big (the largest side is 1366 px).
+OPENVINO_MAX_SIDE = 1800
+
+
 def onnx_runtime(requested: str | None = None) -> str:
     """The runtime the onnx engine uses: ``requested`` (openvino, onnxruntime) or, for None/auto, the fastest one
     installed."""
@@ -164,6 +170,7 @@ class RapidOcrEngine(OcrEngine):
         text_score: float = 0.5,
         threads: int | None = None,
         runtime: str | None = None,
+        max_side: int | None = None,
         line_orientation: str = "page",
         **_: Any,
     ) -> None:
@@ -196,6 +203,10 @@ class RapidOcrEngine(OcrEngine):
         # The detector's input size stays rapidocr's own (shortest side brought up to 736 px): small
         # screenshots and scans need that upscaling to be read at all. A smaller setting (64, "min") was
         # faster on generated scenes and lost whole lines of real scans (benchmarks/real_images.py).
+        if self.runtime == "openvino" and not max_side:
+            max_side = OPENVINO_MAX_SIDE
+        if max_side:
+            params["Global.max_side_len"] = max_side
         if det_limit_side_len:
             params["Det.limit_side_len"] = det_limit_side_len
         if det_limit_type:
