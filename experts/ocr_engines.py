@@ -84,8 +84,10 @@ def paddle_model_cache() -> Path:
 
 
 PADDLE_DEFAULT_DET = "PP-OCRv5_mobile_det"
-# PaddleX's text detector: longest side it works at (its ``max_side_limit`` default).
-PADDLE_DET_MAX_SIDE = 4000
+# Longest side the paddle engine works at: the onnx engine's (rapidocr's 2000 px). PaddleX's detector would go up
+# to its max_side_limit (4000 px): a 49 MP photo peaked at 5.9 GB handed whole, 5.9 GB at 4000 px, 2.4 GB at
+# 2000 px (1.1 GB of it the loaded engine). No page of the real set is that big.
+PADDLE_MAX_SIDE = 2000
 PADDLE_DEFAULT_REC = "PP-OCRv5_mobile_rec"
 
 
@@ -330,12 +332,9 @@ class PaddleOcrEngine(OcrEngine):
             self._ocr = PaddleOCR(**kwargs)
         except Exception as exc:  # PaddleX raises many types (download, model, dependency errors)
             raise EngineMissing(f"ocr: PaddleOCR could not load its models: {type(exc).__name__}: {exc}") from None
-        # PaddleX's detector brings an image down to its max_side_limit (4000) anyway, but the recogniser crops
-        # the lines from the image it was given: a 49 MP photo would be copied whole into the pipeline. The
-        # expert hands it a view of the detector's size instead (issue 26), or of ``max_side`` when configured.
-        pipeline = getattr(self._ocr, "paddlex_pipeline", None)
-        limit = getattr(pipeline, "text_det_max_side_limit", None) or PADDLE_DET_MAX_SIDE
-        self.max_side = int(max_side or limit)
+        # The expert hands PaddleOCR a view of this size, as it does the onnx engine (issue 26): handed whole, a
+        # 49 MP photo was copied into the pipeline and detected at 4000 px.
+        self.max_side = int(max_side or PADDLE_MAX_SIDE)
         self._lock = threading.Lock()
 
     def raw(self, bgr: np.ndarray) -> Any:
