@@ -64,7 +64,8 @@ class OcrExpert(Expert):
     # `query` only searches the lines read: 8 queries on one image share one engine pass.
     filter_args = ("query",)
     # 2: tables read row by row with cells, floated sidebars and CJK columns read as blocks (issue 18).
-    version = "2"
+    # 3: lines turned over per page, not per line; drawn boxes in the layout; OpenVINO (issue 25).
+    version = "3"
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
