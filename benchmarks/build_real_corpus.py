@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import re
 import shutil
@@ -170,6 +171,257 @@ LAYOUTS = [
     ),
 ]
 
+# Pages added for issue 25 (other chapters of the same books, zh-TW too; boxes inside columns, text wrapping around
+# a float, several floats, boxes in both columns, three columns, tables), each in a split: "tuning" pages were
+# looked at while the layout code was changed; "heldout" pages were scored only at the end and never tuned on.
+NO_PICTURES = "div.mediaobject img,div.figure img{visibility:hidden}"
+# The page's navigation links kept below the floats (a float hanging off a page's end would overlap them).
+NAV_BELOW = "ul.docnav{clear:both}"
+FLOAT_SOME = "div.sidebar:nth-of-type(2n){float:right;width:38%;margin:0 0 10px 20px}" + NAV_BELOW
+FLOAT_LEFT = "div.sidebar{float:left;width:32%;margin:0 20px 10px 0}" + NAV_BELOW
+FLOATS = FLOAT_SIDEBAR + NAV_BELOW
+THREE_COLUMNS = "body{column-count:3;column-gap:32px}"
+REF = "usr/share/debian-reference"
+# (name, html path under the unpacked root, lang, window width, height, selector[@n] to scroll to, CSS, split)
+ADDED_HTML = [
+    (
+        "debian-handbook-zh-cn-floats-1024",
+        f"{HANDBOOK}/zh-CN/sect.installation-steps.html",
+        "zh",
+        1024,
+        640,
+        "div.sidebar@2",
+        FLOATS,
+        "tuning",
+    ),
+    (
+        "debian-handbook-en-floats-1024",
+        f"{HANDBOOK}/en-US/sect.installation-steps.html",
+        "en",
+        1024,
+        640,
+        "div.sidebar@2",
+        FLOATS,
+        "tuning",
+    ),
+    (
+        "debian-handbook-zh-tw-2col-1280",
+        f"{HANDBOOK}/zh-TW/network-infrastructure.html",
+        "zh",
+        1280,
+        760,
+        "div.sidebar@1",
+        TWO_COLUMNS,
+        "tuning",
+    ),
+    (
+        "debian-handbook-zh-cn-floats-release-1024",
+        f"{HANDBOOK}/zh-CN/sect.release-lifecycle.html",
+        "zh",
+        1024,
+        640,
+        "div.sidebar@1",
+        FLOATS,
+        "tuning",
+    ),
+    (
+        "debian-handbook-zh-tw-floats-1024",
+        f"{HANDBOOK}/zh-TW/sect.quotas.html",
+        "zh",
+        1024,
+        640,
+        "div.sidebar@0",
+        FLOATS,
+        "tuning",
+    ),
+    (
+        "debian-handbook-zh-cn-somefloat-1024",
+        f"{HANDBOOK}/zh-CN/network-services.html",
+        "zh",
+        1024,
+        720,
+        "div.sidebar@3",
+        FLOAT_SOME,
+        "tuning",
+    ),
+    (
+        "debian-handbook-zh-cn-floatleft-1280",
+        f"{HANDBOOK}/zh-CN/sect.common-procedures.html",
+        "zh",
+        1280,
+        620,
+        "div.sidebar@1",
+        FLOAT_LEFT,
+        "tuning",
+    ),
+    (
+        "debian-handbook-en-2col-boxes-1024",
+        f"{HANDBOOK}/en-US/network-services.html",
+        "en",
+        1024,
+        800,
+        "div.sidebar@2",
+        TWO_COLUMNS,
+        "tuning",
+    ),
+    ("debian-reference-zh-tw-ch02-1024", f"{REF}/ch02.zh-tw.html", "zh", 1024, 768, "div.table", "", "tuning"),
+    # held out
+    (
+        "debian-handbook-zh-cn-floats-1280",
+        f"{HANDBOOK}/zh-CN/sect.virtualization.html",
+        "zh",
+        1280,
+        600,
+        "div.sidebar@3",
+        FLOATS,
+        "heldout",
+    ),
+    (
+        "debian-handbook-zh-tw-floats-basic-1024",
+        f"{HANDBOOK}/zh-TW/basic-configuration.html",
+        "zh",
+        1024,
+        640,
+        "div.sidebar@1",
+        FLOATS,
+        "heldout",
+    ),
+    (
+        "debian-handbook-zh-cn-somefloat-solving-1024",
+        f"{HANDBOOK}/zh-CN/solving-problems.html",
+        "zh",
+        1024,
+        720,
+        "div.sidebar@1",
+        FLOAT_SOME,
+        "heldout",
+    ),
+    (
+        "debian-handbook-zh-cn-floatleft-1024",
+        f"{HANDBOOK}/zh-CN/sect.hostname-name-service.html",
+        "zh",
+        1024,
+        640,
+        "div.sidebar@0",
+        FLOAT_LEFT,
+        "heldout",
+    ),
+    (
+        "debian-handbook-zh-cn-2col-boxes-1280",
+        f"{HANDBOOK}/zh-CN/sect.foundation-documents.html",
+        "zh",
+        1280,
+        760,
+        "div.sidebar@1",
+        TWO_COLUMNS,
+        "heldout",
+    ),
+    (
+        "debian-handbook-zh-cn-2col-boxes-1024",
+        f"{HANDBOOK}/zh-CN/sect.package-meta-information.html",
+        "zh",
+        1024,
+        800,
+        "div.sidebar@2",
+        TWO_COLUMNS,
+        "heldout",
+    ),
+    (
+        "debian-handbook-en-2col-boxes-1280",
+        f"{HANDBOOK}/en-US/sect.supervision.html",
+        "en",
+        1280,
+        760,
+        "div.sidebar@1",
+        TWO_COLUMNS,
+        "heldout",
+    ),
+    (
+        "debian-handbook-zh-tw-somefloat-1024",
+        f"{HANDBOOK}/zh-TW/sect.remote-login.html",
+        "zh",
+        1024,
+        720,
+        "div.sidebar@2",
+        FLOAT_SOME,
+        "heldout",
+    ),
+    (
+        "debian-handbook-en-floatleft-1024",
+        f"{HANDBOOK}/en-US/sect.kernel-compilation.html",
+        "en",
+        1024,
+        600,
+        "div.sidebar@1",
+        FLOAT_LEFT,
+        "heldout",
+    ),
+    (
+        "debian-handbook-zh-tw-floatleft-1366",
+        f"{HANDBOOK}/zh-TW/sect.administration-interfaces.html",
+        "zh",
+        1366,
+        640,
+        "div.sidebar@0",
+        FLOAT_LEFT,
+        "heldout",
+    ),
+    (
+        "debian-handbook-zh-cn-3col-1366",
+        f"{HANDBOOK}/zh-CN/sect.apt-get.html",
+        "zh",
+        1366,
+        700,
+        "div.sidebar@1",
+        THREE_COLUMNS,
+        "heldout",
+    ),
+    (
+        "debian-handbook-zh-tw-2col-1024",
+        f"{HANDBOOK}/zh-TW/sect.why-gnu-linux.html",
+        "zh",
+        1024,
+        720,
+        "div.sidebar@0",
+        TWO_COLUMNS,
+        "heldout",
+    ),
+    (
+        "debian-handbook-en-table-selinux-1024",
+        f"{HANDBOOK}/en-US/sect.selinux.html",
+        "en",
+        1024,
+        600,
+        "div.table",
+        "",
+        "heldout",
+    ),
+    ("debian-reference-zh-tw-ch09-1280", f"{REF}/ch09.zh-tw.html", "zh", 1280, 800, "div.table", "", "heldout"),
+    ("debian-reference-zh-tw-ch01-1280", f"{REF}/ch01.zh-tw.html", "zh", 1280, 800, "", "", "heldout"),
+    ("debian-reference-en-ch06-1024", f"{REF}/ch06.en.html", "en", 1024, 768, "div.table", "", "heldout"),
+    ("python3.11-doc-os-1280", "usr/share/doc/python3.11/html/library/os.html", "en", 1280, 800, "dl", "", "heldout"),
+    (
+        "python3.11-doc-controlflow-1024",
+        "usr/share/doc/python3.11/html/tutorial/controlflow.html",
+        "en",
+        1024,
+        768,
+        "",
+        "",
+        "heldout",
+    ),
+]
+# (package, pdf path under the unpacked root, lang, page, dpi, start as a fraction of page height): held out.
+ADDED_PDF = [
+    ("debian-reference-zh-tw", f"{REF}/debian-reference.zh-tw.pdf", "zh", 50, 100, 0.15),
+    ("debian-reference-zh-tw", f"{REF}/debian-reference.zh-tw.pdf", "zh", 120, 120, 0.30),
+    ("debian-reference-zh-tw", f"{REF}/debian-reference.zh-tw.pdf", "zh", 200, 90, 0.20),
+    ("debian-reference-en", f"{REF}/debian-reference.en.pdf", "en", 100, 100, 0.20),
+    ("debian-reference-en", f"{REF}/debian-reference.en.pdf", "en", 250, 120, 0.40),
+    ("debian-reference-zh-cn", f"{REF}/debian-reference.zh-cn.pdf", "zh", 120, 100, 0.30),
+    ("maint-guide", "usr/share/doc/maint-guide/maint-guide.en.pdf", "en", 15, 110, 0.25),
+]
+
 # Photographed look on these renders (by name), each with its own seed.
 PHOTO_OF = [
     "debian-reference-en-p32",
@@ -199,11 +451,32 @@ CHROMIUM_FLAGS = [
 TRUTH_JS = r"""
 <script>
 window.addEventListener('load', () => {
-  const sel = %s; const el = sel ? document.querySelector(sel) : null;
+  // An ordered list's numbers are drawn by CSS, not text nodes: written into the first text of each item (both
+  // the screenshot and the truth are made from the page as this script leaves it).
+  for (const ol of document.querySelectorAll('ol')) {
+    let n = ol.start || 1;
+    for (const li of ol.children) {
+      if (li.tagName !== 'LI') continue;
+      const tw = document.createTreeWalker(li, NodeFilter.SHOW_TEXT, {acceptNode: t => t.textContent.trim() ?
+        NodeFilter.FILTER_ACCEPT : NodeFilter.FILTER_SKIP});
+      const first = tw.nextNode();
+      if (first) first.parentNode.insertBefore(document.createTextNode(n + '. '), first);
+      n++;
+    }
+    ol.style.listStyle = 'none';
+  }
+  const spec = %s; const [sel, nth] = spec.split('@');
+  const el = sel ? document.querySelectorAll(sel)[Number(nth || 0)] || null : null;
   const box = el ? el.getBoundingClientRect() : null;
   document.documentElement.setAttribute('data-top', box ? box.top : 0);
   if (box) document.documentElement.setAttribute('data-rect',
     JSON.stringify([box.left, box.top, box.right, box.bottom]));
+  const floats = [];
+  for (const f of document.querySelectorAll('body *')) {
+    if (getComputedStyle(f).cssFloat === 'none') continue;
+    const q = f.getBoundingClientRect(); if (q.width && q.height) floats.push([q.left, q.top, q.right, q.bottom]);
+  }
+  document.documentElement.setAttribute('data-floats', JSON.stringify(floats));
   const blockOf = n => { let e = n.parentElement;
     while (e && getComputedStyle(e).display.startsWith('inline')) e = e.parentElement; return e; };
   const ids = new Map(); const out = []; const r = document.createRange();
@@ -245,9 +518,12 @@ class Item:
     width: int = 0
     height: int = 0
     reading_orders: list[list[int]] | None = None
+    split: str | None = None
 
     def record(self) -> dict:
         extra = {"reading_orders": self.reading_orders} if self.reading_orders else {}
+        if self.split:
+            extra["split"] = self.split
         return {
             "file": self.file,
             "source": self.source,
@@ -257,7 +533,7 @@ class Item:
             "truth": self.truth_method,
             "width": self.width,
             "height": self.height,
-            "lines": self.lines,
+            "lines": [{k: v for k, v in t.items() if k != "seq"} for t in self.lines],
         } | extra
 
 
@@ -368,9 +644,10 @@ def chromium(url: str, width: int, height: int, profile: Path, *extra: str) -> s
 
 def render_html(
     page: Path, width: int, height: int, scroll_to: str, tmp: Path, css: str = ""
-) -> tuple[np.ndarray, list[dict], list[float] | None]:
-    """A ``width`` x ``height`` view of ``page`` from the top, or from the element ``scroll_to`` selects, the
-    lines Chromium laid out in it, and the box of that element in the view (None without ``scroll_to``).
+) -> tuple[np.ndarray, list[dict], list[float] | None, list[list[float]]]:
+    """A ``width`` x ``height`` view of ``page`` from the top, or from the element ``scroll_to`` selects
+    (``selector@n``: the n-th match, from 0), the lines Chromium laid out in it, the box of that element in the
+    view (None without ``scroll_to``), and the boxes of the floated elements in the view.
 
     The page is laid out in a window tall enough to hold the view (same width, so the same line breaks) and
     cropped, with both cuts moved into the blank between lines; a copy of the page sits next to it so its
@@ -405,39 +682,58 @@ def render_html(
     y0, y1 = max(int(y0), 0), int(y1)
     img = img[y0:y1]
     kept = [
-        dict(r, y1=r["y1"] - y0, y2=r["y2"] - y0)
-        for r in runs
-        if r["y1"] >= y0 and r["y2"] <= y1 and r["x1"] >= 0 and r["x2"] <= width
+        dict(r, y1=r["y1"] - y0, y2=r["y2"] - y0, s=k)
+        for k, r in enumerate(runs)
+        # The 1 px the cut may pass through a glyph's box (see _snap) does not take the line out of the truth.
+        if r["y1"] + 1 >= y0 and r["y2"] - 1 <= y1 and r["x1"] >= 0 and r["x2"] <= width
     ]
     rect = re.search(r'data-rect="([^"]*)"', dom)
     box = None
     if rect:
         left, top_, right, bottom = json.loads(html_mod.unescape(rect.group(1)))
         box = [left, top_ - y0, right, bottom - y0]
-    return img, merge_runs(kept), box
+    floats = json.loads(html_mod.unescape(re.search(r'data-floats="([^"]*)"', dom).group(1)))
+    floats = [[x1, t - y0, x2, b - y0] for x1, t, x2, b in floats if b - y0 > 0 and t - y0 < img.shape[0]]
+    return img, merge_runs(kept), box, floats
 
 
-def reading_orders(lines: list[dict], float_box: list[float] | None = None) -> list[list[int]]:
-    """The orders a reader may take ``lines`` in (indices): the DOM's (blocks in document order, each top to
-    bottom: a table row by row, cells left to right) and, for a floated box, also with the box's lines just
-    before the column text beside it or just after it."""
-    dom = sorted(range(len(lines)), key=lambda i: (lines[i]["block"], lines[i]["bbox"][1], lines[i]["bbox"][0]))
+def reading_orders(lines: list[dict], floats: list[list[float]] | None = None) -> list[list[int]]:
+    """The orders a reader may take ``lines`` in (indices): the DOM's (the text in document order: a table row by
+    row, cells left to right, a CSS column's text before the next column's) and, for each floated box, also with
+    the box's lines just before the column text beside it or just after it (every combination, for pages with
+    several floats)."""
+    dom = sorted(
+        range(len(lines)),
+        key=lambda i: (lines[i]["seq"],) if "seq" in lines[i] else (lines[i]["block"], *lines[i]["bbox"][1::-1]),
+    )
     orders = [dom]
-    if float_box:
-        fx1, fy1, fx2, fy2 = float_box
-        inside = [i for i in dom if _within(lines[i]["bbox"], float_box)]
-        rest = [i for i in dom if i not in inside]
-        # After the column text beside it: before the first block that starts below the box (a paragraph that
-        # wraps on under the box is read to its end first).
-        starts = {}
-        for i in rest:
-            starts[lines[i]["block"]] = min(starts.get(lines[i]["block"], 1e9), lines[i]["bbox"][1])
-        below = next((k for k, i in enumerate(rest) if starts[lines[i]["block"]] >= fy2), len(rest))
-        beside = next((k for k, i in enumerate(rest) if lines[i]["bbox"][3] > fy1), len(rest))
-        for at in (beside, below):
-            order = rest[:at] + inside + rest[at:]
-            if order not in orders:
-                orders.append(order)
+    boxes = [f for f in floats or () if any(_within(lines[i]["bbox"], f) for i in dom)]
+    if not boxes:
+        return orders
+    inside = [[i for i in dom if _within(lines[i]["bbox"], f)] for f in boxes]
+    taken = {i for group in inside for i in group}
+    rest = [i for i in dom if i not in taken]
+    # After the column text beside it: before the first block that starts below the box (a paragraph that
+    # wraps on under the box is read to its end first). Where the DOM has it: before the first line after it.
+    starts: dict[int, float] = {}
+    for i in rest:
+        starts[lines[i]["block"]] = min(starts.get(lines[i]["block"], 1e9), lines[i]["bbox"][1])
+    places = []
+    for f, group in zip(boxes, inside, strict=True):
+        below = next((k for k, i in enumerate(rest) if starts[lines[i]["block"]] >= f[3]), len(rest))
+        beside = next((k for k, i in enumerate(rest) if lines[i]["bbox"][3] > f[1]), len(rest))
+        where = next((k for k, i in enumerate(rest) if dom.index(i) > dom.index(group[0])), len(rest))
+        places.append(sorted({beside, below, where}))
+    # Floats put at one place are read top to bottom, or left to right (floats side by side).
+    for choice, axis in itertools.product(itertools.product(*places), (1, 0)):
+        order = []
+        for k, i in enumerate(rest + [None]):
+            for _, group in sorted((boxes[n][axis], inside[n]) for n, at in enumerate(choice) if at == k):
+                order += group
+            if i is not None:
+                order.append(i)
+        if order not in orders:
+            orders.append(order)
     return orders
 
 
@@ -473,7 +769,10 @@ def merge_runs(runs: list[dict]) -> list[dict]:
         if not text:
             continue
         box = [min(r["x1"] for r in g), min(r["y1"] for r in g), max(r["x2"] for r in g), max(r["y2"] for r in g)]
-        out.append({"text": text, "block": g[0]["b"], "bbox": [round(v, 1) for v in box]})
+        # seq: where the line's text starts in the document (the DOM's reading order; dropped before saving).
+        out.append(
+            {"text": text, "block": g[0]["b"], "bbox": [round(v, 1) for v in box], "seq": min(r["s"] for r in g)}
+        )
     out.sort(key=lambda t: (t["bbox"][1], t["bbox"][0]))
     return out
 
@@ -545,7 +844,7 @@ def build(debs: Path, out: Path) -> list[Item]:
                     )
                 )
         for package, rel, lang, width, height, scroll in HTMLS:
-            img, lines, _ = render_html(debs / "root" / rel, width, height, scroll, tmp)
+            img, lines, _, _ = render_html(debs / "root" / rel, width, height, scroll, tmp)
             name = f"{package}-{Path(rel).name.split('.')[0]}-{width}"
             cv2.imwrite(str(out / f"{name}.png"), img)
             images[name] = img
@@ -615,14 +914,90 @@ def build_layouts(debs: Path, out: Path) -> list[Item]:
     return items
 
 
+def _lang_of(lines: list[dict]) -> str:
+    """zh when the text is mostly Chinese (a Han character counted as a 3-letter word), else en: some zh-CN and
+    zh-TW pages of the handbook keep untranslated English sections."""
+    text = "".join(t["text"] for t in lines)
+    han = sum("\u3400" <= c <= "\u9fff" for c in text)
+    latin = sum(c.isascii() and c.isalpha() for c in text)
+    return "zh" if 3 * han >= latin else "en"
+
+
+def build_added(debs: Path, out: Path, names: set[str] | None = None) -> list[Item]:
+    """Render the :data:`ADDED_HTML` and :data:`ADDED_PDF` pages (only ``names`` when given) into ``out`` (PNG,
+    256-colour palette for the colour renders) and return their items, each with its split."""
+    from PIL import Image
+
+    items = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for name, rel, lang, width, height, scroll, css, split in ADDED_HTML:
+            if names and name not in names:
+                continue
+            # Pictures hidden: the text inside a screenshot in the page is not among its text nodes (the truth).
+            img, lines, _, floats = render_html(debs / "root" / rel, width, height, scroll, tmp, css + NO_PICTURES)
+            rgb = Image.fromarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+            rgb.quantize(256).save(out / f"{name}.png", optimize=True)
+            package = "debian-handbook" if HANDBOOK in rel else "debian-reference" if REF in rel else "python3.11-doc"
+            items.append(
+                Item(
+                    f"{name}.png",
+                    name.split("-ch")[0] if package == "debian-reference" else package,
+                    f"{rel} in headless Chromium, window {width}x{height}"
+                    + (f", scrolled to {scroll}" if scroll else "")
+                    + f"; CSS added: {css + NO_PICTURES}"
+                    + ("" if _lang_of(lines) == lang else f"; a {lang} page whose text here is mostly untranslated"),
+                    _lang_of(lines),
+                    _licence(package),
+                    "Chromium's layout of the page's text nodes (one line = one visual line of one block element); "
+                    "reading orders from the DOM, with each floated box also before or after the text beside it",
+                    lines,
+                    img.shape[1],
+                    img.shape[0],
+                    reading_orders(lines, floats),
+                    split,
+                )
+            )
+        for package, rel, lang, page, dpi, start in ADDED_PDF:
+            name = f"{package}-p{page}"
+            if names and name not in names:
+                continue
+            img, lines = render_pdf(_pdf_path(debs, rel, tmp), page, dpi, start, tmp)
+            cv2.imwrite(str(out / f"{name}.png"), img)
+            items.append(
+                Item(
+                    f"{name}.png",
+                    package,
+                    f"{Path(rel).name} page {page} at {dpi} dpi",
+                    lang,
+                    _licence(package),
+                    "pdftotext -bbox-layout words in the crop, by block and row, split at gaps > 2 line heights",
+                    lines,
+                    img.shape[1],
+                    img.shape[0],
+                    split="heldout",
+                )
+            )
+    return items
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debs", type=Path, required=True, help="folder with the .debs unpacked under root/")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--layouts", action="store_true", help="only (re)build the LAYOUTS pages, keep the others")
+    parser.add_argument(
+        "--added",
+        nargs="?",
+        const="",
+        help="only (re)build the pages added in issue 25 (ADDED_HTML, ADDED_PDF), or those named (comma-separated)",
+    )
     args = parser.parse_args(argv)
-    if args.layouts:
-        new = build_layouts(args.debs, args.out)
+    if args.layouts or args.added is not None:
+        if args.added is not None:
+            new = build_added(args.debs, args.out, set(filter(None, args.added.split(","))) or None)
+        else:
+            new = build_layouts(args.debs, args.out)
         names = {it.file for it in new}
         old = json.loads((args.out / "truth.json").read_text(encoding="utf-8"))["images"]
         records = [r for r in old if r["file"] not in names] + [it.record() for it in new]

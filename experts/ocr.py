@@ -22,7 +22,16 @@ from experts.images import DecodedImage
 from experts.install import install_hint
 from experts.ocr_engines import OcrEngine, build_engine, choose_engine
 from experts.schema import BBox, ExpertResult, TextLine
-from experts.text_layout import SCRIPT_LANG, Line, detect_script, fix_word_spacing, group_lines
+from experts.text_layout import (
+    SCRIPT_LANG,
+    Line,
+    Segment,
+    detect_script,
+    find_frames,
+    fix_word_spacing,
+    group_lines,
+    turned_over,
+)
 
 
 class OcrArgs(ExpertArgs):
@@ -55,7 +64,8 @@ class OcrExpert(Expert):
     # `query` only searches the lines read: 8 queries on one image share one engine pass.
     filter_args = ("query",)
     # 2: tables read row by row with cells, floated sidebars and CJK columns read as blocks (issue 18).
-    version = "2"
+    # 3: lines turned over per page, not per line; drawn boxes in the layout; OpenVINO (issue 25).
+    version = "3"
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
@@ -115,7 +125,12 @@ class OcrExpert(Expert):
             gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
             for seg in segments:
                 seg.text = fix_word_spacing(gray, seg)
-        lines = group_lines(segments)
+        upside_down = bool(segments) and all(seg.upside_down for seg in segments)
+        if upside_down:
+            turned_over(segments, bgr.shape[1], bgr.shape[0])  # read in the order of the page turned back
+        lines = group_lines(segments, frames=_frames(bgr, segments, upside_down))
+        if upside_down:
+            turned_over(segments, bgr.shape[1], bgr.shape[0])  # boxes in the image's own pixels again
         text_lines = [_text_line(line) for line in lines]
         full_text = "\n".join(t.text for t in text_lines)
         script, counts = detect_script(full_text)
@@ -133,6 +148,8 @@ class OcrExpert(Expert):
             # Columns, table cells, sidebars and separate labels: which block each line (in order) belongs to.
             attributes["blocks"] = blocks
             attributes["line_blocks"] = [line.block for line in lines]
+        if upside_down:
+            attributes["upside_down"] = True
         if script in SCRIPT_LANG:
             attributes["language"] = SCRIPT_LANG[script]
         elif script == "mixed":
@@ -146,6 +163,18 @@ class OcrExpert(Expert):
         if args.query:
             _apply_query(result, args.query, result.text)
         return result
+
+
+def _frames(bgr: np.ndarray, segments: list[Segment], upside_down: bool) -> list[tuple[float, float, float, float]]:
+    """The boxes drawn on the page (sidebars, notes, table cells), in the frame the segments are in."""
+    if not segments:
+        return []
+    h, w = bgr.shape[:2]
+    height = float(np.median([s.y2 - s.y1 for s in segments]))
+    frames = find_frames(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), height)
+    if upside_down:
+        frames = [(w - x2, h - y2, w - x1, h - y1) for x1, y1, x2, y2 in frames]
+    return frames
 
 
 def _text_line(line: Line) -> TextLine:

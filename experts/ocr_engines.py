@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from experts.cancel import check_cancelled
@@ -37,8 +38,31 @@ ONNX_LANGS = {"ch", "zh", "chinese", "en", "english", "ch_en"}
 
 
 def onnx_installed() -> bool:
-    """rapidocr and onnxruntime are importable."""
-    return _has("rapidocr") and _has("onnxruntime")
+    """rapidocr and a runtime for its ONNX models (OpenVINO or ONNX Runtime) are importable."""
+    return _has("rapidocr") and (_has("openvino") or _has("onnxruntime"))
+
+
+# The runtimes that run rapidocr's ONNX models, fastest first. OpenVINO runs the same models in 0.5x ONNX Runtime's
+# time on these CPUs, mostly in the recogniser (benchmarks/real_images.py, issue 25); ONNX Runtime is the fallback.
+ONNX_RUNTIMES = ("openvino", "onnxruntime")
+
+
+# Longest side the onnx engine works at on OpenVINO (rapidocr's own is 2000): OpenVINO's buffers for a 2000 px
+# detector input took a 49 MP photo's peak to 1.08 GB, at 1800 px 0.95 GB (benchmarks/big_image_memory.py). No
+# page of the real set is that big (the largest side is 1366 px).
+OPENVINO_MAX_SIDE = 1800
+
+
+def onnx_runtime(requested: str | None = None) -> str:
+    """The runtime the onnx engine uses: ``requested`` (openvino, onnxruntime) or, for None/auto, the fastest one
+    installed."""
+    if requested and requested != "auto":
+        if requested not in ONNX_RUNTIMES:
+            raise ExpertError(f"ocr: unknown runtime {requested!r} (runtimes: auto, {', '.join(ONNX_RUNTIMES)})")
+        if not _has(requested):
+            raise EngineMissing(f"ocr: runtime {requested} is not installed; run {ONNX_HINT}")
+        return requested
+    return next((r for r in ONNX_RUNTIMES if _has(r)), "onnxruntime")
 
 
 def paddle_installed() -> bool:
@@ -60,6 +84,10 @@ def paddle_model_cache() -> Path:
 
 
 PADDLE_DEFAULT_DET = "PP-OCRv5_mobile_det"
+# Longest side the paddle engine works at: the onnx engine's (rapidocr's 2000 px). PaddleX's detector would go up
+# to its max_side_limit (4000 px): a 49 MP photo peaked at 5.9 GB handed whole, 5.9 GB at 4000 px, 2.4 GB at
+# 2000 px (1.1 GB of it the loaded engine). No page of the real set is that big.
+PADDLE_MAX_SIDE = 2000
 PADDLE_DEFAULT_REC = "PP-OCRv5_mobile_rec"
 
 
@@ -93,8 +121,8 @@ def choose_engine(requested: str, config: dict[str, Any]) -> tuple[str | None, s
         return "paddle", f"requested; {where}" + ("" if ok else " (will try to download)")
     if requested == "onnx":
         if not onnx_installed():
-            return None, f"onnx engine requested but rapidocr/onnxruntime are not installed ({ONNX_HINT})"
-        return "onnx", "requested; PP-OCRv6 small models inside the rapidocr wheel"
+            return None, f"onnx engine requested but rapidocr/openvino/onnxruntime are not installed ({ONNX_HINT})"
+        return "onnx", f"requested; PP-OCRv6 small models inside the rapidocr wheel, on {onnx_runtime()}"
     if requested != "auto":
         raise ExpertError(f"ocr: unknown engine {requested!r} (engines: auto, {', '.join(ENGINES)})")
     if paddle_installed():
@@ -129,7 +157,7 @@ class OcrEngine:
 
 
 class RapidOcrEngine(OcrEngine):
-    """rapidocr 3.x with the PP-OCRv6 small models shipped in its wheel."""
+    """rapidocr 3.x with the PP-OCRv6 small models shipped in its wheel, on OpenVINO or ONNX Runtime."""
 
     name = "onnx"
     # PP-OCRv6 at rapidocr's own detector size reads word spaces: the restoration step added spaces inside
@@ -143,6 +171,9 @@ class RapidOcrEngine(OcrEngine):
         det_limit_type: str | None = None,
         text_score: float = 0.5,
         threads: int | None = None,
+        runtime: str | None = None,
+        max_side: int | None = None,
+        line_orientation: str = "page",
         **_: Any,
     ) -> None:
         if lang and lang.lower() not in ONNX_LANGS:
@@ -150,49 +181,95 @@ class RapidOcrEngine(OcrEngine):
                 f"ocr: the onnx engine reads Chinese and English only (lang {lang!r} needs the paddle "
                 f"engine: {PADDLE_HINT})"
             )
+        if line_orientation not in ("page", "line"):
+            raise ExpertError(f"ocr: line_orientation must be page or line, not {line_orientation!r}")
         try:
-            from rapidocr import RapidOCR
+            from rapidocr import EngineType, RapidOCR
         except ImportError as exc:
             raise EngineMissing(f"ocr: the onnx engine is not installed ({exc}); run {ONNX_HINT}") from None
+        self.runtime = onnx_runtime(runtime)
         # rapidocr logs every call at INFO, and "no text found" as a warning: neither is news to a user.
         logging.getLogger("RapidOCR").setLevel(logging.ERROR)
         params: dict[str, Any] = {
             "Global.log_level": "error",
             "Global.text_score": text_score,
         }
+        if self.runtime == "openvino":
+            # The same ONNX files from the wheel, compiled by OpenVINO (nothing is fetched: rapidocr finds them
+            # in its models folder by name).
+            for step in ("Det", "Cls", "Rec"):
+                params[f"{step}.engine_type"] = EngineType.OPENVINO
+            # One request at a time, as fast as it can: 0.60x ONNX Runtime's time with the hint, 0.70x without
+            # (the 47 real images, alternating; docs/figures.md).
+            params["EngineConfig.openvino.performance_hint"] = "LATENCY"
         # The detector's input size stays rapidocr's own (shortest side brought up to 736 px): small
         # screenshots and scans need that upscaling to be read at all. A smaller setting (64, "min") was
         # faster on generated scenes and lost whole lines of real scans (benchmarks/real_images.py).
+        if self.runtime == "openvino" and not max_side:
+            max_side = OPENVINO_MAX_SIDE
+        if max_side:
+            params["Global.max_side_len"] = max_side
         if det_limit_side_len:
             params["Det.limit_side_len"] = det_limit_side_len
         if det_limit_type:
             params["Det.limit_type"] = det_limit_type
         if threads:
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = threads
+            params["EngineConfig.openvino.inference_num_threads"] = threads
         self._ocr = RapidOCR(params=params)
         logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+        self._page_orientation = line_orientation == "page"
         # rapidocr brings every image down to Global.max_side_len (2000) before detection and crops the lines
         # from that copy: the expert gives it an image of that size to begin with.
         preprocess = getattr(getattr(getattr(self._ocr, "cfg", None), "Global", None), "use_preprocess_img", False)
         side = getattr(self._ocr, "max_side_len", None)
         self.max_side = int(side) if preprocess and side else None
         # rapidocr keeps per-call settings on the instance; one call at a time is also what its
-        # onnxruntime sessions (already using every core) want.
+        # sessions (already using every core) want.
         self._lock = threading.Lock()
 
     def raw(self, bgr: np.ndarray) -> Any:
         with self._lock:
             check_cancelled()  # a run given up on while it queued for the engine does not start it
+            if self._page_orientation:
+                return self._read_page(bgr)
             return self._ocr(bgr)
+
+    def _read_page(self, bgr: np.ndarray) -> Any:
+        """rapidocr's own steps (detect, classify each line's angle, recognise), with one change: the angle is
+        decided for the page, not line by line. Most lines labelled upside down: the page is, and every line is
+        turned; otherwise none is. On the real set the classifier labels 0-40 % of an upright page's lines upside
+        down (turning them made CER 0.087 where 0.04 was there to read) and 57-100 % of the same pages turned
+        over (tests/test_ocr.py). The result's ``upside_down`` says which it was."""
+        from rapidocr.main import RapidOCRError
+        from rapidocr.utils.output import RapidOCROutput
+
+        ocr = self._ocr
+        image = ocr.load_img(bgr)
+        img, record = ocr.preprocess_img(image)
+        try:
+            crops, det = ocr.detect_and_crop(img, record)
+            _, cls = ocr.cls_and_rotate(crops)
+            upside_down = 2 * sum("180" in label for label, _ in cls.cls_res) > len(crops)
+            rec = ocr.recognize_txt([cv2.rotate(c, cv2.ROTATE_180) for c in crops] if upside_down else crops)
+        except RapidOCRError:
+            return RapidOCROutput()
+        out = ocr.build_final_output(image, det, cls, rec, crops, record)
+        out.upside_down = upside_down
+        return out
 
     def run(self, bgr: np.ndarray) -> list[Segment]:
         out = self.raw(bgr)
         if out.txts is None or out.boxes is None or len(out.txts) == 0:
             return []
-        return [
+        segments = [
             Segment(order_quad(np.asarray(box, dtype=np.float64)), text, float(score))
             for box, text, score in zip(out.boxes, out.txts, out.scores, strict=False)
         ]
+        if getattr(out, "upside_down", False):
+            for seg in segments:
+                seg.upside_down = True
+        return segments
 
 
 class PaddleOcrEngine(OcrEngine):
@@ -208,6 +285,7 @@ class PaddleOcrEngine(OcrEngine):
     def __init__(
         self,
         lang: str | None = None,
+        max_side: int | None = None,
         text_detection_model_dir: str | None = None,
         text_detection_model_name: str | None = None,
         text_recognition_model_dir: str | None = None,
@@ -254,6 +332,9 @@ class PaddleOcrEngine(OcrEngine):
             self._ocr = PaddleOCR(**kwargs)
         except Exception as exc:  # PaddleX raises many types (download, model, dependency errors)
             raise EngineMissing(f"ocr: PaddleOCR could not load its models: {type(exc).__name__}: {exc}") from None
+        # The expert hands PaddleOCR a view of this size, as it does the onnx engine (issue 26): handed whole, a
+        # 49 MP photo was copied into the pipeline and detected at 4000 px.
+        self.max_side = int(max_side or PADDLE_MAX_SIDE)
         self._lock = threading.Lock()
 
     def raw(self, bgr: np.ndarray) -> Any:

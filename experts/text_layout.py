@@ -23,6 +23,8 @@ class Segment:
     text: str
     score: float
     char_x: list[float] | None = None
+    # The engine read the line turned over (a page photographed upside down): see :func:`turned_over`.
+    upside_down: bool = False
 
     @property
     def x1(self) -> float:
@@ -50,6 +52,9 @@ class Line:
     segments: list[Segment] = field(default_factory=list)
     block: int = 0
     cell: tuple[int, int, int] | None = None
+    # The drawn boxes (see :func:`find_frames`) the line is inside, by index, and the smallest of them.
+    frames: frozenset[int] = frozenset()
+    frame_box: tuple[float, float, float, float] | None = None
 
     @property
     def text(self) -> str:
@@ -96,6 +101,14 @@ def order_quad(pts: np.ndarray) -> np.ndarray:
     return np.roll(pts, -start, axis=0)
 
 
+def turned_over(segments: list[Segment], width: float, height: float) -> None:
+    """Turn the segments' boxes by 180 degrees within a ``width`` x ``height`` image, in place: an upside-down
+    page is laid out as its reader sees it (turned back), and its boxes then turned again, into the image's own
+    pixels."""
+    for seg in segments:
+        seg.box = order_quad(np.column_stack([width - seg.box[:, 0], height - seg.box[:, 1]]))
+
+
 # Boxes on one row are one line when the blank between them is at most this many line heights and not a
 # column gutter (upscaled small images get one box per word from the detector; table cells touch).
 JOIN_GAP = 0.6
@@ -115,7 +128,45 @@ PROSE_WIDTH = 15.0
 PARA_GAP = 0.5
 
 
-def group_lines(segments: list[Segment], overlap: float = 0.5, join_gap: float | None = JOIN_GAP) -> list[Line]:
+def find_frames(gray: np.ndarray, line_height: float) -> list[tuple[float, float, float, float]]:
+    """The insides of the closed boxes drawn on a page (a sidebar's border, a note's frame, a table's cells), as
+    (x1, y1, x2, y2): holes in the mask of the straight rules (see below). A box cut off by the
+    image's edge is no hole and is not found."""
+    if gray.size == 0 or line_height <= 0:
+        return []
+    light = float(np.median(gray)) >= 128
+    # Rules are darker than the paper (lighter on a dark page); a sidebar's tinted background is not.
+    ink = ((gray < 215) if light else (gray > 40)).astype(np.uint8) * 255
+    # Across: 1.5 line heights (no glyph stroke is that long); down: one line height (a one-line table cell's
+    # side; a glyph's strokes stay within its ink, shorter than the detector's box).
+    across, down = max(int(1.5 * line_height), 12), max(int(line_height), 8)
+    rules = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (across, 1)))
+    rules |= cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, down)))
+    # Closed across the pixel or two a corner or a double border leaves open.
+    rules = cv2.dilate(rules, np.ones((5, 5), np.uint8))
+    contours, hierarchy = cv2.findContours(rules, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    out = []
+    for contour, (_, _, _, parent) in zip(contours, hierarchy[0], strict=True):
+        x, y, w, h = cv2.boundingRect(contour)
+        if parent >= 0 and w >= line_height and h >= line_height:
+            out.append((float(x), float(y), float(x + w), float(y + h)))
+    return out
+
+
+def _inside_frames(line: Line, frames: list[tuple[float, float, float, float]]) -> frozenset[int]:
+    x1, y1, x2, y2 = line.bbox()
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    return frozenset(k for k, (fx1, fy1, fx2, fy2) in enumerate(frames) if fx1 <= cx <= fx2 and fy1 <= cy <= fy2)
+
+
+def group_lines(
+    segments: list[Segment],
+    overlap: float = 0.5,
+    join_gap: float | None = JOIN_GAP,
+    frames: list[tuple[float, float, float, float]] | None = None,
+) -> list[Line]:
     """Put the engine's text boxes in reading order as lines, and group the lines into blocks.
 
     Each box is one line: the detector already cuts lines at columns, table cells, sidebars and price tags,
@@ -133,6 +184,10 @@ def group_lines(segments: list[Segment], overlap: float = 0.5, join_gap: float |
         lines = [Line([seg]) for seg in segments]
     else:
         lines = [piece for row in _rows(segments, overlap) for piece in _split_row(row, join_gap, segments)]
+    for line in lines:
+        line.frames = _inside_frames(line, frames or [])
+        if line.frames:
+            line.frame_box = min((frames[k] for k in line.frames), key=lambda f: (f[2] - f[0]) * (f[3] - f[1]))
     blocks = _blocks(lines)
     for k, block in enumerate(blocks):
         for line in block:
@@ -249,7 +304,8 @@ def _blocks(lines: list[Line]) -> list[list[Line]]:
                 continue
             if boxes[j][1] - boxes[i][3] < -0.5 * h:  # the same row (different cells): not stacked
                 continue
-            if min(boxes[i][2], boxes[j][2]) > max(boxes[i][0], boxes[j][0]):
+            # A drawn box's border separates what is inside it from what is outside (a note inside a column).
+            if min(boxes[i][2], boxes[j][2]) > max(boxes[i][0], boxes[j][0]) and lines[i].frames == lines[j].frames:
                 parent[find(j)] = find(i)
     groups: dict[int, list[Line]] = {}
     for i in order:
@@ -257,8 +313,12 @@ def _blocks(lines: list[Line]) -> list[list[Line]]:
     return list(groups.values())
 
 
-def _extent(block: list[Line]) -> list[float]:
+def _extent(block: list[Line], frame: bool = True) -> list[float]:
+    """The box around a block's lines; for a block inside a drawn box of its own, that box too (``frame``: a
+    table's cells in one row share their top and bottom, a sidebar's frame reaches past its text)."""
     boxes = [ln.bbox() for ln in block]
+    if frame and _framed(block):
+        boxes.append(list(block[0].frame_box))
     return [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
 
 
@@ -279,6 +339,10 @@ def _order(blocks: list[list[Line]]) -> list[Line]:
     """Reading order of a region's lines (a recursive X-Y cut, columns first)."""
     if len(blocks) == 1:
         return _read_rows(blocks[0])
+    if all(_framed(b) for b in blocks):
+        cells = _read_cells(blocks)
+        if cells is not None:
+            return cells
     columns = _cut(blocks, 0)
     if len(columns) > 1:
         if _table_rows(columns):
@@ -287,6 +351,12 @@ def _order(blocks: list[list[Line]]) -> list[Line]:
     bands = _cut(blocks, 1)
     if len(bands) > 1:
         return [ln for band in bands for ln in _order(band)]
+    merged = _merge_nested_cells(blocks)
+    if merged is not None:
+        return _order(merged)
+    merged = _merge_nested_cells(blocks)
+    if merged is not None:
+        return _order(merged)
     split = _split_below_boxes(blocks)
     if split is not None:
         return _order(split)
@@ -297,12 +367,37 @@ def _order(blocks: list[list[Line]]) -> list[Line]:
     return [ln for b in sorted(blocks, key=lambda b: (_extent(b)[1], _extent(b)[0])) for ln in _order([b])]
 
 
+def _framed(block: list[Line]) -> bool:
+    """Whether the block's lines are all inside one drawn box of their own (a table cell, a framed note)."""
+    return block[0].frame_box is not None and all(ln.frame_box == block[0].frame_box for ln in block)
+
+
+def _read_cells(blocks: list[list[Line]]) -> list[Line] | None:
+    """Blocks each in its own drawn box, set out as a grid (a table with borders): row by row, each row's cells
+    left to right, each cell whole, a cell that wraps onto more lines included; the lines get their ``cell``.
+    None when the boxes are not in rows of two or more side by side."""
+    bands = _cut(blocks, 1)
+    rows = [sorted(_cut(band, 0), key=lambda col: _extent([ln for b in col for ln in b])[0]) for band in bands]
+    if sum(len(row) > 1 for row in rows) < max(2, len(rows) // 2):
+        return None
+    table = id(blocks[0][0])
+    out: list[Line] = []
+    for r, row in enumerate(rows):
+        for c, col in enumerate(row):
+            for ln in _order(col):
+                ln.cell = (table, r, c) if len(row) > 1 else ln.cell
+                out.append(ln)
+    return out
+
+
 def _read_rows(lines: list[Line], in_table: bool = False) -> list[Line]:
     """Lines by visual rows, top to bottom, each left to right. Rows with lines side by side are table rows
     (``in_table``: the region is a table; else where at least two such rows follow each other), and their
     lines get a ``cell``, the column being the position in the row. In a table, a row close under the one
     above with nothing under its first cell continues it (cells wrapping onto more lines): its lines join the cell
     they sit under, and each cell is read whole before the next one."""
+    if in_table and 2 * sum(ln.frame_box is not None for ln in lines) >= len(lines):
+        return _read_framed_rows(lines)
     rows = [sorted(row, key=lambda ln: ln.bbox()[0]) for row in _rows(lines, 0.5)]
     if all(len(row) == 1 for row in rows):
         return [row[0] for row in rows]
@@ -336,10 +431,70 @@ def _read_rows(lines: list[Line], in_table: bool = False) -> list[Line]:
     return out
 
 
+def _read_framed_rows(lines: list[Line]) -> list[Line]:
+    """A table whose cells have borders: the lines of one cell's box are one unit; units whose boxes share a
+    row (the middle of one inside the other's top and bottom) are read left to right, each cell top to bottom."""
+    units: dict[object, list[Line]] = {}
+    for ln in lines:
+        units.setdefault(ln.frame_box or id(ln), []).append(ln)
+    boxes = {k: list(k) if isinstance(k, tuple) else _extent(v, frame=False) for k, v in units.items()}
+    rows: list[list[object]] = []
+    for k in sorted(units, key=lambda k: boxes[k][1]):
+        mid = (boxes[k][1] + boxes[k][3]) / 2
+        if rows and boxes[rows[-1][0]][1] <= mid <= boxes[rows[-1][0]][3]:
+            rows[-1].append(k)
+        else:
+            rows.append([k])
+    table = id(lines[0])
+    out: list[Line] = []
+    for r, row in enumerate(rows):
+        for c, k in enumerate(sorted(row, key=lambda k: boxes[k][0])):
+            for ln in sorted(units[k], key=lambda ln: (ln.bbox()[1], ln.bbox()[0])):
+                ln.cell = (table, r, c) if len(row) > 1 else None
+                out.append(ln)
+    return out
+
+
 def _under(line: Line, head: list[Line]) -> int:
     """Which of a table row's first-line cells ``line`` sits under: the last one starting left of it."""
     x = line.bbox()[0]
     return max((k for k, h in enumerate(head) if h.bbox()[0] <= x + 0.5 * line.height), default=0)
+
+
+def _merge_nested_cells(blocks: list[list[Line]]) -> list[list[Line]] | None:
+    """Blocks with no clean cut where one lies inside another's extent and its lines sit on the other's rows
+    (ROW_ALIGN, for ROW_SHARE of them): cells of one table that the blank between two rows split off, merged
+    back. A box floated beside text is not merged: its lines keep a pitch of their own. None when none is."""
+    for a in blocks:
+        ea = _extent(a)
+        for b in blocks:
+            eb = _extent(b)
+            h = float(np.median([ln.height for ln in b]))
+            inside = eb[0] >= ea[0] - h and eb[2] <= ea[2] + h and eb[1] >= ea[1] - h and eb[3] <= ea[3] + h
+            if b is a or not inside or len(b) < 2:
+                continue
+            on_rows = sum(any(abs(ln.cy - o.cy) <= ROW_ALIGN * min(ln.height, o.height) for o in a) for ln in b)
+            if on_rows >= ROW_SHARE * len(b):
+                return [a + b if blk is a else blk for blk in blocks if blk is not b]
+    return None
+
+
+def _merge_nested_cells(blocks: list[list[Line]]) -> list[list[Line]] | None:
+    """Blocks with no clean cut where one lies inside another's extent and no drawn box holds it apart: cells of
+    one table that a blank between rows split off, merged back (a sidebar's frame holds its lines apart from the
+    text around it). None when there is no such pair."""
+    for a in blocks:
+        ea = _extent(a)
+        for b in blocks:
+            if b is a:
+                continue
+            eb = _extent(b)
+            h = float(np.median([ln.height for ln in b]))
+            inside = eb[0] >= ea[0] - h and eb[2] <= ea[2] + h and eb[1] >= ea[1] - h and eb[3] <= ea[3] + h
+            boxed = frozenset.intersection(*(ln.frames for ln in b)) - frozenset().union(*(ln.frames for ln in a))
+            if inside and not boxed and any(ln.frames for ln in b):
+                return [a + b if blk is a else blk for blk in blocks if blk is not b]
+    return None
 
 
 def _split_below_boxes(blocks: list[list[Line]]) -> list[list[Line]] | None:
@@ -355,7 +510,10 @@ def _split_below_boxes(blocks: list[list[Line]]) -> list[list[Line]] | None:
             lines = sorted(a, key=lambda ln: ln.bbox()[1])
             for i in range(1, len(lines)):
                 top, prev = lines[i].bbox()[1], lines[i - 1].bbox()[3]
-                if prev >= eb[3] - 0.5 * lines[i].height and top - prev > PARA_GAP * lines[i].height:
+                # The first paragraph below the box: starting under its drawn frame, or, without one, after a line
+                # that reaches down to its text's last line.
+                below = top >= eb[3] if _framed(b) else prev >= eb[3] - 0.5 * lines[i].height
+                if below and top - prev > PARA_GAP * lines[i].height:
                     return blocks[:k] + [lines[:i], lines[i:]] + blocks[k + 1 :]
     return None
 

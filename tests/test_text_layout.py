@@ -80,3 +80,55 @@ def test_context_shows_a_table_row_as_cells():
         "Bind credentials | the administrative password",
         "After the table.",
     ]
+
+
+# --- drawn boxes (issue 25) ------------------------------------------------------------------------------------
+def test_drawn_boxes_are_found_and_an_open_one_is_not():
+    import cv2
+
+    from experts.text_layout import find_frames
+
+    page = np.full((400, 600), 255, np.uint8)
+    cv2.rectangle(page, (50, 40), (300, 200), 170, 2)  # a sidebar's grey border
+    cv2.rectangle(page, (350, 40), (550, 420), 0, 1)  # cut off by the page's bottom edge: not closed
+    cv2.line(page, (50, 300), (300, 300), 0, 1)  # a rule under a heading: no box
+    frames = find_frames(page, line_height=16)
+    assert len(frames) == 1
+    x1, y1, x2, y2 = frames[0]
+    assert 50 <= x1 <= 56 and 40 <= y1 <= 46 and 294 <= x2 <= 300 and 194 <= y2 <= 200
+
+
+def test_a_boxed_note_inside_a_column_is_its_own_block_in_the_flow():
+    """A note framed inside a column, text above and below it: without its frame it was one block with the
+    column (its lines taken as the column's); with it, the note is a block of its own, read where it stands."""
+    above = _column(10, 400, 0, ["first line of the column", "second line of the column"])
+    note = _column(30, 380, 44, ["NOTE a boxed remark", "that sits inside the column"])
+    below = _column(10, 400, 88, ["the column goes on", "under the box"])
+    segs = above + note + below
+    frame = (20.0, 38.0, 390.0, 82.0)
+    plain = group_lines([Segment(s.box.copy(), s.text, s.score) for s in segs])
+    assert len({ln.block for ln in plain}) == 1
+    lines = group_lines(segs, frames=[frame])
+    assert [ln.text for ln in lines] == [s.text for s in segs]
+    blocks = [ln.block for ln in lines]
+    assert blocks[2] == blocks[3] and len({blocks[0], blocks[2], blocks[4]}) == 3
+
+
+def test_a_table_with_borders_is_read_cell_by_cell_with_wrapped_cells_whole():
+    """Cells of two lines (a value and its second line) sit beside one-line cells: row by row, each cell whole."""
+    rows = [["dpkg", "V:919,|I:999", "5989", "low-level package manager"]]
+    rows += [["unattended-|upgrades", "V:297,|I:462", "301", "installs security updates"]]
+    rows += [["apt", "V:874,|I:999", "4211", "command line front end"]]
+    lefts, widths = [10, 200, 300, 380], [150, 70, 50, 300]
+    segs, frames, y = [], [], 0.0
+    for row in rows:
+        for x, w, cell in zip(lefts, widths, row, strict=True):
+            parts = cell.split("|")
+            frames.append((x - 4.0, y, x + w + 4.0, y + 48.0))
+            top = y + (48 - 18 * len(parts)) / 2
+            segs += _column(x, x + 9 * max(map(len, parts)), top, parts)
+        y += 52
+    lines = group_lines(segs[::-1], frames=frames)
+    assert [ln.text for ln in lines] == [part for row in rows for cell in row for part in cell.split("|")]
+    cells = {ln.text: ln.cell for ln in lines}
+    assert cells["unattended-"] == cells["upgrades"] == (0, 1, 0) and cells["I:462"] == (0, 1, 1)
