@@ -25,15 +25,15 @@ pytest.importorskip("scipy", reason="real-image scores need scipy (the [test] ex
 FLOORS = {
     # engine: {image: (expert CER at most, expert line F1 at least, raw engine CER)}
     "onnx": {
-        "skimage-page": (0.127, 0.857, 0.1263),
-        "debian-reference-en-ch09-1280": (0.113, 0.928, 0.1124),
-        "debian-reference-en-p144": (0.029, 0.989, 0.0281),
-        "maint-guide-p8": (0.0, 1.0, 0.0),
-        "maint-guide-p8-photo": (0.044, 0.972, 0.0438),
+        "skimage-page": (0.018, 1.0, 0.1263),
+        "debian-reference-en-ch09-1280": (0.022, 0.946, 0.1124),
+        "debian-reference-en-p144": (0.024, 0.989, 0.0281),
+        "maint-guide-p8": (0.0, 1.0, 0.0000),
+        "maint-guide-p8-photo": (0.003, 1.0, 0.0438),
         "debian-reference-zh-cn-ch12-800": (0.009, 1.0, 0.0083),
-        "debian-reference-zh-cn-ch01-1280-photo": (0.054, 0.983, 0.0536),
-        "maint-guide-zh-cn-first-1024": (0.024, 0.974, 0.024),
-        "python3.11-doc-datetime-1280": (0.031, 0.975, 0.03),
+        "debian-reference-zh-cn-ch01-1280-photo": (0.052, 0.983, 0.0536),
+        "maint-guide-zh-cn-first-1024": (0.024, 0.974, 0.0240),
+        "python3.11-doc-datetime-1280": (0.001, 1.0, 0.0300),
     },
     "paddle": {
         "skimage-page": (0.482, 0.727, 0.4812),
@@ -55,11 +55,12 @@ ORDER_FLOORS = {
     # engine: {image: (expert order CER at most, raw engine order CER, bound)}
     "onnx": {
         "debian-handbook-en-table-1024": (0.003, 0.0026, "raw"),
-        "debian-handbook-zh-cn-table-1024": (0.002, 0.0011, "raw"),
+        "debian-handbook-zh-cn-table-1024": (0.003, 0.0011, "raw"),
         "debian-handbook-en-sidebar-1024": (0.001, 0.5803, 0.10),
         "debian-handbook-zh-cn-sidebar-1024": (0.003, 0.5318, 0.10),
-        "debian-handbook-en-2col-1024": (0.055, 0.6890, 0.10),
-        "debian-handbook-zh-cn-2col-1024": (0.048, 0.7676, 0.10),
+        # Issue 25's drawn boxes: 0.055 / 0.048 before.
+        "debian-handbook-en-2col-1024": (0.044, 0.6890, 0.10),
+        "debian-handbook-zh-cn-2col-1024": (0.046, 0.7676, 0.10),
     },
     "paddle": {
         "debian-handbook-en-table-1024": (0.038, 0.0488, "raw"),
@@ -69,6 +70,50 @@ ORDER_FLOORS = {
         "debian-handbook-en-2col-1024": (0.084, 0.7179, 0.10),
         "debian-handbook-zh-cn-2col-1024": (0.08, 0.7660, 0.10),
     },
+}
+
+
+# Issue 25: the pages added after the layout code was written (benchmarks/build_real_corpus.py ADDED_HTML), onnx
+# engine: (expert order CER at most, raw engine order CER, bound), as measured by `benchmarks/real_images.py
+# --only ocr --engines onnx --repeats 2`. "tuning" pages were looked at while the layout code changed; "heldout"
+# pages were scored once, at the end. Where the issue's bound (0.10 for boxes and columns, raw + 0.01 for tables) is
+# met the test holds the bound; where it is not (marked "not met"), the measured figure is the floor, so a change
+# that reads them worse fails, and docs/figures.md says which they are.
+ADDED_ORDER_FLOORS = {
+    # tuning
+    "debian-handbook-zh-cn-floats-1024": (0.004, 0.4620, 0.1),  # tuning en
+    "debian-handbook-en-floats-1024": (0.098, 0.5892, 0.1),  # tuning en
+    "debian-handbook-zh-tw-2col-1280": (0.032, 0.6039, 0.1),  # tuning zh
+    "debian-handbook-zh-cn-floats-release-1024": (0.007, 0.6637, 0.1),  # tuning zh
+    "debian-handbook-zh-tw-floats-1024": (0.018, 0.3260, 0.1),  # tuning zh
+    "debian-handbook-zh-cn-somefloat-1024": (0.006, 0.0931, 0.1),  # tuning zh
+    "debian-handbook-zh-cn-floatleft-1280": (0.043, 0.6189, 0.1),  # tuning zh
+    "debian-handbook-en-2col-boxes-1024": (0.003, 0.6116, 0.1),  # tuning en
+    "debian-reference-zh-tw-ch02-1024": (0.117, 0.3431, "raw"),  # tuning zh
+    # held out
+    "debian-handbook-zh-cn-floats-1280": (0.256, 0.2555, 0.1),  # heldout zh
+    "debian-handbook-zh-tw-floats-basic-1024": (0.261, 0.6494, 0.1),  # heldout zh
+    "debian-handbook-zh-cn-somefloat-solving-1024": (0.005, 0.7085, 0.1),  # heldout zh
+    "debian-handbook-zh-cn-floatleft-1024": (0.169, 0.4309, 0.1),  # heldout zh
+    "debian-handbook-zh-cn-2col-boxes-1280": (0.002, 0.6289, 0.1),  # heldout zh
+    "debian-handbook-zh-cn-2col-boxes-1024": (0.002, 0.6793, 0.1),  # heldout zh
+    "debian-handbook-en-2col-boxes-1280": (0.001, 0.6751, 0.1),  # heldout en
+    "debian-handbook-zh-tw-somefloat-1024": (0.004, 0.4376, 0.1),  # heldout zh
+    "debian-handbook-en-floatleft-1024": (0.29, 0.4328, 0.1),  # heldout en
+    "debian-handbook-zh-tw-floatleft-1366": (0.023, 0.5593, 0.1),  # heldout en
+    "debian-handbook-zh-cn-3col-1366": (0.88, 0.8605, 0.1),  # heldout zh
+    "debian-handbook-zh-tw-2col-1024": (0.013, 0.8260, 0.1),  # heldout zh
+    "debian-handbook-en-table-selinux-1024": (0.001, 0.0542, "raw"),  # heldout en
+    "debian-reference-zh-tw-ch09-1280": (0.082, 0.0159, "raw"),  # heldout zh
+    "debian-reference-zh-tw-ch01-1280": (0.073, 0.0045, "raw"),  # heldout zh
+    "debian-reference-en-ch06-1024": (0.042, 0.0818, "raw"),  # heldout en
+    "python3.11-doc-os-1280": (0.493, 0.4544, 0.1),  # heldout en
+    "python3.11-doc-controlflow-1024": (0.668, 0.6727, 0.1),  # heldout en
+}
+NOT_MET = {
+    name
+    for name, (floor, raw, bound) in ADDED_ORDER_FLOORS.items()
+    if floor > (raw + 0.01 if bound == "raw" else bound)
 }
 
 
@@ -110,7 +155,8 @@ def _check(engine: str, results: dict[str, real.Score]) -> None:
     failures = []
     for name, (cer_max, f1_min, _) in FLOORS[engine].items():
         got = results[name]
-        if got.cer > cer_max or got.f1 < f1_min:
+        # A little room: OpenVINO picks its kernels (and bf16 where the CPU has it) per machine.
+        if got.cer > cer_max + 0.003 or got.f1 < f1_min - 0.01:
             failures.append(f"{name}: CER {got.cer:.4f} (floor {cer_max}), F1 {got.f1:.3f} (floor {f1_min})")
     assert not failures, "\n".join(failures)
     # Never worse than the raw engine at its defaults on this set (the issue's bound: CER within 0.005).
@@ -156,6 +202,24 @@ def test_onnx_expert_reads_tables_sidebars_and_columns_in_order(corpus):
     if not ocr_engines.onnx_installed():
         pytest.skip("onnx OCR engine needs the [onnx] extra (rapidocr, onnxruntime)")
     _check_order("onnx", real.expert_reader("onnx"), corpus)
+
+
+def test_onnx_expert_reads_pages_added_after_the_layout_code_in_order(corpus):
+    """Issue 25: boxes inside columns, several floats, text wrapping under a float, boxes in both columns, three
+    columns, tables; zh-CN, zh-TW and en; tuning and held-out pages (see ADDED_ORDER_FLOORS)."""
+    if not ocr_engines.onnx_installed():
+        pytest.skip("onnx OCR engine needs the [onnx] extra (rapidocr, onnxruntime)")
+    pages = {s.name: s for s in corpus if s.name in ADDED_ORDER_FLOORS}
+    assert len(pages) == len(ADDED_ORDER_FLOORS)
+    assert {s.split for s in pages.values()} == {"tuning", "heldout"}
+    read = real.expert_reader("onnx")
+    failures = []
+    for name, (floor, raw, bound) in ADDED_ORDER_FLOORS.items():
+        limit = floor if name in NOT_MET else min(floor, raw + 0.01 if bound == "raw" else bound)
+        got = real.order_cer(read(pages[name].data), pages[name].orders)
+        if got > limit + 0.002:
+            failures.append(f"{name}: order CER {got:.4f} (floor {limit}, raw engine {raw})")
+    assert not failures, "\n".join(failures)
 
 
 def test_paddle_expert_reads_tables_sidebars_and_columns_in_order(corpus, tmp_path):
