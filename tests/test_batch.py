@@ -289,7 +289,10 @@ def test_stdout_when_no_out(tmp_path, use_registry):
 
 _INTERRUPT_SCRIPT = textwrap.dedent(
     """
-    import sys, threading, time
+    import signal, sys, threading, time
+    # Ctrl-C raises KeyboardInterrupt even where the parent ignores SIGINT (a shell's background job does, and
+    # its children inherit that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from experts.base import Expert, ExpertArgs
     from experts.registry import Registry
     from router.apps.batch import run_batch
