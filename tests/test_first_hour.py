@@ -274,33 +274,18 @@ def test_serve_on_port_0_binds_a_free_port_and_prints_it(tmp_path, fake_ollama):
         proc.wait(timeout=10)
 
 
-def test_serve_on_a_busy_port_says_so_in_one_line():
+@pytest.mark.parametrize(
+    "command",
+    [["-c", "from router.commands import main; main()", "serve"], ["-m", "router.commands.expert_serve", "detect"]],
+    ids=["serve", "expert-serve"],
+)
+def test_a_server_on_a_busy_port_says_so_in_one_line(command):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         r = subprocess.run(
-            [sys.executable, "-c", "from router.commands import main; main()", "serve", "--port", str(port)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use", r.stderr
-
-
-def test_expert_serve_on_a_busy_port_says_so_in_one_line():
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        r = subprocess.run(
-            [sys.executable, "-m", "router.commands.expert_serve", "detect", "--port", str(port)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
+            [sys.executable, *command, "--port", str(port)], cwd=ROOT, capture_output=True, text=True, timeout=60
         )
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use", r.stderr
